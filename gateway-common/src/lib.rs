@@ -1,0 +1,233 @@
+//! Map keys and values shared by the kernel programs (`gateway-ebpf`) and the agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so both sides agree byte for byte. Addresses and ports are
+//! kept in network byte order, exactly as they appear in packets, so the kernel never swaps bytes on the hot path.
+//! Any change to a layout here must bump [`ABI_VERSION`]: it is part of the bpffs pin path, so an agent never
+//! adopts maps of another layout.
+#![no_std]
+
+/// Version of the map layouts below; part of the pin path (`/sys/fs/bpf/ebpf-gateway/v{ABI_VERSION}/...`).
+pub const ABI_VERSION: u32 = 1;
+
+/// IP protocol numbers used in keys.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Size of a Maglev lookup table (a prime, as Maglev requires). 65537 would move fewer flows per change but costs
+/// 256 KiB per route per generation; 4099 keeps the disruption of one backend change near 1/N for N up to ~40.
+pub const MAGLEV_TABLE_SIZE: usize = 4099;
+
+/// Backend id that means "reject": the share of traffic that belongs to invalid backend references.
+pub const BACKEND_REJECT: u32 = 0;
+
+/// Slot of [`Config`] in the single-entry `CONFIG` array.
+pub const CONFIG_KEY: u32 = 0;
+
+/// Global settings the agent writes; the kernel reads `generation` once per new flow.
+///
+/// Configuration maps are keyed by generation. The agent writes a complete new generation beside the old one, then
+/// flips `generation` with one 4-byte store: a packet sees either the old or the new configuration, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The generation new flows are admitted under.
+    pub generation: u32,
+    /// First source port allocated for SNAT (host byte order).
+    pub snat_port_min: u16,
+    /// Last source port allocated for SNAT (host byte order, inclusive).
+    pub snat_port_max: u16,
+}
+
+/// What a listener is served by.
+pub mod listener_kind {
+    /// Forwarded by the L4 path: NAT to a backend chosen by Maglev.
+    pub const L4: u8 = 1;
+}
+
+/// Key of the `LISTENERS` map: one entry per (generation, address, port, protocol) the gateway serves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub generation: u32,
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the `LISTENERS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerValue {
+    /// Stable id of the listener, for counters.
+    pub listener_id: u32,
+    /// Id of the route that receives the traffic (the oldest attached L4 route); 0 = none (TCP answered with RST,
+    /// UDP dropped, both counted).
+    pub route_id: u32,
+    /// One of [`listener_kind`].
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the `MAGLEV` map: the lookup table of one route in one generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    pub generation: u32,
+    pub route_id: u32,
+}
+
+/// Value of the `MAGLEV` map: a Maglev permutation table; each slot holds a backend id (or [`BACKEND_REJECT`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MaglevTable {
+    pub slots: [u32; MAGLEV_TABLE_SIZE],
+}
+
+/// Key of the `BACKENDS` map. Backend ids are stable across generations while the endpoint exists.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub generation: u32,
+    pub backend_id: u32,
+}
+
+/// Value of the `BACKENDS` map: one endpoint and how to reach it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Endpoint address, network byte order.
+    pub addr: u32,
+    /// Gateway address used as the SNAT source towards this endpoint, network byte order.
+    pub snat_addr: u32,
+    /// Interface the endpoint is reached through (from the route table; the kernel resolves the next hop).
+    pub ifindex: u32,
+    /// Endpoint port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of the `FLOWS` conntrack map: a packet's 5-tuple as it arrives at the gateway.
+///
+/// Each NATed connection has two entries: the original direction (client -> listener) and the reply direction
+/// (backend -> SNAT address and port). Both keys are unique, so one lookup per packet finds the rewrite.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Direction of a conntrack entry.
+pub mod direction {
+    /// Client -> gateway listener; rewritten to SNAT address -> backend.
+    pub const ORIGINAL: u8 = 0;
+    /// Backend -> SNAT address; rewritten to listener -> client.
+    pub const REPLY: u8 = 1;
+}
+
+/// TCP flags seen on a flow, per direction (bits of [`Flow::tcp_flags`]).
+pub mod tcp_seen {
+    pub const SYN: u8 = 1;
+    pub const SYN_ACK: u8 = 2;
+    pub const FIN: u8 = 4;
+    pub const RST: u8 = 8;
+    /// A segment with ACK and no SYN after the handshake: the direction is established.
+    pub const ESTABLISHED: u8 = 16;
+}
+
+/// Value of the `FLOWS` map: the rewrite to apply and the state needed to expire the entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// New source address and port, network byte order.
+    pub new_src: u32,
+    pub new_sport: u16,
+    /// New destination port, network byte order.
+    pub new_dport: u16,
+    /// New destination address, network byte order.
+    pub new_dst: u32,
+    /// Interface the rewritten packet leaves through.
+    pub out_ifindex: u32,
+    /// Last packet seen in this direction (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub last_seen_ns: u64,
+    /// Ids for counters and for the agent's view of flows.
+    pub listener_id: u32,
+    pub route_id: u32,
+    pub backend_id: u32,
+    /// One of [`direction`].
+    pub direction: u8,
+    /// Bits of [`tcp_seen`] seen in this direction.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Indexes of the per-CPU `COUNTERS` array (packets unless named otherwise).
+pub mod counter {
+    /// Packets that matched no listener or flow and went to the local stack untouched.
+    pub const PASSED: u32 = 0;
+    /// Packets forwarded in the original direction.
+    pub const FORWARDED: u32 = 1;
+    /// Packets forwarded in the reply direction.
+    pub const REPLIED: u32 = 2;
+    /// New flows admitted.
+    pub const FLOWS_NEW: u32 = 3;
+    /// TCP SYNs to a listener with no route or no valid backend, answered with RST.
+    pub const NO_BACKEND_RST: u32 = 4;
+    /// UDP datagrams to a listener with no route or no valid backend, dropped.
+    pub const NO_BACKEND_DROP: u32 = 5;
+    /// New flows refused because the conntrack table or the SNAT port range was full.
+    pub const TABLE_FULL: u32 = 6;
+    /// Packets whose headers were truncated or malformed for their protocol, dropped.
+    pub const MALFORMED: u32 = 7;
+    /// IPv4 fragments and packets with IP options addressed to a listener, dropped (see the L4 design notes).
+    pub const UNSUPPORTED_IP: u32 = 8;
+    /// Non-SYN TCP segments to a listener with no flow entry (e.g. after expiry), answered with RST.
+    pub const NO_FLOW_RST: u32 = 9;
+    /// Redirects the kernel refused.
+    pub const REDIRECT_FAILED: u32 = 10;
+    /// Number of counters.
+    pub const COUNT: u32 = 16;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all these types are #[repr(C)], made only of integers and arrays of integers, with explicit padding
+    // fields, so every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for ListenerValue {}
+    unsafe impl aya::Pod for RouteKey {}
+    unsafe impl aya::Pod for MaglevTable {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    /// Layouts are shared with the kernel: a size change is an ABI change and must bump ABI_VERSION.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Config>(), 8);
+        assert_eq!(size_of::<ListenerKey>(), 12);
+        assert_eq!(size_of::<ListenerValue>(), 12);
+        assert_eq!(size_of::<RouteKey>(), 8);
+        assert_eq!(size_of::<BackendKey>(), 8);
+        assert_eq!(size_of::<Backend>(), 16);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<Flow>(), 40);
+        assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_TABLE_SIZE);
+    }
+}

@@ -1,0 +1,1 @@
+//! The agent loop: provider snapshots in, translation, data plane sync and status out.

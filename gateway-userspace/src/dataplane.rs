@@ -1,0 +1,1 @@
+//! The kernel data plane: load, attach, pin and program the eBPF maps.
