@@ -1,0 +1,122 @@
+//! The ingress pipeline: existing flows are rewritten and redirected; new flows to a listener are admitted
+//! (or reset/dropped and counted); everything else continues to the local stack.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::generated::bpf_redirect_neigh,
+    programs::TcContext,
+};
+use gateway_common::{counter, direction, Flow, ListenerKey, CONFIG_KEY, PROTO_TCP};
+
+use crate::{
+    counters::count,
+    flow::{self, AdmitError, FlowIds},
+    headers::{self, Packet, Parsed, TCP_ACK, TCP_RST, TCP_SYN},
+    maglev::{self, Pick},
+    maps::{CONFIG, LISTENERS},
+    nat, reset,
+};
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    let pkt = match headers::parse(ctx) {
+        Parsed::Other => return TC_ACT_OK,
+        Parsed::Malformed => {
+            count(counter::MALFORMED);
+            return TC_ACT_SHOT;
+        }
+        Parsed::Packet(pkt) => pkt,
+    };
+    if let Some(flow) = flow::track(&pkt) {
+        if pkt.first_fragment {
+            count(counter::UNSUPPORTED_IP);
+            return TC_ACT_SHOT;
+        }
+        return forward(ctx, &pkt, &flow);
+    }
+    let Some(config) = CONFIG.get(CONFIG_KEY) else {
+        return TC_ACT_OK;
+    };
+    let generation = config.generation;
+    let listener_key = ListenerKey {
+        generation,
+        addr: pkt.key.dst,
+        port: pkt.key.dport,
+        proto: pkt.key.proto,
+        _pad: 0,
+    };
+    // SAFETY: a plain read of a map value returned by a successful lookup.
+    let Some(listener) = (unsafe { LISTENERS.get(listener_key) }) else {
+        return TC_ACT_OK;
+    };
+    let listener = *listener;
+    if pkt.first_fragment {
+        // Fragmented datagrams are not forwarded: later fragments carry no ports (see docs/l4.md).
+        count(counter::UNSUPPORTED_IP);
+        return TC_ACT_SHOT;
+    }
+    let is_tcp = pkt.key.proto == PROTO_TCP;
+    if is_tcp && (pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN {
+        // A segment of no known flow (expired, or never admitted): tell the sender at once.
+        if pkt.tcp_flags & TCP_RST != 0 {
+            return TC_ACT_SHOT;
+        }
+        count(counter::NO_FLOW_RST);
+        return reset::send(ctx, &pkt);
+    }
+    if listener.route_id == 0 {
+        return reject(ctx, &pkt);
+    }
+    let hash = maglev::flow_hash(&pkt.key);
+    let (backend_id, backend) = match maglev::pick(generation, listener.route_id, hash) {
+        Pick::Backend(id, backend) => (id, backend),
+        Pick::Reject => return reject(ctx, &pkt),
+    };
+    // SAFETY: reading the ingress ifindex of the program's own skb.
+    let ingress_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ids = FlowIds {
+        listener_id: listener.listener_id,
+        route_id: listener.route_id,
+        backend_id,
+    };
+    match flow::admit(&pkt, ingress_ifindex, &backend, ids, config, hash) {
+        Ok(flow) => forward(ctx, &pkt, &flow),
+        Err(AdmitError::TableFull) => {
+            count(counter::TABLE_FULL);
+            if is_tcp {
+                reset::send(ctx, &pkt)
+            } else {
+                TC_ACT_SHOT
+            }
+        }
+    }
+}
+
+/// No route or no valid backend: TCP is reset, UDP dropped; both counted.
+#[inline(always)]
+fn reject(ctx: &TcContext, pkt: &Packet) -> i32 {
+    if pkt.key.proto == PROTO_TCP {
+        count(counter::NO_BACKEND_RST);
+        reset::send(ctx, pkt)
+    } else {
+        count(counter::NO_BACKEND_DROP);
+        TC_ACT_SHOT
+    }
+}
+
+/// Applies the flow's NAT and hands the packet to the egress interface. `bpf_redirect_neigh` lets the kernel
+/// route and resolve the next hop itself, which (unlike `bpf_fib_lookup`) does not require IP forwarding to be
+/// enabled in the gateway's namespace.
+#[inline(always)]
+fn forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> i32 {
+    if nat::rewrite(ctx, pkt, flow).is_err() {
+        count(counter::MALFORMED);
+        return TC_ACT_SHOT;
+    }
+    count(if flow.direction == direction::ORIGINAL { counter::FORWARDED } else { counter::REPLIED });
+    // SAFETY: plain helper call without neighbour parameters.
+    let rc = unsafe { bpf_redirect_neigh(flow.out_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    if rc != TC_ACT_REDIRECT as i32 {
+        count(counter::REDIRECT_FAILED);
+    }
+    rc
+}

@@ -1,0 +1,38 @@
+//! The gateway's kernel data plane: one TC ingress program attached to every interface that carries Gateway
+//! traffic (towards clients and towards backends).
+//!
+//! Trace a packet in [`ingress`]: parse ([`headers`]) -> existing flow? ([`flow`]) -> else listener lookup and
+//! admission: Maglev pick ([`maglev`]), SNAT port and conntrack entries ([`flow`]) -> NAT rewrite ([`nat`]) ->
+//! redirect to the egress interface, where the kernel resolves the next hop. Anything not addressed to a listener
+//! or a flow goes on to the local stack untouched.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod flow;
+mod headers;
+mod ingress;
+mod maglev;
+mod maps;
+mod nat;
+mod reset;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// TC ingress entry point.
+#[classifier]
+pub fn gateway_ingress(ctx: TcContext) -> i32 {
+    ingress::run(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // eBPF programs cannot panic at run time; the verifier rejects unbounded loops, so this is never reached.
+    loop {}
+}
+
+/// GPL-compatible: some helpers (raw SYN cookies, used by the TLS splice) are GPL-only.
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual BSD/GPL\0";

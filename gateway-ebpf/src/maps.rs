@@ -1,0 +1,38 @@
+//! The maps shared with the agent. All are pinned by name under the agent's versioned bpffs path, so a restarted
+//! agent adopts them (and the flows in them) instead of starting empty.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use gateway_common::{
+    counter, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable, RouteKey,
+};
+
+/// Map flag: allocate entries on demand (the Maglev tables are 16 KiB each).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Global settings, including the active configuration generation.
+#[map]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// (generation, address, port, protocol) -> listener.
+#[map]
+pub static LISTENERS: HashMap<ListenerKey, ListenerValue> = HashMap::pinned(4096, 0);
+
+/// (generation, route) -> Maglev table of backend ids.
+#[map]
+pub static MAGLEV: HashMap<RouteKey, MaglevTable> = HashMap::pinned(2048, BPF_F_NO_PREALLOC);
+
+/// (generation, backend id) -> endpoint.
+#[map]
+pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(65536, 0);
+
+/// Conntrack: one entry per direction of every NATed flow. A plain hash (not LRU) on purpose: when it is full, new
+/// flows fail fast and are counted, and established flows are never evicted to admit new ones. The agent expires
+/// entries by their timestamps. Its size is set by the agent at load time.
+#[map]
+pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::pinned(262144, 0);
+
+/// Packet counters by reason (see `gateway_common::counter`).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);

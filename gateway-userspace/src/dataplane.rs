@@ -1,1 +1,0 @@
-//! The kernel data plane: load, attach, pin and program the eBPF maps.

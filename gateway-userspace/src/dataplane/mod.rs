@@ -1,0 +1,438 @@
+//! The kernel data plane: loads the embedded eBPF object with its maps pinned under a versioned bpffs path,
+//! attaches the TC program to the gateway's interfaces (adopting pinned links, so a restart never leaves an
+//! interface without a program), and turns the [`Ir`] into map entries with one atomic generation swap.
+//!
+//! An object's path into the kernel: `ListenerKind::Tcp(route)` -> [`Dataplane::apply`] -> `LISTENERS`
+//! (address, port, protocol) -> `MAGLEV` table of the route -> `BACKENDS` entries.
+mod bpffs;
+pub mod conntrack;
+pub mod maglev;
+pub mod netif;
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use gateway_common::{
+    counter, listener_kind, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable,
+    RouteKey, ABI_VERSION, CONFIG_KEY, PROTO_TCP, PROTO_UDP,
+};
+use tracing::{debug, info, warn};
+
+use crate::ir::{self, Ir, ListenerKind};
+
+/// The compiled eBPF object, embedded so that one file deploys (see build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GATEWAY_EBPF_OBJECT"));
+
+/// Name of the TC program in the object.
+const PROGRAM: &str = "gateway_ingress";
+
+/// Errors of the kernel data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The object could not be loaded; for verifier rejections the message carries the verifier log.
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(String),
+    /// bpffs is missing or a pin could not be created or opened.
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// Attaching to an interface failed.
+    #[error("attaching to interface {interface}: {reason}")]
+    Attach { interface: String, reason: String },
+    /// Reading interfaces or routes failed.
+    #[error("network interfaces: {0}")]
+    Netif(String),
+    /// No route to a backend endpoint.
+    #[error("no route to backend endpoint {0}")]
+    NoRoute(String),
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// Settings of the kernel data plane (from `gateway run` flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Root of the agent's pins; maps and links live under `<root>/v{ABI_VERSION}/`.
+    pub bpffs_root: PathBuf,
+    /// Attach only to these interfaces (empty: every interface that is up, except loopback).
+    pub interfaces: Vec<String>,
+    /// SNAT source port range, inclusive.
+    pub snat_ports: (u16, u16),
+    /// Capacity of the conntrack map (entries; each flow takes two).
+    pub conntrack_entries: u32,
+    pub timeouts: conntrack::Timeouts,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bpffs_root: PathBuf::from("/sys/fs/bpf/ebpf-gateway"),
+            interfaces: Vec::new(),
+            snat_ports: (10000, 32767),
+            conntrack_entries: 262_144,
+            timeouts: conntrack::Timeouts::default(),
+        }
+    }
+}
+
+/// What one [`Dataplane::apply`] programmed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub generation: u32,
+    pub listeners: usize,
+    pub routes: usize,
+    pub backends: usize,
+    /// Problems that made part of the configuration unservable (e.g. an endpoint with no route).
+    pub warnings: Vec<String>,
+}
+
+/// Stable numeric ids for names, so counters and conntrack entries keep meaning across generations.
+#[derive(Default)]
+struct Ids {
+    by_name: StdHashMap<String, u32>,
+}
+
+impl Ids {
+    fn get(&mut self, name: String) -> u32 {
+        let next = self.by_name.len() as u32 + 1; // 0 means "none" in every map.
+        *self.by_name.entry(name).or_insert(next)
+    }
+}
+
+/// The loaded programs and their maps.
+pub struct Dataplane {
+    /// Keeps the program (and links not yet pinned) alive.
+    ebpf: Ebpf,
+    settings: Settings,
+    pin_dir: PathBuf,
+    config: Array<MapData, Config>,
+    listeners: HashMap<MapData, ListenerKey, ListenerValue>,
+    maglev: HashMap<MapData, RouteKey, MaglevTable>,
+    backends: HashMap<MapData, BackendKey, Backend>,
+    flows: HashMap<MapData, FlowKey, Flow>,
+    counters: PerCpuArray<MapData, u64>,
+    generation: u32,
+    /// Interfaces the program is attached to: name -> ifindex.
+    attached: BTreeMap<String, u32>,
+    listener_ids: Ids,
+    route_ids: Ids,
+    backend_ids: Ids,
+}
+
+impl Dataplane {
+    /// Loads the object, adopting maps already pinned by a previous agent (their flows and configuration keep
+    /// serving until the first [`apply`](Self::apply) replaces the configuration).
+    pub fn load(settings: Settings) -> Result<Self, DataplaneError> {
+        let pin_dir = settings.bpffs_root.join(format!("v{ABI_VERSION}"));
+        bpffs::ensure_dir(&pin_dir)?;
+        std::fs::create_dir_all(pin_dir.join("links"))
+            .map_err(|e| DataplaneError::Bpffs(format!("creating {}: {e}", pin_dir.display())))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .set_max_entries("FLOWS", settings.conntrack_entries)
+            .load(EBPF_OBJECT)
+            .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| DataplaneError::Load(format!("program {PROGRAM} missing from the object")))?
+            .try_into()
+            .map_err(|e| DataplaneError::Load(format!("{e}")))?;
+        program.load().map_err(|e| DataplaneError::Load(verifier_message(&e)))?;
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or_else(|| DataplaneError::Load(format!("map {name} missing from the object")))
+        };
+        let config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?.try_into().map_err(map_err("CONFIG"))?;
+        let listeners = take(&mut ebpf, "LISTENERS")?.try_into().map_err(map_err("LISTENERS"))?;
+        let maglev = take(&mut ebpf, "MAGLEV")?.try_into().map_err(map_err("MAGLEV"))?;
+        let backends = take(&mut ebpf, "BACKENDS")?.try_into().map_err(map_err("BACKENDS"))?;
+        let flows = take(&mut ebpf, "FLOWS")?.try_into().map_err(map_err("FLOWS"))?;
+        let counters = take(&mut ebpf, "COUNTERS")?.try_into().map_err(map_err("COUNTERS"))?;
+        let generation = config.get(&CONFIG_KEY, 0).map_err(map_err("CONFIG"))?.generation;
+        info!(pins = %pin_dir.display(), generation, "eBPF data plane loaded");
+        Ok(Self {
+            ebpf,
+            settings,
+            pin_dir,
+            config,
+            listeners,
+            maglev,
+            backends,
+            flows,
+            counters,
+            generation,
+            attached: BTreeMap::new(),
+            listener_ids: Ids::default(),
+            route_ids: Ids::default(),
+            backend_ids: Ids::default(),
+        })
+    }
+
+    /// Attaches to interfaces that appeared since the last call and forgets those that vanished. A pinned link
+    /// left by a previous agent is taken over with an atomic program replacement, so the interface is never
+    /// without a program and never has two.
+    pub fn sync_interfaces(&mut self) -> Result<Vec<String>, DataplaneError> {
+        let wanted = netif::candidate_interfaces(&self.settings.interfaces)?;
+        let mut newly = Vec::new();
+        let present: BTreeMap<String, u32> = wanted.iter().map(|i| (i.name.clone(), i.index)).collect();
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(name, index)| present.get(*name) != Some(index))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.attached.remove(&name);
+            let _ = std::fs::remove_file(self.link_pin(&name));
+            info!(interface = %name, "interface gone");
+        }
+        for iface in wanted {
+            if self.attached.contains_key(&iface.name) {
+                continue;
+            }
+            self.attach(&iface.name)?;
+            self.attached.insert(iface.name.clone(), iface.index);
+            newly.push(iface.name);
+        }
+        Ok(newly)
+    }
+
+    fn link_pin(&self, interface: &str) -> PathBuf {
+        self.pin_dir.join("links").join(interface)
+    }
+
+    fn attach(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let pin = self.link_pin(interface);
+        let attach_err = |reason: String| DataplaneError::Attach { interface: interface.to_string(), reason };
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .expect("checked at load")
+            .try_into()
+            .expect("checked at load");
+        let adopted = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link: Result<SchedClassifierLink, _> = FdLink::from(old).try_into();
+                match link.map_err(|e| e.to_string()).and_then(|l| program.attach_to_link(l).map_err(|e| e.to_string())) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        // The interface was re-created or the link is defunct: start afresh.
+                        warn!(interface, error = %e, "could not adopt the pinned link; attaching anew");
+                        let _ = std::fs::remove_file(&pin);
+                        None
+                    }
+                }
+            }
+            Err(_) => None,
+        };
+        let (id, how) = match adopted {
+            Some(id) => (id, "adopted pinned link"),
+            None => (program.attach(interface, TcAttachType::Ingress).map_err(|e| attach_err(e.to_string()))?, "attached"),
+        };
+        let link = program.take_link(id).map_err(|e| attach_err(e.to_string()))?;
+        let fd_link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+        if how == "attached" {
+            fd_link.pin(&pin).map_err(|e| attach_err(format!("pinning link at {}: {e}", pin.display())))?;
+        } else {
+            // Already pinned at this path; dropping our fd leaves the pin holding the link.
+            drop(fd_link);
+        }
+        info!(interface, how, "TC ingress program in place");
+        Ok(())
+    }
+
+    /// Interfaces the program is attached to.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.attached.keys().cloned().collect()
+    }
+
+    /// Programs the whole [`Ir`] as a new generation, then makes it current with one store.
+    pub fn apply(&mut self, ir: &Ir) -> Result<ApplyReport, DataplaneError> {
+        let next = self.generation.wrapping_add(1).max(1);
+        let mut report = ApplyReport { generation: next, ..Default::default() };
+        for gateway in &ir.gateways {
+            let gw_name = format!("{}/{}", gateway.gateway.namespace, gateway.gateway.name);
+            for listener in &gateway.listeners {
+                let (proto, route) = match &listener.kind {
+                    ListenerKind::Tcp(route) => (PROTO_TCP, route),
+                    ListenerKind::Udp(route) => (PROTO_UDP, route),
+                    // TLS passthrough and HTTP listeners are served by the local stack for now.
+                    ListenerKind::TlsPassthrough(_) | ListenerKind::Http(_) => continue,
+                };
+                let listener_id = self.listener_ids.get(format!("{gw_name}/{}", listener.name));
+                let route_id = match route {
+                    Some(route) => {
+                        let r = &route.route;
+                        let id = self.route_ids.get(format!("{gw_name}/{}/{}/{}/{}", listener.name, r.kind, r.namespace, r.name));
+                        let table = self.maglev_table(next, route, &mut report)?;
+                        self.maglev
+                            .insert(RouteKey { generation: next, route_id: id }, table, 0)
+                            .map_err(map_err("MAGLEV"))?;
+                        report.routes += 1;
+                        id
+                    }
+                    None => 0,
+                };
+                for addr in &gateway.addresses {
+                    let IpAddr::V4(v4) = addr else {
+                        report.warnings.push(format!("{gw_name}: IPv6 address {addr} is not served by the kernel path"));
+                        continue;
+                    };
+                    let key = ListenerKey {
+                        generation: next,
+                        addr: u32::from(*v4).to_be(),
+                        port: listener.port.to_be(),
+                        proto,
+                        _pad: 0,
+                    };
+                    let value = ListenerValue { listener_id, route_id, kind: listener_kind::L4, _pad: [0; 3] };
+                    self.listeners.insert(key, value, 0).map_err(map_err("LISTENERS"))?;
+                    report.listeners += 1;
+                }
+            }
+        }
+        let (snat_port_min, snat_port_max) = self.settings.snat_ports;
+        self.config
+            .set(CONFIG_KEY, Config { generation: next, snat_port_min, snat_port_max }, 0)
+            .map_err(map_err("CONFIG"))?;
+        self.generation = next;
+        for w in &report.warnings {
+            warn!("{w}");
+        }
+        info!(generation = next, listeners = report.listeners, routes = report.routes, backends = report.backends, "configuration applied");
+        Ok(report)
+    }
+
+    /// Builds a route's Maglev table for generation `generation`, writing its backends.
+    fn maglev_table(&mut self, generation: u32, route: &ir::L4Route, report: &mut ApplyReport) -> Result<MaglevTable, DataplaneError> {
+        let mut entries = Vec::new();
+        for backend in &route.backends {
+            // Weights are split evenly over a backend's endpoints; integer scaling keeps the ratios exact enough.
+            let scaled = backend.weight as u64 * 1_000_000;
+            let reachable: Vec<(SocketAddr, netif::Path)> = if backend.valid {
+                backend
+                    .endpoints
+                    .iter()
+                    .filter_map(|ep| match ep {
+                        SocketAddr::V4(v4) => match netif::path_to(*v4) {
+                            Ok(path) => Some((*ep, path)),
+                            Err(e) => {
+                                report.warnings.push(format!("backend {}: {e}", backend.name));
+                                None
+                            }
+                        },
+                        SocketAddr::V6(_) => {
+                            report.warnings.push(format!("backend {}: IPv6 endpoint {ep} skipped", backend.name));
+                            None
+                        }
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if reachable.is_empty() {
+                // An invalid backend, or one with no ready endpoint: its share of flows is rejected.
+                entries.push(maglev::Entry { name: format!("reject:{}", backend.name), id: 0, weight: scaled });
+                continue;
+            }
+            let per_endpoint = scaled / reachable.len() as u64;
+            for (ep, path) in reachable {
+                let SocketAddr::V4(v4) = ep else { continue };
+                let id = self.backend_ids.get(ep.to_string());
+                let value = Backend {
+                    addr: u32::from(*v4.ip()).to_be(),
+                    snat_addr: u32::from(path.source).to_be(),
+                    ifindex: path.ifindex,
+                    port: v4.port().to_be(),
+                    _pad: 0,
+                };
+                self.backends.insert(BackendKey { generation, backend_id: id }, value, 0).map_err(map_err("BACKENDS"))?;
+                report.backends += 1;
+                entries.push(maglev::Entry { name: ep.to_string(), id, weight: per_endpoint });
+            }
+        }
+        let slots = maglev::build(&entries);
+        let mut table = MaglevTable { slots: [0; gateway_common::MAGLEV_TABLE_SIZE] };
+        table.slots.copy_from_slice(&slots);
+        Ok(table)
+    }
+
+    /// Removes configuration entries of generations other than the current one. Call it a moment after
+    /// [`apply`](Self::apply), once packets that read the previous generation have finished.
+    pub fn collect_old_generations(&mut self) -> Result<usize, DataplaneError> {
+        let current = self.generation;
+        let mut removed = 0;
+        let old: Vec<ListenerKey> = self.listeners.keys().filter_map(Result::ok).filter(|k| k.generation != current).collect();
+        for k in old {
+            self.listeners.remove(&k).map_err(map_err("LISTENERS"))?;
+            removed += 1;
+        }
+        let old: Vec<RouteKey> = self.maglev.keys().filter_map(Result::ok).filter(|k| k.generation != current).collect();
+        for k in old {
+            self.maglev.remove(&k).map_err(map_err("MAGLEV"))?;
+            removed += 1;
+        }
+        let old: Vec<BackendKey> = self.backends.keys().filter_map(Result::ok).filter(|k| k.generation != current).collect();
+        for k in old {
+            self.backends.remove(&k).map_err(map_err("BACKENDS"))?;
+            removed += 1;
+        }
+        debug!(removed, "old generations collected");
+        Ok(removed)
+    }
+
+    /// Current values of the kernel's counters (summed over CPUs), indexed by `gateway_common::counter`.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], DataplaneError> {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self.counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep.
+    pub fn expire_flows(&mut self) -> Result<conntrack::Sweep, DataplaneError> {
+        conntrack::sweep(&mut self.flows, &self.settings.timeouts)
+    }
+
+    /// The current configuration generation.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Where the maps and links are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+/// Formats a program load error with the verifier's log, which says why a program was rejected.
+fn verifier_message(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            format!("the verifier rejected {PROGRAM}: {io_error}\n{verifier_log}")
+        }
+        other => other.to_string(),
+    }
+}
