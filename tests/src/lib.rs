@@ -1,1 +1,23 @@
-//! Test harness placeholder.
+//! Test harness for the gateway: network namespaces and a client → gateway →
+//! backends topology, conformance-style echo backends (HTTP, TCP, TLS, UDP), a
+//! throw-away PKI, blocking protocol clients, a runner for the `gateway` binary,
+//! and socket inspection.
+//!
+//! Everything a test creates (namespaces, veths, processes, bpffs directories)
+//! is removed on drop, also when the test panics; leftovers of killed test
+//! processes are removed at the next first use ([`netns::cleanup_stale`]).
+//! Tests need root.
+
+pub mod clients;
+pub mod echo;
+pub mod gateway;
+pub mod netns;
+pub mod pki;
+pub mod sockets;
+pub mod topology;
+
+pub use echo::{spawn_echo, EchoConfig, EchoServer};
+pub use gateway::GatewayProcess;
+pub use netns::{Netns, Process};
+pub use pki::Pki;
+pub use topology::Topology;

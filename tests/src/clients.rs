@@ -1,0 +1,331 @@
+//! Small blocking clients for the echo protocols, all with timeouts. They use
+//! plain std sockets, so run them inside a namespace with
+//! [`Netns::run`](crate::netns::Netns::run):
+//!
+//! ```no_run
+//! # use gateway_tests::{clients, topology::Topology};
+//! # let topo = Topology::builder().build().unwrap();
+//! let addr = "198.18.11.2:3000".parse().unwrap();
+//! let reply = topo.gateway().run(|| clients::tcp_echo_test(addr)).unwrap();
+//! assert_eq!(clients::deployment_of(&reply.pod), "tcp-backend");
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::echo::{HttpEchoReply, TcpEchoReply, UdpEchoReply, TCP_GREETING};
+
+/// Connect timeout of every helper.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read/write timeout of every helper.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response any helper reads.
+const MAX_RESPONSE: u64 = 4 << 20;
+
+/// Conformance's mapping of a pod name `<deploy>-<rshash>-<podhash>` to `<deploy>`
+/// (drops the last two `-` segments; returns the input if it has fewer).
+pub fn deployment_of(pod: &str) -> &str {
+    let mut end = pod.len();
+    for _ in 0..2 {
+        match pod[..end].rfind('-') {
+            Some(i) => end = i,
+            None => return pod,
+        }
+    }
+    &pod[..end]
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// Runs the line protocol on an established stream: reads the greeting, sends
+/// `cmd` and returns the answer line (without the newline).
+fn line_command<S: Read + Write>(stream: S, cmds: &[&str]) -> Result<Vec<String>> {
+    let mut r = BufReader::new(stream);
+    let mut greeting = String::new();
+    r.by_ref()
+        .take(4096)
+        .read_line(&mut greeting)
+        .context("reading greeting")?;
+    ensure!(greeting == TCP_GREETING, "unexpected greeting {greeting:?}");
+    let mut out = Vec::new();
+    for cmd in cmds {
+        r.get_mut().write_all(format!("{cmd}\n").as_bytes())?;
+        r.get_mut().flush()?;
+        let mut line = String::new();
+        r.by_ref()
+            .take(MAX_RESPONSE)
+            .read_line(&mut line)
+            .with_context(|| format!("reading answer to {cmd}"))?;
+        ensure!(
+            line.ends_with('\n'),
+            "connection closed after {cmd} ({line:?})"
+        );
+        out.push(line.trim_end().to_string());
+    }
+    Ok(out)
+}
+
+/// Connects to a TCP echo, checks the greeting, sends `TEST` and parses the JSON.
+pub fn tcp_echo_test(addr: SocketAddr) -> Result<TcpEchoReply> {
+    let lines = line_command(connect(addr)?, &["TEST"])?;
+    serde_json::from_str(&lines[0]).with_context(|| format!("parsing TEST reply {:?}", lines[0]))
+}
+
+/// Sends the given line commands (e.g. `["PING", "IS_TLS"]`) to a TCP echo and
+/// returns the answer lines.
+pub fn tcp_commands(addr: SocketAddr, cmds: &[&str]) -> Result<Vec<String>> {
+    line_command(connect(addr)?, cmds)
+}
+
+/// A rustls client config trusting only `ca_pem` (one or more PEM certificates).
+pub fn tls_client_config(ca_pem: &str, alpn: &[&str]) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.context("parsing CA PEM")?)?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let name =
+        ServerName::try_from(sni.to_string()).map_err(|e| anyhow!("bad SNI {sni:?}: {e}"))?;
+    let conn = rustls::ClientConnection::new(cfg, name)?;
+    let mut s = rustls::StreamOwned::new(conn, connect(addr)?);
+    while s.conn.is_handshaking() {
+        s.conn
+            .complete_io(&mut s.sock)
+            .with_context(|| format!("TLS handshake with {addr} (SNI {sni})"))?;
+    }
+    Ok(s)
+}
+
+/// Like [`tcp_echo_test`] over TLS with SNI `sni`, verifying the server against `ca_pem`.
+pub fn tls_echo_test(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<TcpEchoReply> {
+    let s = tls_connect(addr, sni, tls_client_config(ca_pem, &[])?)?;
+    let lines = line_command(s, &["TEST"])?;
+    serde_json::from_str(&lines[0]).with_context(|| format!("parsing TEST reply {:?}", lines[0]))
+}
+
+/// Sends one datagram and waits (≤ `IO_TIMEOUT`) for the JSON reply.
+pub fn udp_echo(addr: SocketAddr, payload: &str) -> Result<UdpEchoReply> {
+    udp_echo_timeout(addr, payload, IO_TIMEOUT)
+}
+
+/// [`udp_echo`] with an explicit timeout.
+pub fn udp_echo_timeout(
+    addr: SocketAddr,
+    payload: &str,
+    timeout: Duration,
+) -> Result<UdpEchoReply> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send(payload.as_bytes())
+        .with_context(|| format!("sending to {addr}"))?;
+    let mut buf = [0u8; 65536];
+    let n = s
+        .recv(&mut buf)
+        .with_context(|| format!("no UDP reply from {addr} within {timeout:?}"))?;
+    serde_json::from_slice(&buf[..n])
+        .with_context(|| format!("parsing UDP reply {:?}", String::from_utf8_lossy(&buf[..n])))
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// First header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// Body as (lossy) text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Body parsed as the echo server's JSON.
+    pub fn echo(&self) -> Result<HttpEchoReply> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("not echo JSON: {:?}", self.text()))
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
+/// `headers` are added after `Host`.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse> {
+    let mut s = connect(addr)?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.take(MAX_RESPONSE)
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading HTTP response from {addr}"))?;
+    parse_http_response(&raw, method == "HEAD")
+}
+
+/// `GET path` with `Host: host`; returns the status and the body as JSON (a JSON
+/// string value if the body is not JSON, e.g. `/health`'s `OK`).
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, serde_json::Value)> {
+    let r = http_request(addr, "GET", host, path, &[])?;
+    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| serde_json::Value::String(r.text()));
+    Ok((r.status, v))
+}
+
+/// Parses a complete HTTP/1.x response (Content-Length, chunked, or until EOF).
+pub fn parse_http_response(raw: &[u8], head_only: bool) -> Result<HttpResponse> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("incomplete HTTP response ({} bytes)", raw.len()))?;
+    let head = std::str::from_utf8(&raw[..end]).context("non-UTF-8 HTTP head")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    ensure!(
+        version.starts_with("HTTP/1."),
+        "bad status line {status_line:?}"
+    );
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    let body = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+        Vec::new()
+    } else if get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        dechunk(rest)?
+    } else if let Some(len) = get("content-length") {
+        let len: usize = len.parse().context("bad content-length")?;
+        ensure!(
+            rest.len() >= len,
+            "body truncated: {} of {len} bytes",
+            rest.len()
+        );
+        rest[..len].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow!("truncated chunk size"))?;
+        let size_str = std::str::from_utf8(&data[..eol])?;
+        let size_str = size_str.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_str, 16).context("bad chunk size")?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            bail!("truncated chunk");
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_mapping() {
+        assert_eq!(deployment_of("tcp-backend-6c9f-abcde"), "tcp-backend");
+        assert_eq!(deployment_of("infra-backend-v1-7d8-x9"), "infra-backend-v1");
+        assert_eq!(deployment_of("a-b"), "a-b");
+        assert_eq!(deployment_of("plain"), "plain");
+    }
+
+    #[test]
+    fn parses_responses() {
+        let r = parse_http_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nOKjunk",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.text().as_str(), r.header("x-a")),
+            (200, "OK", Some("b"))
+        );
+        let r = parse_http_response(
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((r.status, r.text().as_str()), (503, "abcde"));
+        let r = parse_http_response(b"HTTP/1.0 404 Not Found\r\n\r\nnope", false).unwrap();
+        assert_eq!((r.status, r.text().as_str()), (404, "nope"));
+        assert!(parse_http_response(b"HTTP/1.1 200 OK\r\n", false).is_err());
+    }
+}
