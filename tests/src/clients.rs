@@ -221,6 +221,79 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, serde_
     Ok((r.status, v))
 }
 
+/// One HTTP/1.1 request over TLS (SNI `sni`, server verified against `ca_pem`,
+/// ALPN `http/1.1`), `Connection: close`.
+pub fn https_request(
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+    host: &str,
+    path: &str,
+) -> Result<HttpResponse> {
+    let mut s = tls_connect(addr, sni, tls_client_config(ca_pem, &["http/1.1"])?)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    // A peer closing without close_notify is reported as an error after the data:
+    // keep what was read and let the parser decide whether it is complete.
+    if let Err(e) = s.take(MAX_RESPONSE).read_to_end(&mut raw) {
+        if raw.is_empty() {
+            return Err(anyhow!(e).context(format!("reading HTTPS response from {addr}")));
+        }
+    }
+    parse_http_response(&raw, false)
+}
+
+/// `GET path` over HTTP/2 with prior knowledge (h2c), `:authority` = `authority`.
+/// Runs its own current-thread runtime, so call it from a plain (e.g.
+/// [`Netns::run`](crate::netns::Netns::run)) thread, not from async code.
+pub fn h2c_get(addr: SocketAddr, authority: &str, path: &str) -> Result<HttpResponse> {
+    use http_body_util::{BodyExt, Empty};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let fut = async {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
+            let (mut send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .context("h2 handshake")?;
+            tokio::spawn(conn);
+            let req = hyper::Request::get(format!("http://{authority}{path}"))
+                .body(Empty::<bytes::Bytes>::new())?;
+            let resp = send.send_request(req).await.context("h2 request")?;
+            let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = resp.into_body().collect().await?.to_bytes().to_vec();
+            anyhow::Ok(HttpResponse {
+                status,
+                headers,
+                body,
+            })
+        };
+        tokio::time::timeout(IO_TIMEOUT, fut)
+            .await
+            .map_err(|_| anyhow!("h2c request to {addr} timed out"))?
+    })
+}
+
 /// Parses a complete HTTP/1.x response (Content-Length, chunked, or until EOF).
 pub fn parse_http_response(raw: &[u8], head_only: bool) -> Result<HttpResponse> {
     let end = raw

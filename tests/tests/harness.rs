@@ -192,41 +192,27 @@ fn echo_backend_binary_speaks_all_protocols() {
         assert_eq!((s, json["httpPort"].as_str()), (200, Some("3001")));
     });
 
-    // HTTPS (with ALPN h2) and h2c prior knowledge through hyper-free raw checks are
-    // covered by an in-process test below; here: HTTPS over HTTP/1.1.
-    let cfg_tls = clients::tls_client_config(&ca, &["http/1.1"]).unwrap();
     let https = topo
         .gateway()
-        .run(|| https_get(sa(b, 9443), "other.example.com", cfg_tls));
-    let e: gateway_tests::echo::HttpEchoReply = serde_json::from_slice(&https.body).unwrap();
+        .run(|| clients::https_request(sa(b, 9443), "other.example.com", &ca, "h", "/tls"))
+        .unwrap();
     assert_eq!(https.status, 200);
-    let t = e.tls.expect("tls in https echo");
+    let t = https.echo().unwrap().tls.expect("tls in https echo");
     assert_eq!(t.server_name, "other.example.com");
     assert_eq!(t.version, "TLSv1.3");
     assert_eq!(t.negotiated_protocol, "http/1.1");
-}
 
-/// Minimal HTTPS GET for the test above.
-fn https_get(
-    addr: SocketAddr,
-    sni: &str,
-    cfg: std::sync::Arc<rustls::ClientConfig>,
-) -> clients::HttpResponse {
-    use std::io::{Read, Write};
-    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    let conn = rustls::ClientConnection::new(cfg, name).unwrap();
-    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut s = rustls::StreamOwned::new(conn, sock);
-    write!(
-        s,
-        "GET /tls HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    // The server closes after the response; rustls reports an unclean close as an error.
-    let _ = s.read_to_end(&mut raw);
-    clients::parse_http_response(&raw, false).unwrap()
+    // h2c with prior knowledge.
+    let r = topo
+        .gateway()
+        .run(|| clients::h2c_get(sa(b, 3001), "h2.example", "/h2?q=1"))
+        .unwrap();
+    let e = r.echo().unwrap();
+    assert_eq!((r.status, e.proto.as_str()), (200, "HTTP/2.0"));
+    assert_eq!(
+        (e.host.as_str(), e.path.as_str()),
+        ("h2.example", "/h2?q=1")
+    );
 }
 
 #[test]
