@@ -222,7 +222,7 @@ impl<'ns> GatewayProcess<'ns> {
             .with_context(|| format!("creating {}", bpffs_root.display()))?;
         let admin: SocketAddr = DEFAULT_ADMIN.parse()?;
         let args = gateway_args(configs, admin, &bpffs_root, extra_args);
-        let log_dir = tempfile::Builder::new().prefix("gwt-gateway-").tempdir()?;
+        let log_dir = crate::netns::temp_dir("gateway")?;
         let mut g = GatewayProcess {
             ns,
             bin,

@@ -77,9 +77,9 @@ pub fn cleanup_stale_once() {
     });
 }
 
-/// Deletes every `gwt-<pid>-*` namespace (after killing its processes) and every
-/// `/sys/fs/bpf/ebpf-gateway-test/gwt-<pid>-*` directory whose `pid` is no longer
-/// alive. Returns the names removed. Errors are ignored: another process may be
+/// Deletes every `gwt-<pid>-*` namespace (after killing its processes), every
+/// `/sys/fs/bpf/ebpf-gateway-test/gwt-<pid>-*` directory and every
+/// `$TMPDIR/gwt-<pid>-*` temp dir whose `pid` is no longer alive. Returns the names removed. Errors are ignored: another process may be
 /// cleaning the same leftovers concurrently.
 pub fn cleanup_stale() -> Vec<String> {
     let mut removed = Vec::new();
@@ -109,7 +109,31 @@ pub fn cleanup_stale() -> Vec<String> {
             }
         }
     }
+    // Temp dirs are kept when logs were asked to be kept.
+    let tmp = std::env::temp_dir();
+    let tmp_entries = match std::env::var_os("GWT_KEEP_LOGS") {
+        None => std::fs::read_dir(tmp).ok(),
+        Some(_) => None,
+    };
+    if let Some(entries) = tmp_entries {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = owner_pid(&name) {
+                if !pid_alive(pid) && std::fs::remove_dir_all(e.path()).is_ok() {
+                    removed.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
     removed
+}
+
+/// A temp dir named `gwt-<pid>-<kind>-XXXXXX` (so [`cleanup_stale`] can remove it
+/// if this process dies without running destructors).
+pub fn temp_dir(kind: &str) -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{}-{kind}-", std::process::id()))
+        .tempdir()
 }
 
 /// Pids of processes whose network namespace is `name` (`ip netns pids`), never ours.
@@ -447,7 +471,7 @@ impl Process {
         let log_path = match log_path {
             Some(p) => p,
             None => {
-                let dir = tempfile::Builder::new().prefix("gwt-log-").tempdir()?;
+                let dir = crate::netns::temp_dir("log")?;
                 let p = dir.path().join("process.log");
                 dirs.push(dir);
                 p

@@ -82,7 +82,7 @@ fn leaf_params(cn: &str, sans: &[&str]) -> Result<CertificateParams> {
 impl Pki {
     /// Generates a new CA named `common_name` in a fresh temp dir (`ca.crt`, `ca.key`).
     pub fn new(common_name: &str) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("gwt-pki-").tempdir()?;
+        let dir = crate::netns::temp_dir("pki")?;
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();

@@ -334,12 +334,17 @@ fn stale_namespaces_of_dead_pids_are_removed() {
     gateway_tests::gateway::ensure_bpffs().unwrap();
     let bpf_dir = Path::new(BPFFS_TEST_ROOT).join(format!("{PREFIX}{dead}-0stale-gw"));
     std::fs::create_dir_all(bpf_dir.join("sub")).unwrap();
+    let tmp = std::env::temp_dir().join(format!("{PREFIX}{dead}-log-abc123"));
+    std::fs::create_dir_all(&tmp).unwrap();
     // Our own, live namespace must survive.
     let live = Netns::with_role("live").unwrap();
 
     netns::cleanup_stale();
     assert!(!ns_exists(&name), "stale namespace not removed");
     assert!(!bpf_dir.exists(), "stale bpffs dir not removed");
+    if std::env::var_os("GWT_KEEP_LOGS").is_none() {
+        assert!(!tmp.exists(), "stale temp dir not removed");
+    }
     assert!(live.exists());
     let st = wait_child(&mut sleeper, Duration::from_secs(5));
     assert!(st.is_some(), "process in stale namespace not killed");

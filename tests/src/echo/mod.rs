@@ -554,7 +554,7 @@ pub fn echo_backend_bin() -> Result<PathBuf> {
 pub fn spawn_echo(ns: &Netns, cfg: &EchoConfig) -> Result<crate::netns::Process> {
     cfg.validate()?;
     let bin = echo_backend_bin()?;
-    let dir = tempfile::Builder::new().prefix("gwt-echo-").tempdir()?;
+    let dir = crate::netns::temp_dir("echo")?;
     let files = match &cfg.tls_pem {
         Some(pem) => {
             let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
