@@ -28,28 +28,28 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
     /// HTTP/1.1 port.
-    #[arg(long)]
+    #[arg(long, env = "HTTP_PORT")]
     http: Option<u16>,
     /// h2c (HTTP/2 prior knowledge, HTTP/1.1 too) port.
-    #[arg(long)]
+    #[arg(long, env = "H2C_PORT")]
     h2c: Option<u16>,
     /// HTTPS port (needs --cert/--key).
-    #[arg(long)]
+    #[arg(long, env = "HTTPS_PORT")]
     https: Option<u16>,
     /// TCP line-protocol port.
-    #[arg(long)]
+    #[arg(long, env = "TCP_PORT")]
     tcp: Option<u16>,
     /// TLS line-protocol port (needs --cert/--key).
-    #[arg(long)]
+    #[arg(long, env = "TLS_PORT")]
     tls: Option<u16>,
     /// UDP port.
-    #[arg(long)]
+    #[arg(long, env = "UDP_PORT")]
     udp: Option<u16>,
     /// Certificate chain (PEM).
-    #[arg(long)]
+    #[arg(long, env = "TLS_SERVER_CERT")]
     cert: Option<PathBuf>,
     /// Private key (PEM).
-    #[arg(long)]
+    #[arg(long, env = "TLS_SERVER_PRIVKEY")]
     key: Option<PathBuf>,
     /// Also create this file once ready.
     #[arg(long)]
