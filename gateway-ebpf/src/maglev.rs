@@ -35,7 +35,11 @@ pub fn pick(generation: u32, route_id: u32, hash: u32) -> Pick {
     let Some(table) = MAGLEV.get_ptr(RouteKey { generation, route_id }) else {
         return Pick::Reject;
     };
-    let slot = (hash % MAGLEV_TABLE_SIZE as u32) as usize;
+    let slot = hash % MAGLEV_TABLE_SIZE as u32;
+    // LLVM proves the check below redundant after the modulo and deletes it, but the verifier cannot follow the
+    // modulo (lowered to a multiply): reading through a volatile keeps the check, which bounds the index.
+    // SAFETY: reading a local.
+    let slot = unsafe { core::ptr::read_volatile(&slot) } as usize;
     if slot >= MAGLEV_TABLE_SIZE {
         return Pick::Reject;
     }

@@ -1,1 +1,150 @@
-//! The agent loop: provider snapshots in, translation, data plane sync and status out.
+//! The agent loop: snapshots from the provider are translated, the IR is programmed into the kernel, and the
+//! computed status is published on the admin endpoint. A tick follows new interfaces, expires flows and refreshes
+//! metrics. The loop owns the data plane, so map updates never race each other.
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tracing::{error, info, warn};
+
+use crate::{
+    admin::{self, AdminError, AdminState},
+    dataplane::{self, Dataplane, DataplaneError},
+    ir::Ir,
+    provider, snapshot::Snapshot, status, translate,
+};
+
+/// How long packets may still be using the previous generation after a swap (far longer than any program run).
+const GENERATION_GRACE: Duration = Duration::from_millis(50);
+/// Interfaces, counters and conntrack are looked at this often.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Everything `gateway run` configures.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// YAML files or directories (standalone file provider).
+    pub config: Vec<PathBuf>,
+    pub admin: SocketAddr,
+    pub dataplane: dataplane::Settings,
+    pub translate: translate::TranslateOptions,
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("configuration provider: {0}")]
+    Provider(String),
+}
+
+/// Runs until `shutdown` completes. Pinned maps and links stay in place on exit, so forwarding and established
+/// flows continue until the next agent adopts them.
+pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let state = Arc::new(AdminState::default());
+    let server = admin::bind(options.admin, state.clone()).await?;
+    info!(address = %options.admin, "admin endpoint listening");
+    let admin_task = tokio::spawn(server);
+
+    let mut dataplane = Dataplane::load(options.dataplane.clone())?;
+    state.metrics.conntrack_capacity.set(options.dataplane.conntrack_entries as i64);
+    for name in dataplane.sync_interfaces()? {
+        info!(interface = %name, "attached");
+    }
+    state.metrics.interfaces.set(dataplane.interfaces().len() as i64);
+
+    let (mut snapshots, _watcher) = provider::file::watch(options.config.clone());
+
+    let mut agent = Agent { dataplane, state: state.clone(), options, last_ir: None, last_status: None };
+    let snapshot = snapshots.borrow_and_update().clone();
+    agent.reconcile(&snapshot).await;
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutting down; pinned maps and links keep forwarding until the next agent adopts them");
+                break;
+            }
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return Err(AgentError::Provider("the file watcher stopped".into()));
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                agent.reconcile(&snapshot).await;
+            }
+            _ = tick.tick() => agent.tick().await,
+        }
+    }
+    admin_task.abort();
+    Ok(())
+}
+
+struct Agent {
+    dataplane: Dataplane,
+    state: Arc<AdminState>,
+    options: AgentOptions,
+    last_ir: Option<Ir>,
+    last_status: Option<status::Status>,
+}
+
+impl Agent {
+    /// Translates a snapshot, publishes its status and programs its IR if it changed.
+    async fn reconcile(&mut self, snapshot: &Snapshot) {
+        let (ir, status) = translate::translate_with_previous(snapshot, &self.options.translate, self.last_status.as_ref());
+        *self.state.status.write().expect("status lock") = status::objects_with_status(snapshot, &status);
+        self.last_status = Some(status);
+        if self.last_ir.as_ref() == Some(&ir) {
+            return;
+        }
+        self.program(ir).await;
+    }
+
+    async fn program(&mut self, ir: Ir) {
+        let labels = |result: &str| vec![("result".to_string(), result.to_string())];
+        match self.dataplane.apply(&ir) {
+            Ok(report) => {
+                self.state.metrics.config_applies.get_or_create(&labels("ok")).inc();
+                self.state.metrics.generation.set(report.generation as i64);
+                tokio::time::sleep(GENERATION_GRACE).await;
+                if let Err(e) = self.dataplane.collect_old_generations() {
+                    warn!(error = %e, "removing the previous generation failed; it will be retried");
+                }
+                self.last_ir = Some(ir);
+                self.state.set_ready();
+            }
+            Err(e) => {
+                // The previous generation keeps serving: it is only replaced by a complete new one.
+                self.state.metrics.config_applies.get_or_create(&labels("error")).inc();
+                error!(error = %e, "programming the kernel failed; the previous configuration keeps serving");
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        match self.dataplane.sync_interfaces() {
+            Ok(new) if !new.is_empty() => {
+                self.state.metrics.interfaces.set(self.dataplane.interfaces().len() as i64);
+                // Paths to backends may have changed with the interfaces: program again.
+                if let Some(ir) = self.last_ir.take() {
+                    self.program(ir).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "scanning interfaces failed"),
+        }
+        match self.dataplane.counters() {
+            Ok(c) => self.state.metrics.observe_kernel(&c),
+            Err(e) => warn!(error = %e, "reading kernel counters failed"),
+        }
+        match self.dataplane.expire_flows() {
+            Ok(sweep) => {
+                self.state.metrics.conntrack_entries.set(sweep.entries as i64);
+                self.state.metrics.flows_expired.inc_by(sweep.expired_flows);
+            }
+            Err(e) => warn!(error = %e, "conntrack expiry failed"),
+        }
+    }
+}

@@ -1,1 +1,140 @@
-fn main() {}
+//! `gateway`: an eBPF-accelerated Gateway API gateway. `gateway run` is the agent; `gateway validate` checks
+//! configuration offline.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use gateway_userspace::{
+    agent::{self, AgentOptions},
+    dataplane::{self, conntrack::Timeouts},
+    translate::{TranslateOptions, DEFAULT_CONTROLLER_NAME},
+    validate,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "An eBPF-accelerated Kubernetes Gateway API gateway",
+    long_about = "An eBPF-accelerated Kubernetes Gateway API gateway.\n\nTCP and UDP routes are forwarded inside \
+                  the kernel by a TC program; the agent translates Gateway API objects (from YAML files or \
+                  Kubernetes) into the program's maps."
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "GATEWAY_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: watch the configuration, program the kernel, serve the admin endpoint.
+    Run(RunArgs),
+    /// Translate configuration offline and print every object with its computed status.
+    Validate(validate::ValidateArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Gateway API YAML files or directories to serve (standalone mode); watched for changes.
+    #[arg(long, short, required = true, value_name = "PATH")]
+    config: Vec<PathBuf>,
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics, /status).
+    #[arg(long, default_value = "0.0.0.0:9902", value_name = "ADDR")]
+    admin: SocketAddr,
+    /// Attach only to these interfaces (repeatable). Default: every interface that is up, except loopback,
+    /// including ones that appear later.
+    #[arg(long = "interface", short = 'i', value_name = "NAME")]
+    interfaces: Vec<String>,
+    /// Where maps and links are pinned (a bpffs). A restarted agent adopts what it finds there.
+    #[arg(long, default_value = "/sys/fs/bpf/ebpf-gateway", value_name = "DIR")]
+    bpffs_root: PathBuf,
+    /// Gateway API controller name: GatewayClasses naming it are served.
+    #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+    /// Source ports used for SNAT towards backends (keep them clear of the local ephemeral range).
+    #[arg(long, default_value = "10000-32767", value_parser = parse_port_range, value_name = "MIN-MAX")]
+    snat_ports: (u16, u16),
+    /// Conntrack capacity in entries (two per flow). When full, new flows are refused and counted.
+    #[arg(long, default_value_t = 262_144)]
+    conntrack_entries: u32,
+    /// Idle timeout of established TCP flows, in seconds.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    tcp_idle_timeout: u64,
+    /// Idle timeout of UDP flows, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    udp_idle_timeout: u64,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected MIN-MAX, e.g. 10000-32767")?;
+    let (a, b) = (a.trim().parse::<u16>().map_err(|e| e.to_string())?, b.trim().parse::<u16>().map_err(|e| e.to_string())?);
+    if a == 0 || a > b {
+        return Err(format!("{a}-{b} is not a range of non-zero ports"));
+    }
+    Ok((a, b))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
+        Command::Validate(args) => validate::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let options = AgentOptions {
+        config: args.config,
+        admin: args.admin,
+        dataplane: dataplane::Settings {
+            bpffs_root: args.bpffs_root,
+            interfaces: args.interfaces,
+            snat_ports: args.snat_ports,
+            conntrack_entries: args.conntrack_entries,
+            timeouts: Timeouts {
+                tcp_established: Duration::from_secs(args.tcp_idle_timeout),
+                udp: Duration::from_secs(args.udp_idle_timeout),
+                ..Timeouts::default()
+            },
+        },
+        translate: TranslateOptions { controller_name: args.controller_name, ..TranslateOptions::default() },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(agent::run(options, shutdown_signal())).context("the agent stopped")
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -149,7 +149,7 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Bpffs(format!("creating {}: {e}", pin_dir.display())))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
-            .set_max_entries("FLOWS", settings.conntrack_entries)
+            .map_max_entries("FLOWS", settings.conntrack_entries)
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
         let program: &mut SchedClassifier = ebpf
@@ -414,6 +414,24 @@ impl Dataplane {
     /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep.
     pub fn expire_flows(&mut self) -> Result<conntrack::Sweep, DataplaneError> {
         conntrack::sweep(&mut self.flows, &self.settings.timeouts)
+    }
+
+    /// Runs the TC program once on `frame` (BPF_PROG_TEST_RUN) against the live maps, returning the TC action
+    /// and the frame as the program left it. Redirects are reported, not performed. For tests and diagnostics.
+    pub fn run_frame(&self, frame: &[u8]) -> Result<(i32, Vec<u8>), DataplaneError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let program: &SchedClassifier = self.ebpf.program(PROGRAM).expect("checked at load").try_into().expect("checked at load");
+        let mut out = vec![0u8; frame.len().max(128) + 256];
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .map_err(|e| DataplaneError::Load(format!("BPF_PROG_TEST_RUN: {e}")))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value as i32, out))
+    }
+
+    /// Every conntrack entry (for tests, diagnostics and the admin endpoint).
+    pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
+        self.flows.iter().filter_map(Result::ok).collect()
     }
 
     /// The current configuration generation.

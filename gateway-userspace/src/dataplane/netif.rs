@@ -51,8 +51,9 @@ pub struct Path {
 /// Resolves the path to `endpoint` from this namespace's main routing table (longest prefix match) and the
 /// kernel's own source address selection.
 pub fn path_to(endpoint: SocketAddrV4) -> Result<Path, DataplaneError> {
-    let table = std::fs::read_to_string("/proc/net/route")
-        .map_err(|e| DataplaneError::Netif(format!("reading /proc/net/route: {e}")))?;
+    // thread-self: a thread that entered another network namespace (tests do) sees that namespace's routes.
+    let table = std::fs::read_to_string("/proc/thread-self/net/route")
+        .map_err(|e| DataplaneError::Netif(format!("reading /proc/thread-self/net/route: {e}")))?;
     let route = longest_prefix_match(&table, *endpoint.ip())
         .ok_or_else(|| DataplaneError::NoRoute(endpoint.to_string()))?;
     let ifindex = nix::net::if_::if_nametoindex(route.as_str())

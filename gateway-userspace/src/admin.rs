@@ -1,1 +1,0 @@
-//! Admin HTTP endpoint: health, readiness, Prometheus metrics and computed status.

@@ -1,0 +1,303 @@
+//! The TC program run on crafted frames with BPF_PROG_TEST_RUN against maps programmed by the real
+//! `Dataplane::apply`: NAT rewrites with checksums verified independently (etherparse), reverse NAT, RSTs for
+//! unserved TCP, traffic for other addresses untouched, malformed headers dropped and counted.
+//!
+//! Runs inside a network namespace with a link towards the backends, so route resolution is real.
+use std::net::{Ipv4Addr, SocketAddr};
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use gateway_common::{counter, direction};
+use gateway_tests::netns::{unique_id, Netns};
+use gateway_userspace::{
+    dataplane::{Dataplane, Settings},
+    ir::{Backend, Gateway, Ir, L4Route, Listener, ListenerKind, ObjectRef},
+};
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
+
+const VIP: [u8; 4] = [198, 18, 100, 1];
+const CLIENT: [u8; 4] = [198, 18, 0, 2];
+const GW_BACKEND_SIDE: [u8; 4] = [198, 18, 11, 1];
+const BACKEND: [u8; 4] = [198, 18, 11, 2];
+
+fn route(kind: &str, name: &str) -> L4Route {
+    L4Route {
+        route: ObjectRef { kind: kind.into(), namespace: "default".into(), name: name.into() },
+        backends: vec![Backend {
+            name: "default/echo:3000".into(),
+            weight: 1,
+            endpoints: vec![SocketAddr::from((BACKEND, 3000))],
+            valid: true,
+        }],
+    }
+}
+
+fn ir() -> Ir {
+    let listener = |name: &str, port, kind| Listener { name: name.into(), port, kind };
+    Ir {
+        gateways: vec![Gateway {
+            gateway: ObjectRef { kind: "Gateway".into(), namespace: "default".into(), name: "gw".into() },
+            addresses: vec![Ipv4Addr::from(VIP).into()],
+            listeners: vec![
+                listener("tcp", 9000, ListenerKind::Tcp(Some(route("TCPRoute", "tcp")))),
+                listener("udp", 9001, ListenerKind::Udp(Some(route("UDPRoute", "udp")))),
+                listener("tcp-no-route", 9002, ListenerKind::Tcp(None)),
+                listener("udp-no-route", 9003, ListenerKind::Udp(None)),
+            ],
+        }],
+    }
+}
+
+fn tcp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, ack: bool, payload: &[u8]) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
+    if syn {
+        b = b.syn();
+    }
+    if ack {
+        b = b.ack(5000);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// Addresses, ports, and whether every checksum in the frame is right, computed independently of the kernel.
+#[derive(Debug)]
+struct Seen {
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    checksums_ok: bool,
+    tcp_rst: bool,
+    tcp_ack_number: u32,
+    udp_checksum: u16,
+}
+
+fn inspect(frame: &[u8]) -> Seen {
+    let p = SlicedPacket::from_ethernet(frame).expect("frame parses");
+    let ip = match p.net.expect("has IP") {
+        etherparse::NetSlice::Ipv4(ip) => ip,
+        other => panic!("not IPv4: {other:?}"),
+    };
+    let header = ip.header().to_header();
+    let ip_ok = header.calc_header_checksum() == header.header_checksum;
+    match p.transport.expect("has L4") {
+        TransportSlice::Tcp(tcp) => {
+            let h = tcp.to_header();
+            let ok = h.calc_checksum_ipv4(&header, tcp.payload()).unwrap() == h.checksum;
+            Seen {
+                src: header.source,
+                dst: header.destination,
+                sport: h.source_port,
+                dport: h.destination_port,
+                checksums_ok: ip_ok && ok,
+                tcp_rst: h.rst,
+                tcp_ack_number: h.acknowledgment_number,
+                udp_checksum: 0,
+            }
+        }
+        TransportSlice::Udp(udp) => {
+            let h = udp.to_header();
+            let ok = h.checksum == 0 || h.calc_checksum_ipv4(&header, udp.payload()).unwrap() == h.checksum;
+            Seen {
+                src: header.source,
+                dst: header.destination,
+                sport: h.source_port,
+                dport: h.destination_port,
+                checksums_ok: ip_ok && ok,
+                tcp_rst: false,
+                tcp_ack_number: 0,
+                udp_checksum: h.checksum,
+            }
+        }
+        other => panic!("unexpected transport {other:?}"),
+    }
+}
+
+/// Runs `body` with a freshly loaded and programmed data plane inside a new namespace.
+fn with_dataplane(body: impl FnOnce(&mut Dataplane) + Send) {
+    let ns = Netns::with_role("prog").expect("namespace");
+    // This kernel has no dummy driver: a veth pair whose far end stays in the namespace serves as the link
+    // towards the backends.
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]).unwrap();
+    ns.ip(&["addr", "add", "198.18.11.1/24", "dev", "d0"]).unwrap();
+    ns.ip(&["link", "set", "d0", "up"]).unwrap();
+    ns.ip(&["link", "set", "d1", "up"]).unwrap();
+    let root = std::path::PathBuf::from(format!("/sys/fs/bpf/gwt-{}-prog", unique_id()));
+    let cleanup_root = root.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ns.run(move || {
+            let settings = Settings { bpffs_root: root, ..Settings::default() };
+            let mut dp = Dataplane::load(settings).expect("the eBPF object loads and passes the verifier");
+            let report = dp.apply(&ir()).expect("apply");
+            assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+            body(&mut dp);
+        })
+    }));
+    let _ = std::fs::remove_dir_all(&cleanup_root);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn tcp_syn_is_nated_to_the_backend_and_the_reply_back_to_the_client() {
+    with_dataplane(|dp| {
+        let syn = tcp_frame(CLIENT, 40000, VIP, 9000, true, false, &[]);
+        let (action, out) = dp.run_frame(&syn).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let seen = inspect(&out);
+        assert!(seen.checksums_ok, "checksums after DNAT/SNAT: {seen:?}");
+        assert_eq!((seen.dst, seen.dport), (BACKEND, 3000));
+        assert_eq!(seen.src, GW_BACKEND_SIDE, "SNAT to the gateway's address towards the backend");
+        assert!((10000..=32767).contains(&seen.sport), "SNAT port {} in the configured range", seen.sport);
+
+        let flows = dp.flows();
+        assert_eq!(flows.len(), 2, "one entry per direction");
+        assert_eq!(flows.iter().filter(|(_, f)| f.direction == direction::ORIGINAL).count(), 1);
+
+        // The backend's SYN-ACK comes back to the SNAT address and port.
+        let mut syn_ack = tcp_frame(BACKEND, 3000, GW_BACKEND_SIDE, seen.sport, true, true, &[]);
+        let (action, out) = dp.run_frame(&syn_ack).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let back = inspect(&out);
+        assert!(back.checksums_ok, "checksums after reverse NAT: {back:?}");
+        assert_eq!((back.src, back.sport, back.dst, back.dport), (VIP, 9000, CLIENT, 40000));
+
+        // Data in the established flow, with a payload, keeps valid checksums too.
+        syn_ack = tcp_frame(CLIENT, 40000, VIP, 9000, false, true, b"hello through the kernel");
+        let (action, out) = dp.run_frame(&syn_ack).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+        assert!(inspect(&out).checksums_ok);
+        assert!(dp.counters().unwrap()[counter::FLOWS_NEW as usize] >= 1);
+    });
+}
+
+#[test]
+fn udp_is_nated_and_a_zero_checksum_stays_zero() {
+    with_dataplane(|dp| {
+        let (action, out) = dp.run_frame(&udp_frame(CLIENT, 5353, VIP, 9001, b"ping")).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let seen = inspect(&out);
+        assert!(seen.checksums_ok, "{seen:?}");
+        assert_ne!(seen.udp_checksum, 0);
+        assert_eq!((seen.dst, seen.dport, seen.src), (BACKEND, 3000, GW_BACKEND_SIDE));
+
+        // A datagram without checksum (0 = none in IPv4) must not gain a wrong one.
+        let mut no_sum = udp_frame(CLIENT, 5354, VIP, 9001, b"ping");
+        let udp_csum = 14 + 20 + 6;
+        no_sum[udp_csum] = 0;
+        no_sum[udp_csum + 1] = 0;
+        let (action, out) = dp.run_frame(&no_sum).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let seen = inspect(&out);
+        assert_eq!(seen.udp_checksum, 0);
+        assert!(seen.checksums_ok);
+    });
+}
+
+#[test]
+fn traffic_for_other_addresses_and_ports_is_untouched() {
+    with_dataplane(|dp| {
+        for frame in [
+            tcp_frame(CLIENT, 40000, [198, 18, 100, 2], 9000, true, false, &[]),
+            tcp_frame(CLIENT, 40000, VIP, 9999, true, false, &[]),
+            udp_frame(CLIENT, 40000, VIP, 9000, b"tcp port, udp packet"),
+            tcp_frame(CLIENT, 40000, GW_BACKEND_SIDE, 22, true, false, &[]),
+        ] {
+            let (action, out) = dp.run_frame(&frame).unwrap();
+            assert_eq!(action, TC_ACT_OK);
+            assert_eq!(out, frame, "a packet not for a listener is not modified");
+        }
+        assert!(dp.flows().is_empty());
+    });
+}
+
+#[test]
+fn tcp_to_a_listener_without_route_is_reset_and_udp_dropped() {
+    with_dataplane(|dp| {
+        let (action, out) = dp.run_frame(&tcp_frame(CLIENT, 40001, VIP, 9002, true, false, &[])).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT, "the RST goes back out of the ingress interface");
+        let rst = inspect(&out);
+        assert!(rst.tcp_rst && rst.checksums_ok, "{rst:?}");
+        assert_eq!((rst.src, rst.sport, rst.dst, rst.dport), (VIP, 9002, CLIENT, 40001));
+        assert_eq!(rst.tcp_ack_number, 1001, "acknowledges the SYN");
+
+        let (action, _) = dp.run_frame(&udp_frame(CLIENT, 40001, VIP, 9003, b"x")).unwrap();
+        assert_eq!(action, TC_ACT_SHOT);
+        let c = dp.counters().unwrap();
+        assert_eq!(c[counter::NO_BACKEND_RST as usize], 1);
+        assert_eq!(c[counter::NO_BACKEND_DROP as usize], 1);
+        assert!(dp.flows().is_empty(), "nothing admitted");
+    });
+}
+
+#[test]
+fn a_segment_of_no_known_flow_is_reset() {
+    with_dataplane(|dp| {
+        let (action, out) = dp.run_frame(&tcp_frame(CLIENT, 40002, VIP, 9000, false, true, b"late data")).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let rst = inspect(&out);
+        assert!(rst.tcp_rst && rst.checksums_ok);
+        assert_eq!(dp.counters().unwrap()[counter::NO_FLOW_RST as usize], 1);
+    });
+}
+
+#[test]
+fn malformed_headers_are_dropped_and_counted() {
+    with_dataplane(|dp| {
+        let good = tcp_frame(CLIENT, 40003, VIP, 9000, true, false, &[]);
+        // Truncated in the middle of the TCP header.
+        let truncated = good[..14 + 20 + 8].to_vec();
+        // IHL of 4 (16 bytes): invalid.
+        let mut bad_ihl = good.clone();
+        bad_ihl[14] = 0x44;
+        // Total length shorter than the headers.
+        let mut short_len = good.clone();
+        short_len[16] = 0;
+        short_len[17] = 24;
+        // TCP data offset below 5 words.
+        let mut bad_doff = good.clone();
+        bad_doff[14 + 20 + 12] = 0x20;
+        for (name, frame) in [("truncated", truncated), ("ihl", bad_ihl), ("tot_len", short_len), ("doff", bad_doff)] {
+            let (action, _) = dp.run_frame(&frame).unwrap();
+            assert_eq!(action, TC_ACT_SHOT, "{name}");
+        }
+        assert_eq!(dp.counters().unwrap()[counter::MALFORMED as usize], 4);
+        assert!(dp.flows().is_empty());
+        // Frames too short for any header at all are not ours to judge: they pass.
+        let (action, _) = dp.run_frame(&[0u8; 14]).unwrap();
+        assert_eq!(action, TC_ACT_OK);
+    });
+}
+
+#[test]
+fn a_new_generation_replaces_the_old_atomically() {
+    with_dataplane(|dp| {
+        let first = dp.generation();
+        let mut next = ir();
+        next.gateways[0].listeners.retain(|l| l.port != 9000);
+        dp.apply(&next).unwrap();
+        assert_eq!(dp.generation(), first + 1);
+        dp.collect_old_generations().unwrap();
+        // Port 9000 is no longer a listener: a SYN passes to the stack.
+        let (action, _) = dp.run_frame(&tcp_frame(CLIENT, 40004, VIP, 9000, true, false, &[])).unwrap();
+        assert_eq!(action, TC_ACT_OK);
+        // The others still forward.
+        let (action, _) = dp.run_frame(&udp_frame(CLIENT, 40004, VIP, 9001, b"x")).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+    });
+}
