@@ -48,6 +48,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
 
     let mut dataplane = Dataplane::load(options.dataplane.clone())?;
     state.metrics.conntrack_capacity.set(options.dataplane.conntrack_entries as i64);
+    state.metrics.set_kernel_source(dataplane.open_counters()?);
     for name in dataplane.sync_interfaces()? {
         info!(interface = %name, "attached");
     }
@@ -134,10 +135,6 @@ impl Agent {
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "scanning interfaces failed"),
-        }
-        match self.dataplane.counters() {
-            Ok(c) => self.state.metrics.observe_kernel(&c),
-            Err(e) => warn!(error = %e, "reading kernel counters failed"),
         }
         match self.dataplane.expire_flows() {
             Ok(sweep) => {

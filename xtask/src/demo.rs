@@ -70,7 +70,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let gateway = GatewayProcess::start(topo.gateway(), &[&config], &[]).context("starting the gateway")?;
     println!("  ready in {:.1?} (GET /readyz answered 200)", t.elapsed());
     for line in gateway.log().lines().filter(|l| l.contains("TC ingress program in place")) {
-        if let Some(iface) = line.split("interface=").nth(1).and_then(|s| s.split_whitespace().next()) {
+        if let Some(iface) = line.split("interface=").nth(1).and_then(|s| s.split_whitespace().next()).map(|s| s.trim_matches('"')) {
             println!("  TC program attached to {iface}");
         }
     }

@@ -7,6 +7,8 @@ use prometheus_client::{
 
 use gateway_common::counter;
 
+use crate::dataplane::KernelCounters;
+
 /// Names of the kernel's packet counters, by index (`gateway_common::counter`).
 pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::PASSED, "passed"),
@@ -43,6 +45,8 @@ pub struct Metrics {
     pub interfaces: Gauge,
     /// Last kernel counter values, to turn them into increments.
     last_kernel: std::sync::Mutex<[u64; counter::COUNT as usize]>,
+    /// Where to read the kernel counters at scrape time (set once the data plane is loaded).
+    kernel: std::sync::Mutex<Option<KernelCounters>>,
 }
 
 impl Metrics {
@@ -59,6 +63,7 @@ impl Metrics {
             config_applies: Family::default(),
             interfaces: Gauge::default(),
             last_kernel: std::sync::Mutex::new([0; counter::COUNT as usize]),
+            kernel: std::sync::Mutex::new(None),
         };
         registry.register("kernel_packets", "Packets handled by the eBPF program, by outcome", m.packets.clone());
         registry.register("kernel_flows_admitted", "New flows admitted by the eBPF program", m.flows_admitted.clone());
@@ -86,8 +91,19 @@ impl Metrics {
         *last = *now;
     }
 
-    /// Text exposition format.
+    /// Reads the kernel counters at every scrape from now on.
+    pub fn set_kernel_source(&self, counters: KernelCounters) {
+        *self.kernel.lock().expect("metrics lock") = Some(counters);
+    }
+
+    /// Text exposition format, with the kernel's counters read now.
     pub fn encode(&self) -> String {
+        if let Some(source) = self.kernel.lock().expect("metrics lock").as_ref() {
+            match source.read() {
+                Ok(now) => self.observe_kernel(&now),
+                Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
+            }
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

@@ -403,12 +403,15 @@ impl Dataplane {
 
     /// Current values of the kernel's counters (summed over CPUs), indexed by `gateway_common::counter`.
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], DataplaneError> {
-        let mut out = [0u64; counter::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = self.counters.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+        read_counters(&self.counters)
+    }
+
+    /// A second handle on the pinned counters, for readers outside the agent loop (the metrics endpoint reads
+    /// the kernel's counters at scrape time).
+    pub fn open_counters(&self) -> Result<KernelCounters, DataplaneError> {
+        let data = MapData::from_pin(self.pin_dir.join("COUNTERS")).map_err(map_err("COUNTERS"))?;
+        let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(map_err("COUNTERS"))?;
+        Ok(KernelCounters { map })
     }
 
     /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep.
@@ -443,6 +446,27 @@ impl Dataplane {
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
+}
+
+/// Read-only access to the kernel's packet counters.
+pub struct KernelCounters {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl KernelCounters {
+    /// Current values, summed over CPUs, indexed by `gateway_common::counter`.
+    pub fn read(&self) -> Result<[u64; counter::COUNT as usize], DataplaneError> {
+        read_counters(&self.map)
+    }
+}
+
+fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<[u64; counter::COUNT as usize], DataplaneError> {
+    let mut out = [0u64; counter::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let values = map.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
+        *slot = values.iter().sum();
+    }
+    Ok(out)
 }
 
 /// Formats a program load error with the verifier's log, which says why a program was rejected.
