@@ -1,0 +1,239 @@
+//! End to end through the kernel path: a TCPRoute given as Gateway API YAML to `gateway run --config`,
+//! forwarded by the eBPF program from the client namespace through the gateway namespace to backend namespaces
+//! and back. Real clients, real echo backends, real agent process.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use gateway_tests::{
+    clients,
+    echo::{spawn_echo, EchoConfig},
+    gateway::write_manifests,
+    sockets, topology, GatewayProcess, Process, Topology,
+};
+
+const LISTENER_PORT: u16 = 9000;
+const NO_ROUTE_PORT: u16 = 9009;
+
+/// Gateway API objects for a TCP listener routed to `endpoints`, plus a listener with no route.
+fn manifests(endpoints: &[std::net::Ipv4Addr]) -> String {
+    let eps: String = endpoints.iter().map(|e| format!("  - addresses: [\"{e}\"]\n    conditions: {{ready: true}}\n")).collect();
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: ebpf}}
+spec: {{controllerName: ebpf-gateway.dev/gatewayclass-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: infra}}
+spec:
+  gatewayClassName: ebpf
+  addresses: [{{type: IPAddress, value: {vip}}}]
+  listeners:
+  - {{name: tcp, protocol: TCP, port: {LISTENER_PORT}}}
+  - {{name: unrouted, protocol: TCP, port: {NO_ROUTE_PORT}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: echo, namespace: infra}}
+spec:
+  parentRefs: [{{name: gw, sectionName: tcp}}]
+  rules:
+  - backendRefs: [{{name: echo, port: 3000}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: infra}}
+spec:
+  ports: [{{port: 3000, targetPort: 3000, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-abc
+  namespace: infra
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{{port: 3000, protocol: TCP}}]
+endpoints:
+{eps}"#,
+        vip = topology::vip(1)
+    )
+}
+
+struct Setup {
+    _echoes: Vec<Process>,
+    dir: tempfile::TempDir,
+}
+
+fn start_backends(topo: &Topology) -> Result<Setup> {
+    let mut echoes = Vec::new();
+    for i in 1..=topo.backend_count() {
+        let cfg = EchoConfig::new(&format!("tcp-backend-{i}-5f9c-x{i}"), "infra").service("echo").tcp(3000);
+        echoes.push(spawn_echo(topo.backend(i), &cfg)?);
+    }
+    Ok(Setup { _echoes: echoes, dir: tempfile::tempdir()? })
+}
+
+fn target() -> SocketAddr {
+    SocketAddr::from((topology::vip(1), LISTENER_PORT))
+}
+
+/// Opens a connection from the client namespace and reads the echo greeting; the stream stays usable from any
+/// thread afterwards (a socket belongs to the namespace it was created in).
+fn open_held(topo: &Topology) -> Result<TcpStream> {
+    topo.client().run(|| {
+        let s = TcpStream::connect_timeout(&target(), Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut greeting = String::new();
+        BufReader::new(&s).read_line(&mut greeting)?;
+        ensure!(greeting.starts_with("Gateway API Test TCP Server"), "greeting {greeting:?}");
+        Ok(s)
+    })
+}
+
+fn ping(stream: &mut TcpStream) -> Result<()> {
+    stream.write_all(b"PING\n")?;
+    let mut line = String::new();
+    BufReader::new(&*stream).read_line(&mut line).context("reading PONG")?;
+    ensure!(line == "PONG\n", "held connection answered {line:?}");
+    Ok(())
+}
+
+/// Which backend pods answer `n` new connections.
+fn spread(topo: &Topology, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let reply = topo.client().run(|| clients::tcp_echo_test(target()))?;
+        ensure!(reply.namespace == "infra", "namespace {}", reply.namespace);
+        *seen.entry(reply.pod).or_default() += 1;
+    }
+    Ok(seen)
+}
+
+fn kernel_counter(gw: &GatewayProcess, outcome: &str) -> Result<u64> {
+    let (status, body) = gw.admin_get("/metrics")?;
+    ensure!(status == 200);
+    let prefix = format!("gateway_kernel_packets_total{{outcome=\"{outcome}\"}} ");
+    Ok(body.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap_or(0)).unwrap_or(0))
+}
+
+#[test]
+fn tcp_route_is_forwarded_by_the_kernel_with_no_gateway_socket() -> Result<()> {
+    let topo = Topology::builder().backends(2).build()?;
+    let setup = start_backends(&topo)?;
+    let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1), topo.backend_addr(2)]))?;
+    let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
+
+    let mut held = open_held(&topo)?;
+    // While the connection is open, the gateway namespace has no socket at all on the listener port: not a
+    // listener, not an accepted connection. The kernel program answered for the Gateway's address.
+    let on_port = sockets::sockets_on_port(topo.gateway(), LISTENER_PORT)?;
+    assert!(on_port.is_empty(), "the gateway namespace holds sockets on {LISTENER_PORT}: {on_port:?}");
+    ping(&mut held)?;
+
+    let seen = spread(&topo, 40)?;
+    assert_eq!(seen.len(), 2, "both backends answer: {seen:?}");
+    assert!(seen.keys().all(|p| p.starts_with("tcp-backend-")));
+    assert!(kernel_counter(&gw, "forwarded")? > 0 && kernel_counter(&gw, "replied")? > 0);
+    ping(&mut held)?;
+    Ok(())
+}
+
+#[test]
+fn a_listener_without_route_refuses_connections_at_once() -> Result<()> {
+    let topo = Topology::builder().backends(1).build()?;
+    let setup = start_backends(&topo)?;
+    let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1)]))?;
+    let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
+    let addr = SocketAddr::from((topology::vip(1), NO_ROUTE_PORT));
+    let started = Instant::now();
+    let err = topo.client().run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3))).expect_err("no route: refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1), "a RST, not a timeout");
+    assert_eq!(kernel_counter(&gw, "no_backend_reset")?, 1);
+    Ok(())
+}
+
+#[test]
+fn established_flows_survive_a_configuration_change() -> Result<()> {
+    let topo = Topology::builder().backends(2).build()?;
+    let setup = start_backends(&topo)?;
+    let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1), topo.backend_addr(2)]))?;
+    let _gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
+    // Hold connections until both backends have one.
+    let mut held = Vec::new();
+    let mut pods = BTreeMap::new();
+    for _ in 0..40 {
+        let mut s = open_held(&topo)?;
+        s.write_all(b"TEST\n")?;
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line)?;
+        let reply: serde_json::Value = serde_json::from_str(&line)?;
+        pods.insert(reply["pod"].as_str().unwrap_or_default().to_string(), ());
+        held.push(s);
+        if pods.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(pods.len(), 2, "connections to both backends");
+
+    // Remove backend 2 from the Service: new flows go to backend 1 only, flows already on backend 2 stay.
+    write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1)]))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = spread(&topo, 10)?;
+        if seen.len() == 1 && seen.keys().all(|p| p.starts_with("tcp-backend-1-")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the change was not applied within 5 s: {seen:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for s in &mut held {
+        ping(s)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn flows_survive_kill_9_and_restart_of_the_agent() -> Result<()> {
+    let topo = Topology::builder().backends(2).build()?;
+    let setup = start_backends(&topo)?;
+    let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1), topo.backend_addr(2)]))?;
+    let mut gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
+    let mut held = open_held(&topo)?;
+    ping(&mut held)?;
+
+    gw.kill9()?;
+    // Links and maps are pinned: the program keeps forwarding with no agent at all.
+    ping(&mut held)?;
+    assert_eq!(spread(&topo, 5)?.values().sum::<usize>(), 5, "new flows while the agent is down");
+
+    gw.start_again()?;
+    assert!(gw.log().contains("adopted pinned link"), "the restarted agent adopts the links:\n{}", gw.log_tail(30));
+    ping(&mut held)?;
+    assert_eq!(spread(&topo, 5)?.values().sum::<usize>(), 5);
+    Ok(())
+}
+
+#[test]
+fn interfaces_that_appear_later_are_attached() -> Result<()> {
+    let topo = Topology::builder().backends(1).build()?;
+    let setup = start_backends(&topo)?;
+    let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1)]))?;
+    let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
+    topo.gateway().ip(&["link", "add", "late0", "type", "veth", "peer", "name", "late1"])?;
+    topo.gateway().ip(&["link", "set", "late0", "up"])?;
+    topo.gateway().ip(&["link", "set", "late1", "up"])?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.log().lines().any(|l| l.contains("TC ingress program in place") && l.contains("late0")) {
+        assert!(Instant::now() < deadline, "late0 not attached within 5 s:\n{}", gw.log_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
