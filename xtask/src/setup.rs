@@ -79,9 +79,9 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     for step in &steps {
         bar.set_message(step.name);
         if (step.done)() {
-            bar.println(format!("  ok       {}", step.name));
+            bar.suspend(|| eprintln!("  ok       {}", step.name));
         } else {
-            bar.println(format!("  install  {}", step.name));
+            bar.suspend(|| eprintln!("  install  {}", step.name));
             bar.suspend(|| (step.install)()).with_context(|| format!("setting up {}", step.name))?;
             if !(step.done)() {
                 bail!("{} still missing after installing it", step.name);
