@@ -4,6 +4,7 @@
 //! Numbers that the CRD schema bounds (ports, weights) are kept as `i64` so an out-of-range value becomes a status
 //! condition rather than a parse error; a value of the wrong JSON type is a parse error ([`ModelError`]).
 mod core;
+mod defaults;
 mod gateway;
 mod meta;
 mod route;
@@ -335,12 +336,42 @@ impl Object {
             }
         }
         match self {
-            Object::Gateway(g) => g.apply_defaults(),
-            Object::HttpRoute(r) => r.apply_defaults(),
-            Object::GrpcRoute(r) => r.apply_defaults(),
-            Object::TlsRoute(r) => r.apply_defaults(),
-            Object::TcpRoute(r) => r.apply_defaults(),
-            Object::UdpRoute(r) => r.apply_defaults(),
+            Object::Gateway(g) => {
+                g.apply_defaults();
+                if let Some(raw) = &mut g.raw {
+                    defaults::gateway(raw);
+                }
+            }
+            Object::HttpRoute(r) => {
+                r.apply_defaults();
+                if let Some(raw) = &mut r.raw {
+                    defaults::route(raw);
+                }
+            }
+            Object::GrpcRoute(r) => {
+                r.apply_defaults();
+                if let Some(raw) = &mut r.raw {
+                    defaults::route(raw);
+                }
+            }
+            Object::TlsRoute(r) => {
+                r.apply_defaults();
+                if let Some(raw) = &mut r.raw {
+                    defaults::route(raw);
+                }
+            }
+            Object::TcpRoute(r) => {
+                r.apply_defaults();
+                if let Some(raw) = &mut r.raw {
+                    defaults::route(raw);
+                }
+            }
+            Object::UdpRoute(r) => {
+                r.apply_defaults();
+                if let Some(raw) = &mut r.raw {
+                    defaults::route(raw);
+                }
+            }
             _ => {}
         }
     }
