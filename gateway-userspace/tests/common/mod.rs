@@ -258,13 +258,23 @@ pub fn endpoint_ip(i: usize) -> String {
 fn assign_addresses(snapshot: &mut Snapshot) {
     for (i, gateway) in snapshot.gateways.iter_mut().enumerate() {
         if gateway.spec.addresses.is_empty() {
-            gateway
-                .spec
-                .addresses
-                .push(gateway_userspace::model::GatewayAddress {
-                    type_: Some("IPAddress".into()),
-                    value: Some(format!("198.18.{}.{}", i / 250, i % 250 + 1)),
-                });
+            let value = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+            let raw_spec = gateway
+                .raw
+                .as_mut()
+                .and_then(|r| r.get_mut("spec"))
+                .and_then(|s| s.as_object_mut());
+            if let Some(spec) = raw_spec {
+                spec.insert(
+                    "addresses".into(),
+                    json!([{"type": "IPAddress", "value": value}]),
+                );
+            }
+            let address = gateway_userspace::model::GatewayAddress {
+                type_: Some("IPAddress".into()),
+                value: Some(value),
+            };
+            gateway.spec.addresses.push(address);
         }
     }
 }
