@@ -274,7 +274,7 @@ fn validate_run_exit_codes() {
     };
     assert_eq!(validate::run(&args(&good)).unwrap(), ExitCode::SUCCESS);
     assert_eq!(validate::run(&args(&bad)).unwrap(), ExitCode::FAILURE);
-    let error = gateway_userspace::provider::file::load(&[bad.clone()]).unwrap_err();
+    let error = gateway_userspace::provider::file::load(std::slice::from_ref(&bad)).unwrap_err();
     assert_eq!(error.location().1, 5, "{error}");
     assert!(
         error

@@ -279,6 +279,9 @@ fn assign_addresses(snapshot: &mut Snapshot) {
     }
 }
 
+/// An L4 route as served: its name and its backends as (name, weight, valid).
+pub type ServedL4 = (String, Vec<(String, u32, bool)>);
+
 /// `(condition type, "True"/"False", reason)`.
 pub type Cond = (&'static str, &'static str, &'static str);
 
@@ -621,11 +624,7 @@ impl Translated {
     }
 
     /// The route serving an L4 (TCP/UDP) listener and its backends as (service name, weight, valid).
-    pub fn l4_route(
-        &self,
-        gateway: &str,
-        listener: &str,
-    ) -> Option<(String, Vec<(String, u32, bool)>)> {
+    pub fn l4_route(&self, gateway: &str, listener: &str) -> Option<ServedL4> {
         let route = match self.ir_listener(gateway, listener) {
             ir::ListenerKind::Tcp(r) | ir::ListenerKind::Udp(r) => r.as_ref(),
             other => panic!("{gateway}/{listener} is not L4: {other:?}"),
