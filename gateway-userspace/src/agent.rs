@@ -140,6 +140,7 @@ impl Agent {
             Ok(sweep) => {
                 self.state.metrics.conntrack_entries.set(sweep.entries as i64);
                 self.state.metrics.flows_expired.inc_by(sweep.expired_flows);
+                self.state.metrics.observe_flows(&sweep.totals, &self.dataplane.id_names());
             }
             Err(e) => warn!(error = %e, "conntrack expiry failed"),
         }
