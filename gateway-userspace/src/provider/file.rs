@@ -353,7 +353,8 @@ mod tests {
         let docs = split_documents(text);
         assert_eq!(
             docs,
-            vec![(1, "a: 1\n"), (2, "---\nb: 2\nc: 3\n"), (7, "d: 4\n")]
+            // The empty document between `--- ` and `...` is kept; it parses to nothing.
+            vec![(1, "a: 1\n"), (2, "---\nb: 2\nc: 3\n"), (5, "--- \n"), (7, "d: 4\n")]
         );
     }
 
