@@ -168,7 +168,7 @@ impl Loader {
         for (start, document) in split_documents(text) {
             let parse = |line: Option<usize>, message: String| LoadError::Parse {
                 file: file.to_path_buf(),
-                line: start + line.unwrap_or(1) - 1,
+                line: start + line.unwrap_or(1).clamp(1, document.lines().count().max(1)) - 1,
                 message,
             };
             let object = Object::from_yaml(document).map_err(|e| parse(e.line(), e.to_string()))?;
@@ -354,7 +354,12 @@ mod tests {
         assert_eq!(
             docs,
             // The empty document between `--- ` and `...` is kept; it parses to nothing.
-            vec![(1, "a: 1\n"), (2, "---\nb: 2\nc: 3\n"), (5, "--- \n"), (7, "d: 4\n")]
+            vec![
+                (1, "a: 1\n"),
+                (2, "---\nb: 2\nc: 3\n"),
+                (5, "--- \n"),
+                (7, "d: 4\n")
+            ]
         );
     }
 
