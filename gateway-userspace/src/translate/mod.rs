@@ -87,8 +87,19 @@ pub struct TranslateOptions {
     pub controller_name: String,
     /// Which `spec.addresses` can be served.
     pub address_policy: AddressPolicy,
-    /// The time written as `lastTransitionTime` on conditions that changed.
+    /// The time written as `lastTransitionTime` on conditions that changed. The caller sets it for every
+    /// translation (e.g. `options.at(Timestamp::now())`); the default is the Unix epoch.
     pub now: Timestamp,
+}
+
+impl TranslateOptions {
+    /// These options at another time.
+    pub fn at(&self, now: Timestamp) -> TranslateOptions {
+        TranslateOptions {
+            now,
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for TranslateOptions {
