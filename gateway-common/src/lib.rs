@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`/sys/fs/bpf/ebpf-gateway/v{ABI_VERSION}/...`).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -166,6 +166,11 @@ pub struct Flow {
     /// Bits of [`tcp_seen`] seen in this direction.
     pub tcp_flags: u8,
     pub _pad: [u8; 2],
+    /// Packets and bytes (as seen at ingress, L2 included) in this direction. Each direction has its own entry,
+    /// usually handled by one CPU, so the counts live here at no extra lookup; the agent sums them per listener,
+    /// route and backend.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// Indexes of the per-CPU `COUNTERS` array (packets unless named otherwise).
@@ -192,6 +197,12 @@ pub mod counter {
     pub const NO_FLOW_RST: u32 = 9;
     /// Redirects the kernel refused.
     pub const REDIRECT_FAILED: u32 = 10;
+    /// ICMP errors about NATed flows, translated for the peer that sent the quoted packet.
+    pub const ICMP_TRANSLATED: u32 = 11;
+    /// Packets too big for their egress interface, answered with ICMP "fragmentation needed".
+    pub const FRAG_NEEDED_SENT: u32 = 12;
+    /// Packets too big for their egress interface without DF, dropped (the gateway does not fragment).
+    pub const TOO_BIG_DROPPED: u32 = 13;
     /// Number of counters.
     pub const COUNT: u32 = 16;
 }
@@ -227,7 +238,7 @@ mod tests {
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 40);
+        assert_eq!(size_of::<Flow>(), 56);
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_TABLE_SIZE);
     }
 }

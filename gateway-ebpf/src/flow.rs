@@ -52,7 +52,7 @@ pub fn peer_key(flow: &Flow, proto: u8) -> FlowKey {
 /// A bare SYN on an original-direction entry that has already closed (FIN or RST seen) is a new connection
 /// reusing the 4-tuple: the old entries are removed and `None` is returned, so it is admitted afresh.
 #[inline(always)]
-pub fn track(pkt: &Packet) -> Option<Flow> {
+pub fn track(pkt: &Packet, len: u32) -> Option<Flow> {
     let entry = FLOWS.get_ptr_mut(&pkt.key)?;
     // SAFETY: pointer from a successful lookup; concurrent writers only OR bits and store timestamps, which
     // tolerate races (the agent's expiry allows for a stale timestamp of LAST_SEEN_GRANULARITY_NS).
@@ -72,6 +72,8 @@ pub fn track(pkt: &Packet) -> Option<Flow> {
             flow.tcp_flags |= bits;
         }
     }
+    flow.packets += 1;
+    flow.bytes += len as u64;
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
@@ -100,6 +102,7 @@ pub struct FlowIds {
 #[inline(always)]
 pub fn admit(
     pkt: &Packet,
+    len: u32,
     ingress_ifindex: u32,
     backend: &Backend,
     ids: FlowIds,
@@ -123,6 +126,8 @@ pub fn admit(
         direction: direction::REPLY,
         tcp_flags: 0,
         _pad: [0; 2],
+        packets: 0,
+        bytes: 0,
     };
     let min = config.snat_port_min as u32;
     let span = (config.snat_port_max as u32).saturating_sub(min) + 1;
@@ -161,6 +166,8 @@ pub fn admit(
         direction: direction::ORIGINAL,
         tcp_flags: bits,
         _pad: [0; 2],
+        packets: 1,
+        bytes: len as u64,
     };
     if FLOWS.insert(key, &original, BPF_NOEXIST).is_err() {
         let _ = FLOWS.remove(&reply_key);

@@ -47,10 +47,33 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// First fragment of a fragmented datagram (has ports, but the rest will not follow the same path).
     pub first_fragment: bool,
+    /// The DF bit: the sender wants "fragmentation needed" rather than fragments.
+    pub dont_fragment: bool,
 }
+
+/// An ICMP error (destination unreachable, time exceeded) quoting a TCP or UDP packet.
+#[derive(Clone, Copy)]
+pub struct IcmpError {
+    /// Offset of the ICMP header.
+    pub icmp_off: u32,
+    /// Offset of the quoted (inner) IPv4 header; it has no options.
+    pub inner_off: u32,
+    /// The quoted packet's 5-tuple, as the gateway sent it.
+    pub inner: FlowKey,
+    /// The outer addresses.
+    pub outer_src: u32,
+    pub outer_dst: u32,
+}
+
+/// ICMP types whose errors are translated.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+const PROTO_ICMP: u8 = 1;
 
 /// What the parser found.
 pub enum Parsed {
+    /// An ICMP error about a TCP or UDP packet; it may belong to a NATed flow.
+    Icmp(IcmpError),
     /// Not IPv4 TCP/UDP (ARP, IPv6, ICMP, non-first fragments, ...): the local stack handles it.
     Other,
     /// IPv4 TCP/UDP whose headers are truncated or inconsistent.
@@ -69,6 +92,9 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN as usize) else {
         return Parsed::Malformed;
     };
+    if ip.proto == PROTO_ICMP {
+        return parse_icmp_error(ctx, &ip);
+    }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Parsed::Other;
     }
@@ -112,5 +138,40 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         ip_len,
         tcp_flags,
         first_fragment: frag & 0x2000 != 0,
+        dont_fragment: frag & 0x4000 != 0,
+    })
+}
+
+/// Parses an ICMP destination-unreachable or time-exceeded message quoting a TCP or UDP packet. Anything else
+/// (echo, quotes with IP options, truncated quotes) is left to the local stack.
+#[inline(always)]
+fn parse_icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Parsed {
+    let ihl = ((ip.version_ihl & 0x0f) as u32) * 4;
+    if ip.version_ihl >> 4 != 4 || ihl < 20 || u16::from_be(ip.frag_off) & 0x3fff != 0 {
+        return Parsed::Other;
+    }
+    let icmp_off = ETH_HLEN + ihl;
+    let Ok(icmp_type) = ctx.load::<u8>(icmp_off as usize) else {
+        return Parsed::Other;
+    };
+    if icmp_type != ICMP_DEST_UNREACH && icmp_type != ICMP_TIME_EXCEEDED {
+        return Parsed::Other;
+    }
+    let inner_off = icmp_off + 8;
+    let Ok(inner) = ctx.load::<Ipv4Hdr>(inner_off as usize) else {
+        return Parsed::Other;
+    };
+    if inner.version_ihl != 0x45 || (inner.proto != PROTO_TCP && inner.proto != PROTO_UDP) {
+        return Parsed::Other;
+    }
+    let Ok(ports) = ctx.load::<[u16; 2]>(inner_off as usize + 20) else {
+        return Parsed::Other;
+    };
+    Parsed::Icmp(IcmpError {
+        icmp_off,
+        inner_off,
+        inner: FlowKey { src: inner.saddr, dst: inner.daddr, sport: ports[0], dport: ports[1], proto: inner.proto, _pad: [0; 3] },
+        outer_src: ip.saddr,
+        outer_dst: ip.daddr,
     })
 }

@@ -2,7 +2,7 @@
 //! (or reset/dropped and counted); everything else continues to the local stack.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::generated::bpf_redirect_neigh,
+    helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
     programs::TcContext,
 };
 use gateway_common::{counter, direction, Flow, ListenerKey, CONFIG_KEY, PROTO_TCP};
@@ -10,9 +10,10 @@ use gateway_common::{counter, direction, Flow, ListenerKey, CONFIG_KEY, PROTO_TC
 use crate::{
     counters::count,
     flow::{self, AdmitError, FlowIds},
-    headers::{self, Packet, Parsed, TCP_ACK, TCP_RST, TCP_SYN},
+    headers::{self, IcmpError, Packet, Parsed, TCP_ACK, TCP_RST, TCP_SYN},
+    icmp,
     maglev::{self, Pick},
-    maps::{CONFIG, LISTENERS},
+    maps::{CONFIG, FLOWS, LISTENERS},
     nat, reset,
 };
 
@@ -24,9 +25,11 @@ pub fn run(ctx: &TcContext) -> i32 {
             count(counter::MALFORMED);
             return TC_ACT_SHOT;
         }
+        Parsed::Icmp(err) => return icmp_error(ctx, &err),
         Parsed::Packet(pkt) => pkt,
     };
-    if let Some(flow) = flow::track(&pkt) {
+    let len = ctx.len();
+    if let Some(flow) = flow::track(&pkt, len) {
         if pkt.first_fragment {
             count(counter::UNSUPPORTED_IP);
             return TC_ACT_SHOT;
@@ -78,7 +81,7 @@ pub fn run(ctx: &TcContext) -> i32 {
         route_id: listener.route_id,
         backend_id,
     };
-    match flow::admit(&pkt, ingress_ifindex, &backend, ids, config, hash) {
+    match flow::admit(&pkt, len, ingress_ifindex, &backend, ids, config, hash) {
         Ok(flow) => forward(ctx, &pkt, &flow),
         Err(AdmitError::TableFull) => {
             count(counter::TABLE_FULL);
@@ -103,18 +106,54 @@ fn reject(ctx: &TcContext, pkt: &Packet) -> i32 {
     }
 }
 
+/// An ICMP error quoting a packet the gateway sent for a NATed flow goes back, translated, to the peer of the
+/// quoted packet's reverse direction. Other ICMP goes to the local stack.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, err: &IcmpError) -> i32 {
+    let q = &err.inner;
+    let reverse = gateway_common::FlowKey { src: q.dst, dst: q.src, sport: q.dport, dport: q.sport, proto: q.proto, _pad: [0; 3] };
+    // SAFETY: a plain read of a map value returned by a successful lookup.
+    let Some(entry) = (unsafe { FLOWS.get(&reverse) }) else {
+        return TC_ACT_OK;
+    };
+    let entry = *entry;
+    if icmp::translate_error(ctx, err, &entry).is_err() {
+        count(counter::MALFORMED);
+        return TC_ACT_SHOT;
+    }
+    count(counter::ICMP_TRANSLATED);
+    redirect(entry.out_ifindex)
+}
+
 /// Applies the flow's NAT and hands the packet to the egress interface. `bpf_redirect_neigh` lets the kernel
 /// route and resolve the next hop itself, which (unlike `bpf_fib_lookup`) does not require IP forwarding to be
-/// enabled in the gateway's namespace.
+/// enabled in the gateway's namespace. A packet too big for the egress interface is answered like a router
+/// would: ICMP "fragmentation needed" (DF set) or dropped and counted (the gateway does not fragment).
 #[inline(always)]
 fn forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> i32 {
+    let mut mtu: u32 = 0;
+    // SAFETY: helper call on the program's own skb with a pointer to a local.
+    let too_big = unsafe { bpf_check_mtu(ctx.skb.skb.cast(), flow.out_ifindex, &mut mtu, 0, 0) } > 0;
+    if too_big {
+        if pkt.dont_fragment {
+            count(counter::FRAG_NEEDED_SENT);
+            return icmp::send_frag_needed(ctx, pkt, mtu);
+        }
+        count(counter::TOO_BIG_DROPPED);
+        return TC_ACT_SHOT;
+    }
     if nat::rewrite(ctx, pkt, flow).is_err() {
         count(counter::MALFORMED);
         return TC_ACT_SHOT;
     }
     count(if flow.direction == direction::ORIGINAL { counter::FORWARDED } else { counter::REPLIED });
+    redirect(flow.out_ifindex)
+}
+
+#[inline(always)]
+fn redirect(ifindex: u32) -> i32 {
     // SAFETY: plain helper call without neighbour parameters.
-    let rc = unsafe { bpf_redirect_neigh(flow.out_ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32;
     if rc != TC_ACT_REDIRECT as i32 {
         count(counter::REDIRECT_FAILED);
     }

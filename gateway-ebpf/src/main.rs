@@ -8,9 +8,11 @@
 #![no_std]
 #![no_main]
 
+mod checksum;
 mod counters;
 mod flow;
 mod headers;
+mod icmp;
 mod ingress;
 mod maglev;
 mod maps;

@@ -6,6 +6,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
+use crate::checksum::{fold, sum_words};
 use crate::headers::{Packet, ETH_HLEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Ethernet + IPv4 (no options) + TCP (no options).
@@ -84,23 +85,4 @@ pub fn send(ctx: &TcContext, pkt: &Packet) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
-}
-
-/// One's-complement sum of `len` bytes of `f` from `off`, as big-endian 16-bit words, plus `init`.
-#[inline(always)]
-fn sum_words(f: &[u8; FRAME_LEN], off: usize, len: usize, init: u32) -> u32 {
-    let mut sum = init;
-    let mut i = 0;
-    while i + 1 < len && off + i + 1 < FRAME_LEN {
-        sum += ((f[off + i] as u32) << 8) | f[off + i + 1] as u32;
-        i += 2;
-    }
-    sum
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

@@ -301,3 +301,132 @@ fn a_new_generation_replaces_the_old_atomically() {
         assert_eq!(action, TC_ACT_REDIRECT);
     });
 }
+
+/// Whether the one's-complement sum over `bytes` (a header or message that includes its checksum) is valid.
+fn internet_checksum_ok(bytes: &[u8]) -> bool {
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        sum += word as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// An ICMP error from `src` to `dst` quoting the first 28 bytes (IP header + 8) of `quoted` (an Ethernet frame).
+fn icmp_error_frame(src: [u8; 4], dst: [u8; 4], icmp_type: u8, code: u8, mtu: u16, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, code, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&quoted[14..42]);
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 9, 0x08, 0x00];
+    let total = (20 + icmp.len()) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    let ip_sum = !fold_sum(&f[14..34]);
+    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    let icmp_sum = !fold_sum(&icmp);
+    icmp[2..4].copy_from_slice(&icmp_sum.to_be_bytes());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+fn fold_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        sum += u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+#[test]
+fn icmp_errors_about_nated_packets_are_translated_for_the_client() {
+    with_dataplane(|dp| {
+        let (_, out) = dp.run_frame(&tcp_frame(CLIENT, 40010, VIP, 9000, true, false, &[])).unwrap();
+        let sent = inspect(&out);
+        // A router behind the gateway cannot forward the packet the gateway sent (SNAT address -> backend).
+        let router = [198, 18, 11, 254];
+        let icmp = icmp_error_frame(router, GW_BACKEND_SIDE, 3, 4, 1400, &out);
+        assert!(internet_checksum_ok(&icmp[34..]), "test frame is valid");
+        let (action, translated) = dp.run_frame(&icmp).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let ip = &translated[14..34];
+        assert!(internet_checksum_ok(ip), "outer IPv4 checksum");
+        assert_eq!(&ip[12..16], &VIP, "from the address the client talked to");
+        assert_eq!(&ip[16..20], &CLIENT, "to the client");
+        let icmp = &translated[34..];
+        assert!(internet_checksum_ok(icmp), "ICMP checksum over the rewritten quote");
+        assert_eq!((icmp[0], icmp[1], u16::from_be_bytes([icmp[6], icmp[7]])), (3, 4, 1400));
+        let inner = &icmp[8..];
+        assert!(internet_checksum_ok(&inner[..20]), "quoted IPv4 checksum");
+        assert_eq!((&inner[12..16], &inner[16..20]), (&CLIENT[..], &VIP[..]), "the quote is the client's own packet");
+        assert_eq!(u16::from_be_bytes([inner[20], inner[21]]), 40010);
+        assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), 9000);
+        assert_ne!(sent.sport, 40010);
+        assert_eq!(dp.counters().unwrap()[counter::ICMP_TRANSLATED as usize], 1);
+
+        // An ICMP error about a packet of no flow is left to the local stack.
+        let stray = icmp_error_frame(router, GW_BACKEND_SIDE, 3, 3, 0, &tcp_frame(GW_BACKEND_SIDE, 1, BACKEND, 2, true, false, &[]));
+        assert_eq!(dp.run_frame(&stray).unwrap().0, TC_ACT_OK);
+    });
+}
+
+#[test]
+fn a_packet_too_big_for_the_egress_link_gets_fragmentation_needed() {
+    with_dataplane(|dp| {
+        // 1600-byte datagram with DF towards a backend behind a 1500-byte link.
+        let mut big = udp_frame(CLIENT, 40011, VIP, 9001, &[7u8; 1600]);
+        big[20] |= 0x40; // DF
+        big[24] = 0;
+        big[25] = 0;
+        let sum = !fold_sum(&big[14..34]);
+        big[24..26].copy_from_slice(&sum.to_be_bytes());
+        let (action, out) = dp.run_frame(&big).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT, "sent back to the client");
+        assert!(internet_checksum_ok(&out[14..34]));
+        assert_eq!((&out[26..30], &out[30..34]), (&VIP[..], &CLIENT[..]));
+        let icmp = &out[34..];
+        assert!(internet_checksum_ok(icmp));
+        assert_eq!((icmp[0], icmp[1], u16::from_be_bytes([icmp[6], icmp[7]])), (3, 4, 1500));
+        assert_eq!(&icmp[8 + 12..8 + 20], &big[26..34], "quotes the client's packet as sent");
+        assert_eq!(dp.counters().unwrap()[counter::FRAG_NEEDED_SENT as usize], 1);
+
+        // Without DF the gateway does not fragment: dropped and counted.
+        let mut no_df = udp_frame(CLIENT, 40012, VIP, 9001, &[7u8; 1600]);
+        no_df[20] &= !0x40;
+        no_df[24] = 0;
+        no_df[25] = 0;
+        let sum = !fold_sum(&no_df[14..34]);
+        no_df[24..26].copy_from_slice(&sum.to_be_bytes());
+        let (action, _) = dp.run_frame(&no_df).unwrap();
+        assert_eq!(action, TC_ACT_SHOT);
+        assert_eq!(dp.counters().unwrap()[counter::TOO_BIG_DROPPED as usize], 1);
+    });
+}
+
+#[test]
+fn flows_count_packets_and_bytes_per_direction() {
+    with_dataplane(|dp| {
+        let syn = tcp_frame(CLIENT, 40013, VIP, 9000, true, false, &[]);
+        let (_, out) = dp.run_frame(&syn).unwrap();
+        let sport = inspect(&out).sport;
+        let data = tcp_frame(CLIENT, 40013, VIP, 9000, false, true, &[1u8; 100]);
+        dp.run_frame(&data).unwrap();
+        dp.run_frame(&tcp_frame(BACKEND, 3000, GW_BACKEND_SIDE, sport, true, true, &[])).unwrap();
+        let flows = dp.flows();
+        let original = flows.iter().find(|(_, f)| f.direction == direction::ORIGINAL).unwrap().1;
+        let reply = flows.iter().find(|(_, f)| f.direction == direction::REPLY).unwrap().1;
+        assert_eq!((original.packets, original.bytes), (2, (syn.len() + data.len()) as u64));
+        assert_eq!(reply.packets, 1);
+        let sweep = dp.expire_flows().unwrap();
+        let listener = sweep.totals.listeners.values().next().unwrap();
+        assert_eq!((listener.packets, listener.flows, listener.active_flows), ([2, 1], 1, 1));
+    });
+}

@@ -11,6 +11,7 @@
 pub mod clients;
 pub mod echo;
 pub mod gateway;
+pub mod manifests;
 pub mod netns;
 pub mod pki;
 pub mod sockets;

@@ -7,7 +7,7 @@ use prometheus_client::{
 
 use gateway_common::counter;
 
-use crate::dataplane::KernelCounters;
+use crate::dataplane::{conntrack::FlowTotals, IdNames, KernelCounters};
 
 /// Names of the kernel's packet counters, by index (`gateway_common::counter`).
 pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
@@ -21,9 +21,32 @@ pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::UNSUPPORTED_IP, "unsupported_ip"),
     (counter::NO_FLOW_RST, "no_flow_reset"),
     (counter::REDIRECT_FAILED, "redirect_failed"),
+    (counter::ICMP_TRANSLATED, "icmp_translated"),
+    (counter::FRAG_NEEDED_SENT, "frag_needed_sent"),
+    (counter::TOO_BIG_DROPPED, "too_big_dropped"),
 ];
 
 type Labels = Vec<(String, String)>;
+
+/// Traffic metrics of one scope (listener, route or backend), fed from conntrack totals.
+#[derive(Default)]
+pub struct ScopeMetrics {
+    pub packets: Family<Labels, Counter>,
+    pub bytes: Family<Labels, Counter>,
+    pub flows: Family<Labels, Counter>,
+    pub active_flows: Family<Labels, Gauge>,
+}
+
+impl ScopeMetrics {
+    fn register(&self, registry: &mut Registry, scope: &str) {
+        registry.register(format!("{scope}_packets"), format!("Packets of flows by {scope} and direction"), self.packets.clone());
+        registry.register(format!("{scope}_bytes"), format!("Bytes of flows by {scope} and direction"), self.bytes.clone());
+        registry.register(format!("{scope}_flows"), format!("Flows admitted by {scope}"), self.flows.clone());
+        registry.register(format!("{scope}_active_flows"), format!("Flows in conntrack by {scope}"), self.active_flows.clone());
+    }
+}
+
+const DIRECTIONS: [&str; 2] = ["to_backend", "to_client"];
 
 /// Every metric the admin endpoint serves.
 pub struct Metrics {
@@ -43,6 +66,13 @@ pub struct Metrics {
     pub config_applies: Family<Labels, Counter>,
     /// Interfaces the program is attached to.
     pub interfaces: Gauge,
+    pub listeners: ScopeMetrics,
+    pub routes: ScopeMetrics,
+    pub backends: ScopeMetrics,
+    /// Last absolute totals exported per (metric, labels), to turn totals into counter increments.
+    last_totals: std::sync::Mutex<std::collections::HashMap<(String, Labels), u64>>,
+    /// TLS passthrough (userspace) connections, bytes and ClientHello durations.
+    pub passthrough: PassthroughMetrics,
     /// Last kernel counter values, to turn them into increments.
     last_kernel: std::sync::Mutex<[u64; counter::COUNT as usize]>,
     /// Where to read the kernel counters at scrape time (set once the data plane is loaded).
@@ -62,6 +92,11 @@ impl Metrics {
             generation: Gauge::default(),
             config_applies: Family::default(),
             interfaces: Gauge::default(),
+            listeners: ScopeMetrics::default(),
+            routes: ScopeMetrics::default(),
+            backends: ScopeMetrics::default(),
+            last_totals: Default::default(),
+            passthrough: PassthroughMetrics::default(),
             last_kernel: std::sync::Mutex::new([0; counter::COUNT as usize]),
             kernel: std::sync::Mutex::new(None),
         };
@@ -73,6 +108,10 @@ impl Metrics {
         registry.register("config_generation", "Configuration generation served by the kernel", m.generation.clone());
         registry.register("config_applies", "Configuration applies, by result", m.config_applies.clone());
         registry.register("attached_interfaces", "Interfaces with the TC program attached", m.interfaces.clone());
+        m.listeners.register(&mut registry, "listener");
+        m.routes.register(&mut registry, "route");
+        m.backends.register(&mut registry, "backend");
+        m.passthrough.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -89,6 +128,36 @@ impl Metrics {
         let i = counter::FLOWS_NEW as usize;
         self.flows_admitted.inc_by(now[i].saturating_sub(last[i]));
         *last = *now;
+    }
+
+    /// Exports conntrack traffic totals by listener, route and backend, named by `names`.
+    pub fn observe_flows(&self, totals: &FlowTotals, names: &IdNames) {
+        let mut last = self.last_totals.lock().expect("metrics lock");
+        let mut counter = |family: &Family<Labels, Counter>, metric: &str, labels: Labels, total: u64| {
+            let previous = last.entry((metric.to_string(), labels.clone())).or_insert(0);
+            if total > *previous {
+                family.get_or_create(&labels).inc_by(total - *previous);
+                *previous = total;
+            }
+        };
+        for (scope, metrics, traffic, names) in [
+            ("listener", &self.listeners, &totals.listeners, &names.listeners),
+            ("route", &self.routes, &totals.routes, &names.routes),
+            ("backend", &self.backends, &totals.backends, &names.backends),
+        ] {
+            for (id, t) in traffic {
+                let Some(name) = names.get(id) else { continue };
+                let base = vec![(scope.to_string(), name.clone())];
+                for (d, direction) in DIRECTIONS.iter().enumerate() {
+                    let mut labels = base.clone();
+                    labels.push(("direction".to_string(), direction.to_string()));
+                    counter(&metrics.packets, &format!("{scope}_packets"), labels.clone(), t.packets[d]);
+                    counter(&metrics.bytes, &format!("{scope}_bytes"), labels, t.bytes[d]);
+                }
+                counter(&metrics.flows, &format!("{scope}_flows"), base.clone(), t.flows);
+                metrics.active_flows.get_or_create(&base).set(t.active_flows as i64);
+            }
+        }
     }
 
     /// Reads the kernel counters at every scrape from now on.
@@ -113,5 +182,56 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// TLS passthrough proxy metrics (`gateway_tls_passthrough_*`). Cloning shares the underlying counters.
+#[derive(Clone)]
+pub struct PassthroughMetrics {
+    /// Connections by `listener`, `outcome` (`routed` | `rejected`) and `reason` (`route` for routed ones, the
+    /// rejection reason otherwise: `no_sni`, `no_route`, `invalid_backend`, `not_tls`, `timeout`, ...).
+    pub connections: Family<Labels, Counter>,
+    /// Bytes forwarded, by `direction` (`client_to_backend` | `backend_to_client`).
+    pub bytes: Family<Labels, Counter>,
+    /// Connections currently routed and forwarding.
+    pub active: Gauge,
+    /// Time from accept to a complete ClientHello (routed or not), in seconds.
+    pub clienthello_duration: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for PassthroughMetrics {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+        Self {
+            connections: Family::default(),
+            bytes: Family::default(),
+            active: Gauge::default(),
+            // 100 µs .. ~13 s
+            clienthello_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 9)),
+        }
+    }
+}
+
+impl PassthroughMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("tls_passthrough");
+        r.register("connections", "TLS passthrough connections by outcome and reason", self.connections.clone());
+        r.register("bytes", "Bytes forwarded by the TLS passthrough proxy", self.bytes.clone());
+        r.register("active_connections", "TLS passthrough connections forwarding now", self.active.clone());
+        r.register(
+            "clienthello_duration_seconds",
+            "Time from accept until the ClientHello was complete",
+            self.clienthello_duration.clone(),
+        );
+    }
+
+    /// Counts one connection's outcome.
+    pub fn connection(&self, listener: &str, outcome: &str, reason: &str) {
+        let labels = vec![
+            ("listener".to_string(), listener.to_string()),
+            ("outcome".to_string(), outcome.to_string()),
+            ("reason".to_string(), reason.to_string()),
+        ];
+        self.connections.get_or_create(&labels).inc();
     }
 }

@@ -2,7 +2,9 @@
 //! has passed, both directions together. Timeouts follow the TCP state bits the kernel recorded.
 use std::time::Duration;
 
-use aya::maps::{HashMap, MapData};
+use std::collections::HashMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use gateway_common::{direction, tcp_seen, Flow, FlowKey, PROTO_TCP};
 
 use super::{map_err, DataplaneError};
@@ -31,13 +33,77 @@ impl Default for Timeouts {
     }
 }
 
-/// Result of one sweep.
+/// Traffic of the flows of one listener, route or backend. Index 0 is the original direction (client to
+/// backend), 1 the reply direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Flows present now (not expired).
+    pub active_flows: u64,
+    /// Flows ever admitted that the agent has seen (active + expired).
+    pub flows: u64,
+}
+
+impl Traffic {
+    fn add_entry(&mut self, flow: &Flow) {
+        let d = (flow.direction == direction::REPLY) as usize;
+        self.packets[d] += flow.packets;
+        self.bytes[d] += flow.bytes;
+        if flow.direction == direction::ORIGINAL {
+            self.flows += 1;
+        }
+    }
+
+    fn add(&mut self, other: &Traffic) {
+        for d in 0..2 {
+            self.packets[d] += other.packets[d];
+            self.bytes[d] += other.bytes[d];
+        }
+        self.flows += other.flows;
+        self.active_flows += other.active_flows;
+    }
+}
+
+/// Traffic by listener, route and backend id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowTotals {
+    pub listeners: HashMap<u32, Traffic>,
+    pub routes: HashMap<u32, Traffic>,
+    pub backends: HashMap<u32, Traffic>,
+}
+
+impl FlowTotals {
+    fn add_entry(&mut self, flow: &Flow, active: bool) {
+        for (map, id) in [(&mut self.listeners, flow.listener_id), (&mut self.routes, flow.route_id), (&mut self.backends, flow.backend_id)] {
+            let t = map.entry(id).or_default();
+            t.add_entry(flow);
+            if active && flow.direction == direction::ORIGINAL {
+                t.active_flows += 1;
+            }
+        }
+    }
+
+    fn merged(&self, other: &FlowTotals) -> FlowTotals {
+        let mut out = self.clone();
+        for (mine, theirs) in [(&mut out.listeners, &other.listeners), (&mut out.routes, &other.routes), (&mut out.backends, &other.backends)] {
+            for (id, t) in theirs {
+                mine.entry(*id).or_default().add(t);
+            }
+        }
+        out
+    }
+}
+
+/// Result of one sweep.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sweep {
     /// Entries present after the sweep (two per flow).
     pub entries: u64,
     /// Flows removed by this sweep.
     pub expired_flows: u64,
+    /// Traffic of every flow seen so far: the expired ones' final counts plus the active ones' current counts.
+    pub totals: FlowTotals,
 }
 
 /// The timeout that applies to a flow given both directions' entries.
@@ -62,11 +128,11 @@ fn now_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
-/// Removes expired flows from `flows`.
-pub fn sweep(flows: &mut HashMap<MapData, FlowKey, Flow>, t: &Timeouts) -> Result<Sweep, DataplaneError> {
+/// Removes expired flows from `flows`, moving their final counts into `closed`.
+pub fn sweep(flows: &mut BpfHashMap<MapData, FlowKey, Flow>, t: &Timeouts, closed: &mut FlowTotals) -> Result<Sweep, DataplaneError> {
     let now = now_ns();
     let entries: Vec<(FlowKey, Flow)> = flows.iter().filter_map(Result::ok).collect();
-    let by_key: std::collections::HashMap<FlowKey, Flow> = entries.iter().copied().collect();
+    let by_key: HashMap<FlowKey, Flow> = entries.iter().copied().collect();
     let mut doomed = Vec::new();
     for (key, flow) in &entries {
         if flow.direction != direction::ORIGINAL {
@@ -98,15 +164,25 @@ pub fn sweep(flows: &mut HashMap<MapData, FlowKey, Flow>, t: &Timeouts) -> Resul
     for key in &doomed {
         match flows.remove(key) {
             Ok(()) => {
-                if by_key.get(key).map(|f| f.direction) == Some(direction::ORIGINAL) {
-                    expired_flows += 1;
+                if let Some(flow) = by_key.get(key) {
+                    closed.add_entry(flow, false);
+                    if flow.direction == direction::ORIGINAL {
+                        expired_flows += 1;
+                    }
                 }
             }
             Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err("FLOWS")(e)),
         }
     }
-    Ok(Sweep { entries: (entries.len() - doomed.len()) as u64, expired_flows })
+    let doomed: std::collections::HashSet<FlowKey> = doomed.into_iter().collect();
+    let mut active = FlowTotals::default();
+    for (key, flow) in &entries {
+        if !doomed.contains(key) {
+            active.add_entry(flow, true);
+        }
+    }
+    Ok(Sweep { entries: (entries.len() - doomed.len()) as u64, expired_flows, totals: closed.merged(&active) })
 }
 
 #[cfg(test)]
@@ -137,5 +213,25 @@ mod tests {
     fn udp_uses_udp_timeout() {
         let t = Timeouts::default();
         assert_eq!(timeout_for(&flow(direction::ORIGINAL, 0), None, 17, &t), t.udp);
+    }
+}
+
+#[cfg(test)]
+mod totals_tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_both_directions_and_count_flows_once() {
+        let mut totals = FlowTotals::default();
+        let original = Flow { direction: direction::ORIGINAL, listener_id: 1, route_id: 2, backend_id: 3, packets: 10, bytes: 1000, ..Default::default() };
+        let reply = Flow { direction: direction::REPLY, packets: 8, bytes: 9000, ..original };
+        totals.add_entry(&original, true);
+        totals.add_entry(&reply, true);
+        let l = totals.listeners[&1];
+        assert_eq!((l.packets, l.bytes, l.flows, l.active_flows), ([10, 8], [1000, 9000], 1, 1));
+        assert_eq!(totals.routes[&2], l);
+        assert_eq!(totals.backends[&3], l);
+        let closed = FlowTotals::default().merged(&totals);
+        assert_eq!(closed.merged(&totals).listeners[&1].flows, 2);
     }
 }

@@ -137,6 +137,16 @@ pub struct Dataplane {
     listener_ids: Ids,
     route_ids: Ids,
     backend_ids: Ids,
+    /// Final counts of expired flows, by listener, route and backend.
+    closed: conntrack::FlowTotals,
+}
+
+/// Names of the ids the kernel counts by.
+#[derive(Clone, Debug, Default)]
+pub struct IdNames {
+    pub listeners: StdHashMap<u32, String>,
+    pub routes: StdHashMap<u32, String>,
+    pub backends: StdHashMap<u32, String>,
 }
 
 impl Dataplane {
@@ -185,6 +195,7 @@ impl Dataplane {
             listener_ids: Ids::default(),
             route_ids: Ids::default(),
             backend_ids: Ids::default(),
+            closed: conntrack::FlowTotals::default(),
         })
     }
 
@@ -414,9 +425,17 @@ impl Dataplane {
         Ok(KernelCounters { map })
     }
 
-    /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep.
+    /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep and the
+    /// traffic totals by listener, route and backend.
     pub fn expire_flows(&mut self) -> Result<conntrack::Sweep, DataplaneError> {
-        conntrack::sweep(&mut self.flows, &self.settings.timeouts)
+        conntrack::sweep(&mut self.flows, &self.settings.timeouts, &mut self.closed)
+    }
+
+    /// Names of listener, route and backend ids (`namespace/gateway/listener`, `namespace/gateway/listener/Kind/
+    /// namespace/name`, `address:port`).
+    pub fn id_names(&self) -> IdNames {
+        let invert = |ids: &Ids| ids.by_name.iter().map(|(name, id)| (*id, name.clone())).collect();
+        IdNames { listeners: invert(&self.listener_ids), routes: invert(&self.route_ids), backends: invert(&self.backend_ids) }
     }
 
     /// Runs the TC program once on `frame` (BPF_PROG_TEST_RUN) against the live maps, returning the TC action
