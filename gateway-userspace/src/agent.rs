@@ -9,7 +9,7 @@ use crate::{
     admin::{self, AdminError, AdminState},
     dataplane::{self, Dataplane, DataplaneError},
     ir::Ir,
-    provider, snapshot::Snapshot, status, translate,
+    passthrough, provider, snapshot::Snapshot, status, translate,
 };
 
 /// How long packets may still be using the previous generation after a swap (far longer than any program run).
@@ -56,7 +56,9 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
 
     let (mut snapshots, _watcher) = provider::file::watch(options.config.clone());
 
-    let mut agent = Agent { dataplane, state: state.clone(), options, last_ir: None, last_status: None };
+    // TLS passthrough listeners are served in userspace; settings come from GATEWAY_TLS_* variables for now.
+    let passthrough = passthrough::Proxy::new(passthrough::Settings::from_env(), state.metrics.passthrough.clone());
+    let mut agent = Agent { dataplane, passthrough, state: state.clone(), options, last_ir: None, last_status: None };
     let snapshot = snapshots.borrow_and_update().clone();
     agent.reconcile(&snapshot).await;
 
@@ -85,6 +87,8 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
 
 struct Agent {
     dataplane: Dataplane,
+    /// The userspace TLS passthrough proxy (listeners, SNI tables, local routes for Gateway addresses).
+    passthrough: passthrough::Proxy,
     state: Arc<AdminState>,
     options: AgentOptions,
     last_ir: Option<Ir>,
@@ -97,6 +101,8 @@ impl Agent {
         let (ir, status) = translate::translate_with_previous(snapshot, &self.options.translate, self.last_status.as_ref());
         *self.state.status.write().expect("status lock") = status::objects_with_status(snapshot, &status);
         self.last_status = Some(status);
+        // PROXY protocol is chosen by a TLSRoute annotation, which the IR does not carry.
+        self.passthrough.set_proxy_protocol_routes(passthrough::proxy_protocol::routes_from_snapshot(snapshot));
         if self.last_ir.as_ref() == Some(&ir) {
             return;
         }
@@ -105,6 +111,8 @@ impl Agent {
 
     async fn program(&mut self, ir: Ir) {
         let labels = |result: &str| vec![("result".to_string(), result.to_string())];
+        // Userspace listeners do not depend on the kernel generation: serve them even if the kernel apply fails.
+        self.passthrough.update(&ir);
         match self.dataplane.apply(&ir) {
             Ok(report) => {
                 self.state.metrics.config_applies.get_or_create(&labels("ok")).inc();

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod dataplane;
 pub mod ir;
 pub mod model;
+pub mod passthrough;
 pub mod provider;
 pub mod snapshot;
 pub mod status;
