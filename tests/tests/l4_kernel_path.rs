@@ -13,56 +13,18 @@ use gateway_tests::{
     clients,
     echo::{spawn_echo, EchoConfig},
     gateway::write_manifests,
+    manifests::{l4_gateway, L4Listener},
     sockets, topology, GatewayProcess, Process, Topology,
 };
 
 const LISTENER_PORT: u16 = 9000;
 const NO_ROUTE_PORT: u16 = 9009;
 
-/// Gateway API objects for a TCP listener routed to `endpoints`, plus a listener with no route.
+/// A TCP listener routed to `endpoints`, plus a TCP listener with no route.
 fn manifests(endpoints: &[std::net::Ipv4Addr]) -> String {
-    let eps: String = endpoints.iter().map(|e| format!("  - addresses: [\"{e}\"]\n    conditions: {{ready: true}}\n")).collect();
-    format!(
-        r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: ebpf}}
-spec: {{controllerName: ebpf-gateway.dev/gatewayclass-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: infra}}
-spec:
-  gatewayClassName: ebpf
-  addresses: [{{type: IPAddress, value: {vip}}}]
-  listeners:
-  - {{name: tcp, protocol: TCP, port: {LISTENER_PORT}}}
-  - {{name: unrouted, protocol: TCP, port: {NO_ROUTE_PORT}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: TCPRoute
-metadata: {{name: echo, namespace: infra}}
-spec:
-  parentRefs: [{{name: gw, sectionName: tcp}}]
-  rules:
-  - backendRefs: [{{name: echo, port: 3000}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: infra}}
-spec:
-  ports: [{{port: 3000, targetPort: 3000, protocol: TCP}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-abc
-  namespace: infra
-  labels: {{kubernetes.io/service-name: echo}}
-addressType: IPv4
-ports: [{{port: 3000, protocol: TCP}}]
-endpoints:
-{eps}"#,
-        vip = topology::vip(1)
+    l4_gateway(
+        topology::vip(1),
+        &[L4Listener::tcp("tcp", LISTENER_PORT, 3000, endpoints), L4Listener::unrouted("unrouted", "TCP", NO_ROUTE_PORT)],
     )
 }
 
