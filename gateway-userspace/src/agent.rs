@@ -98,7 +98,10 @@ struct Agent {
 impl Agent {
     /// Translates a snapshot, publishes its status and programs its IR if it changed.
     async fn reconcile(&mut self, snapshot: &Snapshot) {
-        let (ir, status) = translate::translate_with_previous(snapshot, &self.options.translate, self.last_status.as_ref());
+        // Translation is pure: the clock is read here, so unchanged conditions keep their lastTransitionTime and
+        // changed ones get the current time.
+        let options = self.options.translate.at(status::Timestamp::now());
+        let (ir, status) = translate::translate_with_previous(snapshot, &options, self.last_status.as_ref());
         *self.state.status.write().expect("status lock") = status::objects_with_status(snapshot, &status);
         self.last_status = Some(status);
         // PROXY protocol is chosen by a TLSRoute annotation, which the IR does not carry.
