@@ -9,6 +9,7 @@
 //! Tests need root.
 
 pub mod clients;
+pub mod conformance;
 pub mod echo;
 pub mod gateway;
 pub mod manifests;
