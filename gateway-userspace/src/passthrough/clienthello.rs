@@ -194,7 +194,8 @@ fn server_name(body: &[u8]) -> Result<Option<String>, ClientHelloError> {
         let data = &raw[4..raw.len() - rest.len()];
         let listed = data.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
         let parsed: usize = names.iter().map(|(_, n)| 3 + n.len()).sum();
-        if listed != Some(data.len() - 2) || parsed != data.len() - 2 || names.is_empty() {
+        let list_len = data.len().checked_sub(2);
+        if listed.is_none() || listed != list_len || Some(parsed) != list_len || names.is_empty() {
             return Err(ClientHelloError::Malformed("server_name list lengths"));
         }
         let mut hosts = names.iter().filter(|(t, _)| t.0 == NAME_TYPE_HOST_NAME);
@@ -280,5 +281,7 @@ mod tests {
         assert_eq!(parse(&[22, 3, 1, 0x40, 0x01]).unwrap_err().reason(), "oversized");
         assert_eq!(parse(&[22, 3, 1, 0, 4, 1, 0x01, 0, 0]).unwrap_err().reason(), "oversized");
         assert_eq!(parse(&[22, 3, 1, 0, 4, 2, 0, 0, 0]).unwrap_err().reason(), "malformed");
+        // An empty server_name extension (found by the mutation test: a length underflow).
+        assert_eq!(parse(&hello(&[0, 0, 0, 0])).unwrap_err().reason(), "malformed");
     }
 }
