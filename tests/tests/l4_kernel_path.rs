@@ -104,6 +104,21 @@ fn tcp_route_is_forwarded_by_the_kernel_with_no_gateway_socket() -> Result<()> {
     assert!(seen.keys().all(|p| p.starts_with("tcp-backend-")));
     assert!(kernel_counter(&gw, "forwarded")? > 0 && kernel_counter(&gw, "replied")? > 0);
     ping(&mut held)?;
+    // Per-listener and per-backend traffic, from the conntrack sweep (once a second).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, metrics) = gw.admin_get("/metrics")?;
+        let value = |prefix: &str| -> u64 {
+            metrics.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        };
+        let listener_packets = value("gateway_listener_packets_total{listener=\"infra/gw/tcp\",direction=\"to_backend\"} ");
+        let backend_flows = value(&format!("gateway_backend_flows_total{{backend=\"{}:3000\"}} ", topo.backend_addr(1)));
+        if listener_packets > 40 && backend_flows > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "per-listener/backend metrics missing:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 
@@ -178,6 +193,13 @@ fn flows_survive_kill_9_and_restart_of_the_agent() -> Result<()> {
 
     gw.start_again()?;
     assert!(gw.log().contains("adopted pinned link"), "the restarted agent adopts the links:\n{}", gw.log_tail(30));
+    // Exactly one program on every interface: the new agent replaced the old program, it did not add a second.
+    for iface in ["eth0", "bk1", "bk2"] {
+        let programs = topo.gateway().run(move || {
+            aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Ingress).map(|(_, p)| p.len())
+        })?;
+        assert_eq!(programs, 1, "{iface} has {programs} TC programs after the restart");
+    }
     ping(&mut held)?;
     assert_eq!(spread(&topo, 5)?.values().sum::<usize>(), 5);
     Ok(())
