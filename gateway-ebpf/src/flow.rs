@@ -21,7 +21,11 @@ const LAST_SEEN_GRANULARITY_NS: u64 = 500_000_000;
 fn seen_bits(tcp_flags: u8) -> u8 {
     let mut bits = 0;
     if tcp_flags & TCP_SYN != 0 {
-        bits |= if tcp_flags & TCP_ACK != 0 { tcp_seen::SYN_ACK } else { tcp_seen::SYN };
+        bits |= if tcp_flags & TCP_ACK != 0 {
+            tcp_seen::SYN_ACK
+        } else {
+            tcp_seen::SYN
+        };
     } else if tcp_flags & TCP_ACK != 0 {
         bits |= tcp_seen::ESTABLISHED;
     }
@@ -112,7 +116,11 @@ pub fn admit(
     let key = &pkt.key;
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let bits = if key.proto == PROTO_TCP { seen_bits(pkt.tcp_flags) } else { 0 };
+    let bits = if key.proto == PROTO_TCP {
+        seen_bits(pkt.tcp_flags)
+    } else {
+        0
+    };
     let reply = Flow {
         new_src: key.dst,
         new_sport: key.dport,

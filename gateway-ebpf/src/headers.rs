@@ -170,7 +170,14 @@ fn parse_icmp_error(ctx: &TcContext, ip: &Ipv4Hdr) -> Parsed {
     Parsed::Icmp(IcmpError {
         icmp_off,
         inner_off,
-        inner: FlowKey { src: inner.saddr, dst: inner.daddr, sport: ports[0], dport: ports[1], proto: inner.proto, _pad: [0; 3] },
+        inner: FlowKey {
+            src: inner.saddr,
+            dst: inner.daddr,
+            sport: ports[0],
+            dport: ports[1],
+            proto: inner.proto,
+            _pad: [0; 3],
+        },
         outer_src: ip.saddr,
         outer_dst: ip.daddr,
     })

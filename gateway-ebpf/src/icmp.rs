@@ -20,7 +20,12 @@ pub fn translate_error(ctx: &TcContext, err: &IcmpError, entry: &Flow) -> Result
     let inner = err.inner_off as usize;
     let q = &err.inner;
     // The quoted packet: (peer's address:port -> the address:port the peer talked to).
-    let (new_src, new_sport, new_dst, new_dport) = (entry.new_dst, entry.new_dport, entry.new_src, entry.new_sport);
+    let (new_src, new_sport, new_dst, new_dport) = (
+        entry.new_dst,
+        entry.new_dport,
+        entry.new_src,
+        entry.new_sport,
+    );
     let old_inner_csum: u16 = ctx.load(inner + 10)?;
     if q.src != new_src {
         ctx.l3_csum_replace(inner + 10, q.src as u64, new_src as u64, 4)?;
@@ -45,11 +50,21 @@ pub fn translate_error(ctx: &TcContext, err: &IcmpError, entry: &Flow) -> Result
     // Outer header: from the address the peer talked to, to the peer.
     let (outer_src, outer_dst) = (entry.new_src, entry.new_dst);
     if err.outer_src != outer_src {
-        ctx.l3_csum_replace(IP_CHECK_OFF as usize, err.outer_src as u64, outer_src as u64, 4)?;
+        ctx.l3_csum_replace(
+            IP_CHECK_OFF as usize,
+            err.outer_src as u64,
+            outer_src as u64,
+            4,
+        )?;
         ctx.store(IP_SRC_OFF as usize, &outer_src, 0)?;
     }
     if err.outer_dst != outer_dst {
-        ctx.l3_csum_replace(IP_CHECK_OFF as usize, err.outer_dst as u64, outer_dst as u64, 4)?;
+        ctx.l3_csum_replace(
+            IP_CHECK_OFF as usize,
+            err.outer_dst as u64,
+            outer_dst as u64,
+            4,
+        )?;
         ctx.store(IP_DST_OFF as usize, &outer_dst, 0)?;
     }
     Ok(())

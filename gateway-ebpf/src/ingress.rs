@@ -111,7 +111,14 @@ fn reject(ctx: &TcContext, pkt: &Packet) -> i32 {
 #[inline(always)]
 fn icmp_error(ctx: &TcContext, err: &IcmpError) -> i32 {
     let q = &err.inner;
-    let reverse = gateway_common::FlowKey { src: q.dst, dst: q.src, sport: q.dport, dport: q.sport, proto: q.proto, _pad: [0; 3] };
+    let reverse = gateway_common::FlowKey {
+        src: q.dst,
+        dst: q.src,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
     // SAFETY: a plain read of a map value returned by a successful lookup.
     let Some(entry) = (unsafe { FLOWS.get(&reverse) }) else {
         return TC_ACT_OK;
@@ -133,7 +140,8 @@ fn icmp_error(ctx: &TcContext, err: &IcmpError) -> i32 {
 fn forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> i32 {
     let mut mtu: u32 = 0;
     // SAFETY: helper call on the program's own skb with a pointer to a local.
-    let too_big = unsafe { bpf_check_mtu(ctx.skb.skb.cast(), flow.out_ifindex, &mut mtu, 0, 0) } > 0;
+    let too_big =
+        unsafe { bpf_check_mtu(ctx.skb.skb.cast(), flow.out_ifindex, &mut mtu, 0, 0) } > 0;
     if too_big {
         if pkt.dont_fragment {
             count(counter::FRAG_NEEDED_SENT);
@@ -146,7 +154,11 @@ fn forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> i32 {
         count(counter::MALFORMED);
         return TC_ACT_SHOT;
     }
-    count(if flow.direction == direction::ORIGINAL { counter::FORWARDED } else { counter::REPLIED });
+    count(if flow.direction == direction::ORIGINAL {
+        counter::FORWARDED
+    } else {
+        counter::REPLIED
+    });
     redirect(flow.out_ifindex)
 }
 

@@ -32,7 +32,10 @@ pub enum Pick {
 
 #[inline(always)]
 pub fn pick(generation: u32, route_id: u32, hash: u32) -> Pick {
-    let Some(table) = MAGLEV.get_ptr(RouteKey { generation, route_id }) else {
+    let Some(table) = MAGLEV.get_ptr(RouteKey {
+        generation,
+        route_id,
+    }) else {
         return Pick::Reject;
     };
     let slot = hash % MAGLEV_TABLE_SIZE as u32;
@@ -49,7 +52,12 @@ pub fn pick(generation: u32, route_id: u32, hash: u32) -> Pick {
         return Pick::Reject;
     }
     // SAFETY: a plain read of a map value returned by a successful lookup.
-    match unsafe { BACKENDS.get(BackendKey { generation, backend_id }) } {
+    match unsafe {
+        BACKENDS.get(BackendKey {
+            generation,
+            backend_id,
+        })
+    } {
         Some(b) => Pick::Backend(backend_id, *b),
         None => Pick::Reject,
     }

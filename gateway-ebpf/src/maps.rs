@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use gateway_common::{
-    counter, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable, RouteKey,
+    counter, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable,
+    RouteKey,
 };
 
 /// Map flag: allocate entries on demand (the Maglev tables are 16 KiB each).

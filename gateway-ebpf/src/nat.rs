@@ -22,21 +22,51 @@ pub fn rewrite(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Result<(), i64> {
     };
     let csum_off = csum_off as usize;
     if flow.new_src != key.src {
-        ctx.l4_csum_replace(csum_off, key.src as u64, flow.new_src as u64, l4_flags | BPF_F_PSEUDO_HDR | 4)?;
-        ctx.l3_csum_replace(IP_CHECK_OFF as usize, key.src as u64, flow.new_src as u64, 4)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            key.src as u64,
+            flow.new_src as u64,
+            l4_flags | BPF_F_PSEUDO_HDR | 4,
+        )?;
+        ctx.l3_csum_replace(
+            IP_CHECK_OFF as usize,
+            key.src as u64,
+            flow.new_src as u64,
+            4,
+        )?;
         ctx.store(IP_SRC_OFF as usize, &flow.new_src, 0)?;
     }
     if flow.new_dst != key.dst {
-        ctx.l4_csum_replace(csum_off, key.dst as u64, flow.new_dst as u64, l4_flags | BPF_F_PSEUDO_HDR | 4)?;
-        ctx.l3_csum_replace(IP_CHECK_OFF as usize, key.dst as u64, flow.new_dst as u64, 4)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            key.dst as u64,
+            flow.new_dst as u64,
+            l4_flags | BPF_F_PSEUDO_HDR | 4,
+        )?;
+        ctx.l3_csum_replace(
+            IP_CHECK_OFF as usize,
+            key.dst as u64,
+            flow.new_dst as u64,
+            4,
+        )?;
         ctx.store(IP_DST_OFF as usize, &flow.new_dst, 0)?;
     }
     if flow.new_sport != key.sport {
-        ctx.l4_csum_replace(csum_off, key.sport as u64, flow.new_sport as u64, l4_flags | 2)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            key.sport as u64,
+            flow.new_sport as u64,
+            l4_flags | 2,
+        )?;
         ctx.store(pkt.l4_off as usize, &flow.new_sport, 0)?;
     }
     if flow.new_dport != key.dport {
-        ctx.l4_csum_replace(csum_off, key.dport as u64, flow.new_dport as u64, l4_flags | 2)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            key.dport as u64,
+            flow.new_dport as u64,
+            l4_flags | 2,
+        )?;
         ctx.store(pkt.l4_off as usize + 2, &flow.new_dport, 0)?;
     }
     Ok(())

@@ -75,8 +75,13 @@ struct RunArgs {
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s.split_once('-').ok_or("expected MIN-MAX, e.g. 10000-32767")?;
-    let (a, b) = (a.trim().parse::<u16>().map_err(|e| e.to_string())?, b.trim().parse::<u16>().map_err(|e| e.to_string())?);
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected MIN-MAX, e.g. 10000-32767")?;
+    let (a, b) = (
+        a.trim().parse::<u16>().map_err(|e| e.to_string())?,
+        b.trim().parse::<u16>().map_err(|e| e.to_string())?,
+    );
     if a == 0 || a > b {
         return Err(format!("{a}-{b} is not a range of non-zero ports"));
     }
@@ -84,7 +89,8 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -127,10 +133,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 ..Timeouts::default()
             },
         },
-        translate: TranslateOptions { controller_name: args.controller_name, ..TranslateOptions::default() },
+        translate: TranslateOptions {
+            controller_name: args.controller_name,
+            ..TranslateOptions::default()
+        },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(agent::run(options, shutdown_signal())).context("the agent stopped")
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime
+        .block_on(agent::run(options, shutdown_signal()))
+        .context("the agent stopped")
 }
 
 /// Completes on SIGTERM or SIGINT.

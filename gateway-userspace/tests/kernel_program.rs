@@ -24,7 +24,11 @@ const BACKEND: [u8; 4] = [198, 18, 11, 2];
 
 fn route(kind: &str, name: &str) -> L4Route {
     L4Route {
-        route: ObjectRef { kind: kind.into(), namespace: "default".into(), name: name.into() },
+        route: ObjectRef {
+            kind: kind.into(),
+            namespace: "default".into(),
+            name: name.into(),
+        },
         backends: vec![Backend {
             name: "default/echo:3000".into(),
             weight: 1,
@@ -35,14 +39,30 @@ fn route(kind: &str, name: &str) -> L4Route {
 }
 
 fn ir() -> Ir {
-    let listener = |name: &str, port, kind| Listener { name: name.into(), port, kind };
+    let listener = |name: &str, port, kind| Listener {
+        name: name.into(),
+        port,
+        kind,
+    };
     Ir {
         gateways: vec![Gateway {
-            gateway: ObjectRef { kind: "Gateway".into(), namespace: "default".into(), name: "gw".into() },
+            gateway: ObjectRef {
+                kind: "Gateway".into(),
+                namespace: "default".into(),
+                name: "gw".into(),
+            },
             addresses: vec![Ipv4Addr::from(VIP).into()],
             listeners: vec![
-                listener("tcp", 9000, ListenerKind::Tcp(Some(route("TCPRoute", "tcp")))),
-                listener("udp", 9001, ListenerKind::Udp(Some(route("UDPRoute", "udp")))),
+                listener(
+                    "tcp",
+                    9000,
+                    ListenerKind::Tcp(Some(route("TCPRoute", "tcp"))),
+                ),
+                listener(
+                    "udp",
+                    9001,
+                    ListenerKind::Udp(Some(route("UDPRoute", "udp"))),
+                ),
                 listener("tcp-no-route", 9002, ListenerKind::Tcp(None)),
                 listener("udp-no-route", 9003, ListenerKind::Udp(None)),
             ],
@@ -50,8 +70,18 @@ fn ir() -> Ir {
     }
 }
 
-fn tcp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, ack: bool, payload: &[u8]) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
+fn tcp_frame(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    syn: bool,
+    ack: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240);
     if syn {
         b = b.syn();
     }
@@ -111,7 +141,8 @@ fn inspect(frame: &[u8]) -> Seen {
         }
         TransportSlice::Udp(udp) => {
             let h = udp.to_header();
-            let ok = h.checksum == 0 || h.calc_checksum_ipv4(&header, udp.payload()).unwrap() == h.checksum;
+            let ok = h.checksum == 0
+                || h.calc_checksum_ipv4(&header, udp.payload()).unwrap() == h.checksum;
             Seen {
                 src: header.source,
                 dst: header.destination,
@@ -132,16 +163,22 @@ fn with_dataplane(body: impl FnOnce(&mut Dataplane) + Send) {
     let ns = Netns::with_role("prog").expect("namespace");
     // This kernel has no dummy driver: a veth pair whose far end stays in the namespace serves as the link
     // towards the backends.
-    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]).unwrap();
-    ns.ip(&["addr", "add", "198.18.11.1/24", "dev", "d0"]).unwrap();
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])
+        .unwrap();
+    ns.ip(&["addr", "add", "198.18.11.1/24", "dev", "d0"])
+        .unwrap();
     ns.ip(&["link", "set", "d0", "up"]).unwrap();
     ns.ip(&["link", "set", "d1", "up"]).unwrap();
     let root = std::path::PathBuf::from(format!("/sys/fs/bpf/gwt-{}-prog", unique_id()));
     let cleanup_root = root.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ns.run(move || {
-            let settings = Settings { bpffs_root: root, ..Settings::default() };
-            let mut dp = Dataplane::load(settings).expect("the eBPF object loads and passes the verifier");
+            let settings = Settings {
+                bpffs_root: root,
+                ..Settings::default()
+            };
+            let mut dp =
+                Dataplane::load(settings).expect("the eBPF object loads and passes the verifier");
             let report = dp.apply(&ir()).expect("apply");
             assert!(report.warnings.is_empty(), "{:?}", report.warnings);
             body(&mut dp);
@@ -162,12 +199,25 @@ fn tcp_syn_is_nated_to_the_backend_and_the_reply_back_to_the_client() {
         let seen = inspect(&out);
         assert!(seen.checksums_ok, "checksums after DNAT/SNAT: {seen:?}");
         assert_eq!((seen.dst, seen.dport), (BACKEND, 3000));
-        assert_eq!(seen.src, GW_BACKEND_SIDE, "SNAT to the gateway's address towards the backend");
-        assert!((10000..=32767).contains(&seen.sport), "SNAT port {} in the configured range", seen.sport);
+        assert_eq!(
+            seen.src, GW_BACKEND_SIDE,
+            "SNAT to the gateway's address towards the backend"
+        );
+        assert!(
+            (10000..=32767).contains(&seen.sport),
+            "SNAT port {} in the configured range",
+            seen.sport
+        );
 
         let flows = dp.flows();
         assert_eq!(flows.len(), 2, "one entry per direction");
-        assert_eq!(flows.iter().filter(|(_, f)| f.direction == direction::ORIGINAL).count(), 1);
+        assert_eq!(
+            flows
+                .iter()
+                .filter(|(_, f)| f.direction == direction::ORIGINAL)
+                .count(),
+            1
+        );
 
         // The backend's SYN-ACK comes back to the SNAT address and port.
         let mut syn_ack = tcp_frame(BACKEND, 3000, GW_BACKEND_SIDE, seen.sport, true, true, &[]);
@@ -175,10 +225,21 @@ fn tcp_syn_is_nated_to_the_backend_and_the_reply_back_to_the_client() {
         assert_eq!(action, TC_ACT_REDIRECT);
         let back = inspect(&out);
         assert!(back.checksums_ok, "checksums after reverse NAT: {back:?}");
-        assert_eq!((back.src, back.sport, back.dst, back.dport), (VIP, 9000, CLIENT, 40000));
+        assert_eq!(
+            (back.src, back.sport, back.dst, back.dport),
+            (VIP, 9000, CLIENT, 40000)
+        );
 
         // Data in the established flow, with a payload, keeps valid checksums too.
-        syn_ack = tcp_frame(CLIENT, 40000, VIP, 9000, false, true, b"hello through the kernel");
+        syn_ack = tcp_frame(
+            CLIENT,
+            40000,
+            VIP,
+            9000,
+            false,
+            true,
+            b"hello through the kernel",
+        );
         let (action, out) = dp.run_frame(&syn_ack).unwrap();
         assert_eq!(action, TC_ACT_REDIRECT);
         assert!(inspect(&out).checksums_ok);
@@ -189,12 +250,17 @@ fn tcp_syn_is_nated_to_the_backend_and_the_reply_back_to_the_client() {
 #[test]
 fn udp_is_nated_and_a_zero_checksum_stays_zero() {
     with_dataplane(|dp| {
-        let (action, out) = dp.run_frame(&udp_frame(CLIENT, 5353, VIP, 9001, b"ping")).unwrap();
+        let (action, out) = dp
+            .run_frame(&udp_frame(CLIENT, 5353, VIP, 9001, b"ping"))
+            .unwrap();
         assert_eq!(action, TC_ACT_REDIRECT);
         let seen = inspect(&out);
         assert!(seen.checksums_ok, "{seen:?}");
         assert_ne!(seen.udp_checksum, 0);
-        assert_eq!((seen.dst, seen.dport, seen.src), (BACKEND, 3000, GW_BACKEND_SIDE));
+        assert_eq!(
+            (seen.dst, seen.dport, seen.src),
+            (BACKEND, 3000, GW_BACKEND_SIDE)
+        );
 
         // A datagram without checksum (0 = none in IPv4) must not gain a wrong one.
         let mut no_sum = udp_frame(CLIENT, 5354, VIP, 9001, b"ping");
@@ -229,14 +295,24 @@ fn traffic_for_other_addresses_and_ports_is_untouched() {
 #[test]
 fn tcp_to_a_listener_without_route_is_reset_and_udp_dropped() {
     with_dataplane(|dp| {
-        let (action, out) = dp.run_frame(&tcp_frame(CLIENT, 40001, VIP, 9002, true, false, &[])).unwrap();
-        assert_eq!(action, TC_ACT_REDIRECT, "the RST goes back out of the ingress interface");
+        let (action, out) = dp
+            .run_frame(&tcp_frame(CLIENT, 40001, VIP, 9002, true, false, &[]))
+            .unwrap();
+        assert_eq!(
+            action, TC_ACT_REDIRECT,
+            "the RST goes back out of the ingress interface"
+        );
         let rst = inspect(&out);
         assert!(rst.tcp_rst && rst.checksums_ok, "{rst:?}");
-        assert_eq!((rst.src, rst.sport, rst.dst, rst.dport), (VIP, 9002, CLIENT, 40001));
+        assert_eq!(
+            (rst.src, rst.sport, rst.dst, rst.dport),
+            (VIP, 9002, CLIENT, 40001)
+        );
         assert_eq!(rst.tcp_ack_number, 1001, "acknowledges the SYN");
 
-        let (action, _) = dp.run_frame(&udp_frame(CLIENT, 40001, VIP, 9003, b"x")).unwrap();
+        let (action, _) = dp
+            .run_frame(&udp_frame(CLIENT, 40001, VIP, 9003, b"x"))
+            .unwrap();
         assert_eq!(action, TC_ACT_SHOT);
         let c = dp.counters().unwrap();
         assert_eq!(c[counter::NO_BACKEND_RST as usize], 1);
@@ -248,7 +324,17 @@ fn tcp_to_a_listener_without_route_is_reset_and_udp_dropped() {
 #[test]
 fn a_segment_of_no_known_flow_is_reset() {
     with_dataplane(|dp| {
-        let (action, out) = dp.run_frame(&tcp_frame(CLIENT, 40002, VIP, 9000, false, true, b"late data")).unwrap();
+        let (action, out) = dp
+            .run_frame(&tcp_frame(
+                CLIENT,
+                40002,
+                VIP,
+                9000,
+                false,
+                true,
+                b"late data",
+            ))
+            .unwrap();
         assert_eq!(action, TC_ACT_REDIRECT);
         let rst = inspect(&out);
         assert!(rst.tcp_rst && rst.checksums_ok);
@@ -272,7 +358,12 @@ fn malformed_headers_are_dropped_and_counted() {
         // TCP data offset below 5 words.
         let mut bad_doff = good.clone();
         bad_doff[14 + 20 + 12] = 0x20;
-        for (name, frame) in [("truncated", truncated), ("ihl", bad_ihl), ("tot_len", short_len), ("doff", bad_doff)] {
+        for (name, frame) in [
+            ("truncated", truncated),
+            ("ihl", bad_ihl),
+            ("tot_len", short_len),
+            ("doff", bad_doff),
+        ] {
             let (action, _) = dp.run_frame(&frame).unwrap();
             assert_eq!(action, TC_ACT_SHOT, "{name}");
         }
@@ -294,10 +385,14 @@ fn a_new_generation_replaces_the_old_atomically() {
         assert_eq!(dp.generation(), first + 1);
         dp.collect_old_generations().unwrap();
         // Port 9000 is no longer a listener: a SYN passes to the stack.
-        let (action, _) = dp.run_frame(&tcp_frame(CLIENT, 40004, VIP, 9000, true, false, &[])).unwrap();
+        let (action, _) = dp
+            .run_frame(&tcp_frame(CLIENT, 40004, VIP, 9000, true, false, &[]))
+            .unwrap();
         assert_eq!(action, TC_ACT_OK);
         // The others still forward.
-        let (action, _) = dp.run_frame(&udp_frame(CLIENT, 40004, VIP, 9001, b"x")).unwrap();
+        let (action, _) = dp
+            .run_frame(&udp_frame(CLIENT, 40004, VIP, 9001, b"x"))
+            .unwrap();
         assert_eq!(action, TC_ACT_REDIRECT);
     });
 }
@@ -306,7 +401,11 @@ fn a_new_generation_replaces_the_old_atomically() {
 fn internet_checksum_ok(bytes: &[u8]) -> bool {
     let mut sum: u32 = 0;
     for chunk in bytes.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
         sum += word as u32;
     }
     while sum >> 16 != 0 {
@@ -316,7 +415,14 @@ fn internet_checksum_ok(bytes: &[u8]) -> bool {
 }
 
 /// An ICMP error from `src` to `dst` quoting the first 28 bytes (IP header + 8) of `quoted` (an Ethernet frame).
-fn icmp_error_frame(src: [u8; 4], dst: [u8; 4], icmp_type: u8, code: u8, mtu: u16, quoted: &[u8]) -> Vec<u8> {
+fn icmp_error_frame(
+    src: [u8; 4],
+    dst: [u8; 4],
+    icmp_type: u8,
+    code: u8,
+    mtu: u16,
+    quoted: &[u8],
+) -> Vec<u8> {
     let mut icmp = vec![icmp_type, code, 0, 0, 0, 0];
     icmp.extend_from_slice(&mtu.to_be_bytes());
     icmp.extend_from_slice(&quoted[14..42]);
@@ -349,7 +455,9 @@ fn fold_sum(bytes: &[u8]) -> u16 {
 #[test]
 fn icmp_errors_about_nated_packets_are_translated_for_the_client() {
     with_dataplane(|dp| {
-        let (_, out) = dp.run_frame(&tcp_frame(CLIENT, 40010, VIP, 9000, true, false, &[])).unwrap();
+        let (_, out) = dp
+            .run_frame(&tcp_frame(CLIENT, 40010, VIP, 9000, true, false, &[]))
+            .unwrap();
         let sent = inspect(&out);
         // A router behind the gateway cannot forward the packet the gateway sent (SNAT address -> backend).
         let router = [198, 18, 11, 254];
@@ -362,18 +470,35 @@ fn icmp_errors_about_nated_packets_are_translated_for_the_client() {
         assert_eq!(&ip[12..16], &VIP, "from the address the client talked to");
         assert_eq!(&ip[16..20], &CLIENT, "to the client");
         let icmp = &translated[34..];
-        assert!(internet_checksum_ok(icmp), "ICMP checksum over the rewritten quote");
-        assert_eq!((icmp[0], icmp[1], u16::from_be_bytes([icmp[6], icmp[7]])), (3, 4, 1400));
+        assert!(
+            internet_checksum_ok(icmp),
+            "ICMP checksum over the rewritten quote"
+        );
+        assert_eq!(
+            (icmp[0], icmp[1], u16::from_be_bytes([icmp[6], icmp[7]])),
+            (3, 4, 1400)
+        );
         let inner = &icmp[8..];
         assert!(internet_checksum_ok(&inner[..20]), "quoted IPv4 checksum");
-        assert_eq!((&inner[12..16], &inner[16..20]), (&CLIENT[..], &VIP[..]), "the quote is the client's own packet");
+        assert_eq!(
+            (&inner[12..16], &inner[16..20]),
+            (&CLIENT[..], &VIP[..]),
+            "the quote is the client's own packet"
+        );
         assert_eq!(u16::from_be_bytes([inner[20], inner[21]]), 40010);
         assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), 9000);
         assert_ne!(sent.sport, 40010);
         assert_eq!(dp.counters().unwrap()[counter::ICMP_TRANSLATED as usize], 1);
 
         // An ICMP error about a packet of no flow is left to the local stack.
-        let stray = icmp_error_frame(router, GW_BACKEND_SIDE, 3, 3, 0, &tcp_frame(GW_BACKEND_SIDE, 1, BACKEND, 2, true, false, &[]));
+        let stray = icmp_error_frame(
+            router,
+            GW_BACKEND_SIDE,
+            3,
+            3,
+            0,
+            &tcp_frame(GW_BACKEND_SIDE, 1, BACKEND, 2, true, false, &[]),
+        );
         assert_eq!(dp.run_frame(&stray).unwrap().0, TC_ACT_OK);
     });
 }
@@ -394,9 +519,19 @@ fn a_packet_too_big_for_the_egress_link_gets_fragmentation_needed() {
         assert_eq!((&out[26..30], &out[30..34]), (&VIP[..], &CLIENT[..]));
         let icmp = &out[34..];
         assert!(internet_checksum_ok(icmp));
-        assert_eq!((icmp[0], icmp[1], u16::from_be_bytes([icmp[6], icmp[7]])), (3, 4, 1500));
-        assert_eq!(&icmp[8 + 12..8 + 20], &big[26..34], "quotes the client's packet as sent");
-        assert_eq!(dp.counters().unwrap()[counter::FRAG_NEEDED_SENT as usize], 1);
+        assert_eq!(
+            (icmp[0], icmp[1], u16::from_be_bytes([icmp[6], icmp[7]])),
+            (3, 4, 1500)
+        );
+        assert_eq!(
+            &icmp[8 + 12..8 + 20],
+            &big[26..34],
+            "quotes the client's packet as sent"
+        );
+        assert_eq!(
+            dp.counters().unwrap()[counter::FRAG_NEEDED_SENT as usize],
+            1
+        );
 
         // Without DF the gateway does not fragment: dropped and counted.
         let mut no_df = udp_frame(CLIENT, 40012, VIP, 9001, &[7u8; 1600]);
@@ -419,14 +554,37 @@ fn flows_count_packets_and_bytes_per_direction() {
         let sport = inspect(&out).sport;
         let data = tcp_frame(CLIENT, 40013, VIP, 9000, false, true, &[1u8; 100]);
         dp.run_frame(&data).unwrap();
-        dp.run_frame(&tcp_frame(BACKEND, 3000, GW_BACKEND_SIDE, sport, true, true, &[])).unwrap();
+        dp.run_frame(&tcp_frame(
+            BACKEND,
+            3000,
+            GW_BACKEND_SIDE,
+            sport,
+            true,
+            true,
+            &[],
+        ))
+        .unwrap();
         let flows = dp.flows();
-        let original = flows.iter().find(|(_, f)| f.direction == direction::ORIGINAL).unwrap().1;
-        let reply = flows.iter().find(|(_, f)| f.direction == direction::REPLY).unwrap().1;
-        assert_eq!((original.packets, original.bytes), (2, (syn.len() + data.len()) as u64));
+        let original = flows
+            .iter()
+            .find(|(_, f)| f.direction == direction::ORIGINAL)
+            .unwrap()
+            .1;
+        let reply = flows
+            .iter()
+            .find(|(_, f)| f.direction == direction::REPLY)
+            .unwrap()
+            .1;
+        assert_eq!(
+            (original.packets, original.bytes),
+            (2, (syn.len() + data.len()) as u64)
+        );
         assert_eq!(reply.packets, 1);
         let sweep = dp.expire_flows().unwrap();
         let listener = sweep.totals.listeners.values().next().unwrap();
-        assert_eq!((listener.packets, listener.flows, listener.active_flows), ([2, 1], 1, 1));
+        assert_eq!(
+            (listener.packets, listener.flows, listener.active_flows),
+            ([2, 1], 1, 1)
+        );
     });
 }

@@ -29,7 +29,12 @@ pub fn conformance_dir() -> PathBuf {
 
 fn load_docs(path: &PathBuf) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {} (the shared conformance manifests must be present)", path.display()))?
+        .with_context(|| {
+            format!(
+                "reading {} (the shared conformance manifests must be present)",
+                path.display()
+            )
+        })?
         .replace("{GATEWAY_CLASS_NAME}", GATEWAY_CLASS)
         .replace("{GATEWAY_CONTROLLER_NAME}", CONTROLLER);
     let mut docs = Vec::new();
@@ -55,7 +60,9 @@ fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 fn key(v: &Value) -> (String, String, String) {
     (
         s(v, &["kind"]).unwrap_or_default().to_string(),
-        s(v, &["metadata", "namespace"]).unwrap_or("default").to_string(),
+        s(v, &["metadata", "namespace"])
+            .unwrap_or("default")
+            .to_string(),
         s(v, &["metadata", "name"]).unwrap_or_default().to_string(),
     )
 }
@@ -87,27 +94,48 @@ impl Plan {
             .iter()
             .filter(|d| s(d, &["kind"]).is_some_and(|k| k.ends_with("Route")))
             .flat_map(|d| {
-                let rules = d.get("spec").and_then(|s| s.get("rules")).and_then(Value::as_sequence).cloned().unwrap_or_default();
-                rules.into_iter().flat_map(|r| r.get("backendRefs").and_then(Value::as_sequence).cloned().unwrap_or_default())
+                let rules = d
+                    .get("spec")
+                    .and_then(|s| s.get("rules"))
+                    .and_then(Value::as_sequence)
+                    .cloned()
+                    .unwrap_or_default();
+                rules.into_iter().flat_map(|r| {
+                    r.get("backendRefs")
+                        .and_then(Value::as_sequence)
+                        .cloned()
+                        .unwrap_or_default()
+                })
             })
             .filter_map(|b| s(&b, &["name"]).map(str::to_string))
             .collect();
         let deployments: Vec<&Value> = test
             .iter()
-            .chain(base.iter().filter(|d| s(d, &["metadata", "name"]).is_some_and(|n| referenced.iter().any(|r| r == n))))
+            .chain(base.iter().filter(|d| {
+                s(d, &["metadata", "name"]).is_some_and(|n| referenced.iter().any(|r| r == n))
+            }))
             .filter(|d| s(d, &["kind"]) == Some("Deployment"))
             .collect();
         if deployments.len() > 60 {
-            bail!("{test_file}: {} deployments is more than this harness runs", deployments.len());
+            bail!(
+                "{test_file}: {} deployments is more than this harness runs",
+                deployments.len()
+            );
         }
         let deployments: Vec<Value> = deployments.into_iter().cloned().collect();
-        let docs: Vec<Value> = base.into_iter().chain(test).filter(|d| s(d, &["kind"]) != Some("Deployment")).collect();
+        let docs: Vec<Value> = base
+            .into_iter()
+            .chain(test)
+            .filter(|d| s(d, &["kind"]) != Some("Deployment"))
+            .collect();
         Ok(Plan { docs, deployments })
     }
 
     /// A topology with one backend namespace per Deployment.
     pub fn topology(&self) -> Result<Topology> {
-        Topology::builder().backends(self.deployments.len().max(1)).build()
+        Topology::builder()
+            .backends(self.deployments.len().max(1))
+            .build()
     }
 
     /// Starts one echo backend per Deployment and the gateway in `topo`, and waits until it is ready.
@@ -117,21 +145,43 @@ impl Plan {
         let mut echoes = Vec::new();
         for (i, d) in deployments.iter().enumerate() {
             let (_, namespace, deployment) = key(d);
-            let name = format!("{deployment}-7f9c{i:x}d5b8-{}", ["x2p4k", "m7t4n", "z9c3w", "q8r2v", "h5j6l"][i % 5]);
-            let template = d.get("spec").and_then(|s| s.get("template")).context("deployment template")?;
+            let name = format!(
+                "{deployment}-7f9c{i:x}d5b8-{}",
+                ["x2p4k", "m7t4n", "z9c3w", "q8r2v", "h5j6l"][i % 5]
+            );
+            let template = d
+                .get("spec")
+                .and_then(|s| s.get("template"))
+                .context("deployment template")?;
             let labels: BTreeMap<String, String> = template
                 .get("metadata")
                 .and_then(|m| m.get("labels"))
                 .and_then(|l| serde_yaml::from_value(l.clone()).ok())
                 .unwrap_or_default();
-            let container = template.get("spec").and_then(|s| s.get("containers")).and_then(|c| c.get(0)).context("container")?;
+            let container = template
+                .get("spec")
+                .and_then(|s| s.get("containers"))
+                .and_then(|c| c.get(0))
+                .context("container")?;
             let env: BTreeMap<String, String> = container
                 .get("env")
                 .and_then(Value::as_sequence)
-                .map(|e| e.iter().filter_map(|v| Some((s(v, &["name"])?.to_string(), s(v, &["value"]).unwrap_or_default().to_string()))).collect())
+                .map(|e| {
+                    e.iter()
+                        .filter_map(|v| {
+                            Some((
+                                s(v, &["name"])?.to_string(),
+                                s(v, &["value"]).unwrap_or_default().to_string(),
+                            ))
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
-            let port = |var: &str, default: u16| env.get(var).and_then(|p| p.parse().ok()).unwrap_or(default);
-            let mut cfg = EchoConfig::new(&name, &namespace).service(env.get("SERVICE_NAME").map(String::as_str).unwrap_or(""));
+            let port = |var: &str, default: u16| {
+                env.get(var).and_then(|p| p.parse().ok()).unwrap_or(default)
+            };
+            let mut cfg = EchoConfig::new(&name, &namespace)
+                .service(env.get("SERVICE_NAME").map(String::as_str).unwrap_or(""));
             cfg = if env.contains_key("TCP_ECHO_SERVER") {
                 cfg.tcp(port("TCP_PORT", 3000))
             } else if env.contains_key("UDP_ECHO_SERVER") {
@@ -139,8 +189,17 @@ impl Plan {
             } else {
                 cfg.http(port("HTTP_PORT", 3000))
             };
-            echoes.push(spawn_echo(topo.backend(i + 1), &cfg).with_context(|| format!("backend for {deployment}"))?);
-            pods.push(Pod { deployment, namespace, name, labels, addr: topo.backend_addr(i + 1) });
+            echoes.push(
+                spawn_echo(topo.backend(i + 1), &cfg)
+                    .with_context(|| format!("backend for {deployment}"))?,
+            );
+            pods.push(Pod {
+                deployment,
+                namespace,
+                name,
+                labels,
+                addr: topo.backend_addr(i + 1),
+            });
         }
         let mut docs = self.docs;
         docs.push(serde_yaml::from_str(&format!(
@@ -148,19 +207,39 @@ impl Plan {
         ))?);
         let mut addresses = BTreeMap::new();
         let mut n = 1u8;
-        for d in docs.iter_mut().filter(|d| s(d, &["kind"]) == Some("Gateway")) {
+        for d in docs
+            .iter_mut()
+            .filter(|d| s(d, &["kind"]) == Some("Gateway"))
+        {
             let (_, ns, name) = key(d);
-            let spec = d.get_mut("spec").and_then(Value::as_mapping_mut).context("gateway spec")?;
+            let spec = d
+                .get_mut("spec")
+                .and_then(Value::as_mapping_mut)
+                .context("gateway spec")?;
             if !spec.contains_key("addresses") {
                 let addr = topology::vip(n);
                 n += 1;
-                spec.insert("addresses".into(), serde_yaml::from_str(&format!("[{{type: IPAddress, value: {addr}}}]"))?);
+                spec.insert(
+                    "addresses".into(),
+                    serde_yaml::from_str(&format!("[{{type: IPAddress, value: {addr}}}]"))?,
+                );
                 addresses.insert((ns, name), addr);
             }
         }
-        let tmp = tempfile::Builder::new().prefix("gwt-conformance-").tempdir()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("gwt-conformance-")
+            .tempdir()?;
         let config = tmp.path().join("manifests.yaml");
-        let mut run = ConformanceRun { docs, pods, addresses, config, gateway: None, _echoes: echoes, _dir: tmp, topo };
+        let mut run = ConformanceRun {
+            docs,
+            pods,
+            addresses,
+            config,
+            gateway: None,
+            _echoes: echoes,
+            _dir: tmp,
+            topo,
+        };
         run.write()?;
         run.gateway = Some(GatewayProcess::start(topo.gateway(), &[&run.config], &[])?);
         Ok(run)
@@ -207,7 +286,8 @@ impl<'t> ConformanceRun<'t> {
     /// Removes an object, as `kubectl delete` would.
     pub fn delete(&mut self, kind: &str, namespace: &str, name: &str) -> Result<()> {
         let before = self.docs.len();
-        self.docs.retain(|d| key(d) != (kind.to_string(), namespace.to_string(), name.to_string()));
+        self.docs
+            .retain(|d| key(d) != (kind.to_string(), namespace.to_string(), name.to_string()));
         if self.docs.len() == before {
             bail!("no {kind} {namespace}/{name} to delete");
         }
@@ -216,7 +296,9 @@ impl<'t> ConformanceRun<'t> {
 
     /// Adds (or replaces) objects given as YAML, as `kubectl apply` would. Objects added later are newer.
     pub fn apply(&mut self, yaml: &str) -> Result<()> {
-        for doc in serde_yaml::Deserializer::from_str(&yaml.replace("{GATEWAY_CLASS_NAME}", GATEWAY_CLASS)) {
+        for doc in
+            serde_yaml::Deserializer::from_str(&yaml.replace("{GATEWAY_CLASS_NAME}", GATEWAY_CLASS))
+        {
             let v = Value::deserialize(doc)?;
             let k = key(&v);
             self.docs.retain(|d| key(d) != k);
@@ -233,14 +315,25 @@ impl<'t> ConformanceRun<'t> {
             out.push_str("---\n");
             out.push_str(&serde_yaml::to_string(d)?);
         }
-        for svc in self.docs.iter().filter(|d| s(d, &["kind"]) == Some("Service")) {
+        for svc in self
+            .docs
+            .iter()
+            .filter(|d| s(d, &["kind"]) == Some("Service"))
+        {
             let (_, ns, name) = key(svc);
-            let selector: BTreeMap<String, String> =
-                svc.get("spec").and_then(|s| s.get("selector")).and_then(|l| serde_yaml::from_value(l.clone()).ok()).unwrap_or_default();
+            let selector: BTreeMap<String, String> = svc
+                .get("spec")
+                .and_then(|s| s.get("selector"))
+                .and_then(|l| serde_yaml::from_value(l.clone()).ok())
+                .unwrap_or_default();
             let pods: Vec<&Pod> = self
                 .pods
                 .iter()
-                .filter(|p| p.namespace == ns && !selector.is_empty() && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                .filter(|p| {
+                    p.namespace == ns
+                        && !selector.is_empty()
+                        && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                })
                 .collect();
             if pods.is_empty() {
                 continue;
@@ -252,7 +345,11 @@ impl<'t> ConformanceRun<'t> {
                 .into_iter()
                 .flatten()
                 .map(|p| {
-                    let port = p.get("targetPort").and_then(Value::as_u64).or_else(|| p.get("port").and_then(Value::as_u64)).unwrap_or(0);
+                    let port = p
+                        .get("targetPort")
+                        .and_then(Value::as_u64)
+                        .or_else(|| p.get("port").and_then(Value::as_u64))
+                        .unwrap_or(0);
                     format!(
                         "{{name: \"{}\", port: {port}, protocol: {}}}",
                         s(p, &["name"]).unwrap_or(""),
@@ -287,17 +384,33 @@ impl<'t> ConformanceRun<'t> {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|i| i["kind"] == kind && i["metadata"]["name"] == name && i["metadata"]["namespace"].as_str().unwrap_or("default") == namespace)
+            .find(|i| {
+                i["kind"] == kind
+                    && i["metadata"]["name"] == name
+                    && i["metadata"]["namespace"].as_str().unwrap_or("default") == namespace
+            })
             .map(|i| i["status"].clone())
             .ok_or_else(|| anyhow!("{kind} {namespace}/{name} not in /status"))
     }
 
     /// Waits (≤ `timeout`) until the route's first parent has condition `type` with `reason`.
-    pub fn wait_route_condition(&self, kind: &str, namespace: &str, name: &str, ty: &str, reason: &str, timeout: Duration) -> Result<()> {
+    pub fn wait_route_condition(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        ty: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status_of(kind, namespace, name).unwrap_or_default();
-            let found = status["parents"][0]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == ty && c["reason"] == reason);
+            let found = status["parents"][0]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == ty && c["reason"] == reason);
             if found {
                 return Ok(());
             }

@@ -18,13 +18,28 @@ pub struct L4Listener {
 
 impl L4Listener {
     pub fn tcp(name: &str, port: u16, target_port: u16, endpoints: &[Ipv4Addr]) -> Self {
-        Self { name: name.into(), protocol: "TCP", port, backend: Some((target_port, endpoints.to_vec())) }
+        Self {
+            name: name.into(),
+            protocol: "TCP",
+            port,
+            backend: Some((target_port, endpoints.to_vec())),
+        }
     }
     pub fn udp(name: &str, port: u16, target_port: u16, endpoints: &[Ipv4Addr]) -> Self {
-        Self { name: name.into(), protocol: "UDP", port, backend: Some((target_port, endpoints.to_vec())) }
+        Self {
+            name: name.into(),
+            protocol: "UDP",
+            port,
+            backend: Some((target_port, endpoints.to_vec())),
+        }
     }
     pub fn unrouted(name: &str, protocol: &'static str, port: u16) -> Self {
-        Self { name: name.into(), protocol, port, backend: None }
+        Self {
+            name: name.into(),
+            protocol,
+            port,
+            backend: None,
+        }
     }
 }
 
@@ -37,12 +52,25 @@ pub fn l4_gateway(address: Ipv4Addr, listeners: &[L4Listener]) -> String {
          addresses: [{{type: IPAddress, value: {address}}}]\n  listeners:\n"
     );
     for l in listeners {
-        let _ = writeln!(y, "  - {{name: {}, protocol: {}, port: {}}}", l.name, l.protocol, l.port);
+        let _ = writeln!(
+            y,
+            "  - {{name: {}, protocol: {}, port: {}}}",
+            l.name, l.protocol, l.port
+        );
     }
     for l in listeners {
-        let Some((target, endpoints)) = &l.backend else { continue };
-        let kind = if l.protocol == "UDP" { "UDPRoute" } else { "TCPRoute" };
-        let eps: String = endpoints.iter().map(|e| format!("  - addresses: [\"{e}\"]\n    conditions: {{ready: true}}\n")).collect();
+        let Some((target, endpoints)) = &l.backend else {
+            continue;
+        };
+        let kind = if l.protocol == "UDP" {
+            "UDPRoute"
+        } else {
+            "TCPRoute"
+        };
+        let eps: String = endpoints
+            .iter()
+            .map(|e| format!("  - addresses: [\"{e}\"]\n    conditions: {{ready: true}}\n"))
+            .collect();
         let _ = write!(
             y,
             "---\napiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: {n}, namespace: infra}}\nspec:\n  \
@@ -64,13 +92,23 @@ mod tests {
 
     #[test]
     fn every_document_parses_as_yaml() {
-        let y = l4_gateway(Ipv4Addr::new(198, 18, 100, 1), &[
-            L4Listener::tcp("tcp", 9000, 3000, &[Ipv4Addr::new(198, 18, 11, 2)]),
-            L4Listener::udp("udp", 9001, 3001, &[Ipv4Addr::new(198, 18, 11, 2), Ipv4Addr::new(198, 18, 12, 2)]),
-            L4Listener::unrouted("spare", "TCP", 9002),
-        ]);
-        let docs: Vec<serde_json::Value> =
-            y.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap_or_else(|e| panic!("{e}\n{d}"))).collect();
+        let y = l4_gateway(
+            Ipv4Addr::new(198, 18, 100, 1),
+            &[
+                L4Listener::tcp("tcp", 9000, 3000, &[Ipv4Addr::new(198, 18, 11, 2)]),
+                L4Listener::udp(
+                    "udp",
+                    9001,
+                    3001,
+                    &[Ipv4Addr::new(198, 18, 11, 2), Ipv4Addr::new(198, 18, 12, 2)],
+                ),
+                L4Listener::unrouted("spare", "TCP", 9002),
+            ],
+        );
+        let docs: Vec<serde_json::Value> = y
+            .split("\n---\n")
+            .map(|d| serde_yaml::from_str(d).unwrap_or_else(|e| panic!("{e}\n{d}")))
+            .collect();
         assert_eq!(docs.len(), 2 + 2 * 3);
         assert_eq!(docs[1]["spec"]["listeners"].as_array().unwrap().len(), 3);
         assert_eq!(docs[7]["endpoints"].as_array().unwrap().len(), 2);

@@ -18,7 +18,11 @@ use gateway_tests::{
 fn counter(gw: &GatewayProcess, outcome: &str) -> Result<u64> {
     let (_, body) = gw.admin_get("/metrics")?;
     let prefix = format!("gateway_kernel_packets_total{{outcome=\"{outcome}\"}} ");
-    Ok(body.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap_or(0)).unwrap_or(0))
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap_or(0))
+        .unwrap_or(0))
 }
 
 #[test]
@@ -26,7 +30,13 @@ fn udp_port_unreachable_from_a_backend_reaches_the_client() -> Result<()> {
     let topo = Topology::builder().backends(1).build()?;
     let dir = tempfile::tempdir()?;
     // Nothing listens on UDP 3999 in the backend: its kernel answers with ICMP port unreachable.
-    let config = write_manifests(dir.path(), &l4_gateway(topology::vip(1), &[L4Listener::udp("udp", 9001, 3999, &[topo.backend_addr(1)])]))?;
+    let config = write_manifests(
+        dir.path(),
+        &l4_gateway(
+            topology::vip(1),
+            &[L4Listener::udp("udp", 9001, 3999, &[topo.backend_addr(1)])],
+        ),
+    )?;
     let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
     let target = SocketAddr::from((topology::vip(1), 9001));
     let err = topo.client().run(move || -> Result<std::io::Error> {
@@ -37,7 +47,11 @@ fn udp_port_unreachable_from_a_backend_reaches_the_client() -> Result<()> {
         let mut buf = [0u8; 64];
         Ok(s.recv(&mut buf).expect_err("no answer expected"))
     })?;
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "the translated ICMP reached the socket: {err}");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the translated ICMP reached the socket: {err}"
+    );
     assert!(counter(&gw, "icmp_translated")? >= 1);
     Ok(())
 }
@@ -46,7 +60,15 @@ fn ip_mtu(socket: &UdpSocket) -> i32 {
     let mut mtu: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt on an open socket with a correctly sized out-parameter.
-    let rc = unsafe { libc::getsockopt(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU, (&mut mtu as *mut libc::c_int).cast(), &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     assert_eq!(rc, 0, "getsockopt(IP_MTU)");
     mtu
 }
@@ -56,7 +78,13 @@ fn udp_path_mtu_is_discovered_through_the_gateway() -> Result<()> {
     let topo = Topology::builder().backends(1).build()?;
     topo.gateway().ip(&["link", "set", "bk1", "mtu", "1400"])?;
     let dir = tempfile::tempdir()?;
-    let config = write_manifests(dir.path(), &l4_gateway(topology::vip(1), &[L4Listener::udp("udp", 9001, 3001, &[topo.backend_addr(1)])]))?;
+    let config = write_manifests(
+        dir.path(),
+        &l4_gateway(
+            topology::vip(1),
+            &[L4Listener::udp("udp", 9001, 3001, &[topo.backend_addr(1)])],
+        ),
+    )?;
     let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
     let target = SocketAddr::from((topology::vip(1), 9001));
     let (before, after) = topo.client().run(move || -> Result<(i32, i32)> {
@@ -64,7 +92,15 @@ fn udp_path_mtu_is_discovered_through_the_gateway() -> Result<()> {
         s.connect(target)?;
         let on: libc::c_int = libc::IP_PMTUDISC_DO;
         // SAFETY: setsockopt on an open socket with a correctly sized value.
-        let rc = unsafe { libc::setsockopt(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, (&on as *const libc::c_int).cast(), 4) };
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&on as *const libc::c_int).cast(),
+                4,
+            )
+        };
         ensure!(rc == 0, "IP_MTU_DISCOVER");
         let before = ip_mtu(&s);
         let _ = s.send(&[0u8; 1472]); // a full 1500-byte packet with DF
@@ -72,7 +108,10 @@ fn udp_path_mtu_is_discovered_through_the_gateway() -> Result<()> {
         Ok((before, ip_mtu(&s)))
     })?;
     assert_eq!(before, 1500);
-    assert_eq!(after, 1400, "the client learnt the gateway's narrower egress link");
+    assert_eq!(
+        after, 1400,
+        "the client learnt the gateway's narrower egress link"
+    );
     assert!(counter(&gw, "frag_needed_sent")? >= 1);
     Ok(())
 }
@@ -103,7 +142,13 @@ fn tcp_upload_crosses_a_narrower_link_with_pmtud() -> Result<()> {
         Ok((n, sum))
     });
     let dir = tempfile::tempdir()?;
-    let config = write_manifests(dir.path(), &l4_gateway(topology::vip(1), &[L4Listener::tcp("tcp", 9000, 5000, &[topo.backend_addr(1)])]))?;
+    let config = write_manifests(
+        dir.path(),
+        &l4_gateway(
+            topology::vip(1),
+            &[L4Listener::tcp("tcp", 9000, 5000, &[topo.backend_addr(1)])],
+        ),
+    )?;
     let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
     let target = SocketAddr::from((topology::vip(1), 9000));
     let acked = topo.client().run(move || -> Result<usize> {
@@ -111,16 +156,22 @@ fn tcp_upload_crosses_a_narrower_link_with_pmtud() -> Result<()> {
         s.set_write_timeout(Some(Duration::from_secs(20)))?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
         let data: Vec<u8> = (0..SIZE).map(|i| (i % 253) as u8).collect();
-        s.write_all(&data).context("upload stalled: PMTUD did not work")?;
+        s.write_all(&data)
+            .context("upload stalled: PMTUD did not work")?;
         s.shutdown(std::net::Shutdown::Write)?;
         let mut n = [0u8; 8];
         s.read_exact(&mut n)?;
         Ok(usize::from_be_bytes(n))
     })?;
     let (received, sum) = sink.join().expect("sink thread")?;
-    let expected: u64 = (0..SIZE).fold(0u64, |acc, i| acc.wrapping_add((i as u64 % 251) ^ (i % 253) as u64));
+    let expected: u64 = (0..SIZE).fold(0u64, |acc, i| {
+        acc.wrapping_add((i as u64 % 251) ^ (i % 253) as u64)
+    });
     assert_eq!((acked, received), (SIZE, SIZE));
     assert_eq!(sum, expected, "content intact");
-    assert!(counter(&gw, "frag_needed_sent")? >= 1, "the gateway told the client about the narrower link");
+    assert!(
+        counter(&gw, "frag_needed_sent")? >= 1,
+        "the gateway told the client about the narrower link"
+    );
     Ok(())
 }

@@ -24,7 +24,10 @@ const NO_ROUTE_PORT: u16 = 9009;
 fn manifests(endpoints: &[std::net::Ipv4Addr]) -> String {
     l4_gateway(
         topology::vip(1),
-        &[L4Listener::tcp("tcp", LISTENER_PORT, 3000, endpoints), L4Listener::unrouted("unrouted", "TCP", NO_ROUTE_PORT)],
+        &[
+            L4Listener::tcp("tcp", LISTENER_PORT, 3000, endpoints),
+            L4Listener::unrouted("unrouted", "TCP", NO_ROUTE_PORT),
+        ],
     )
 }
 
@@ -36,10 +39,15 @@ struct Setup {
 fn start_backends(topo: &Topology) -> Result<Setup> {
     let mut echoes = Vec::new();
     for i in 1..=topo.backend_count() {
-        let cfg = EchoConfig::new(&format!("tcp-backend-{i}-5f9c-x{i}"), "infra").service("echo").tcp(3000);
+        let cfg = EchoConfig::new(&format!("tcp-backend-{i}-5f9c-x{i}"), "infra")
+            .service("echo")
+            .tcp(3000);
         echoes.push(spawn_echo(topo.backend(i), &cfg)?);
     }
-    Ok(Setup { _echoes: echoes, dir: tempfile::tempdir()? })
+    Ok(Setup {
+        _echoes: echoes,
+        dir: tempfile::tempdir()?,
+    })
 }
 
 fn target() -> SocketAddr {
@@ -54,7 +62,10 @@ fn open_held(topo: &Topology) -> Result<TcpStream> {
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut greeting = String::new();
         BufReader::new(&s).read_line(&mut greeting)?;
-        ensure!(greeting.starts_with("Gateway API Test TCP Server"), "greeting {greeting:?}");
+        ensure!(
+            greeting.starts_with("Gateway API Test TCP Server"),
+            "greeting {greeting:?}"
+        );
         Ok(s)
     })
 }
@@ -62,7 +73,9 @@ fn open_held(topo: &Topology) -> Result<TcpStream> {
 fn ping(stream: &mut TcpStream) -> Result<()> {
     stream.write_all(b"PING\n")?;
     let mut line = String::new();
-    BufReader::new(&*stream).read_line(&mut line).context("reading PONG")?;
+    BufReader::new(&*stream)
+        .read_line(&mut line)
+        .context("reading PONG")?;
     ensure!(line == "PONG\n", "held connection answered {line:?}");
     Ok(())
 }
@@ -82,21 +95,31 @@ fn kernel_counter(gw: &GatewayProcess, outcome: &str) -> Result<u64> {
     let (status, body) = gw.admin_get("/metrics")?;
     ensure!(status == 200);
     let prefix = format!("gateway_kernel_packets_total{{outcome=\"{outcome}\"}} ");
-    Ok(body.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap_or(0)).unwrap_or(0))
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap_or(0))
+        .unwrap_or(0))
 }
 
 #[test]
 fn tcp_route_is_forwarded_by_the_kernel_with_no_gateway_socket() -> Result<()> {
     let topo = Topology::builder().backends(2).build()?;
     let setup = start_backends(&topo)?;
-    let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1), topo.backend_addr(2)]))?;
+    let config = write_manifests(
+        setup.dir.path(),
+        &manifests(&[topo.backend_addr(1), topo.backend_addr(2)]),
+    )?;
     let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
 
     let mut held = open_held(&topo)?;
     // While the connection is open, the gateway namespace has no socket at all on the listener port: not a
     // listener, not an accepted connection. The kernel program answered for the Gateway's address.
     let on_port = sockets::sockets_on_port(topo.gateway(), LISTENER_PORT)?;
-    assert!(on_port.is_empty(), "the gateway namespace holds sockets on {LISTENER_PORT}: {on_port:?}");
+    assert!(
+        on_port.is_empty(),
+        "the gateway namespace holds sockets on {LISTENER_PORT}: {on_port:?}"
+    );
     ping(&mut held)?;
 
     let seen = spread(&topo, 40)?;
@@ -109,14 +132,26 @@ fn tcp_route_is_forwarded_by_the_kernel_with_no_gateway_socket() -> Result<()> {
     loop {
         let (_, metrics) = gw.admin_get("/metrics")?;
         let value = |prefix: &str| -> u64 {
-            metrics.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
         };
-        let listener_packets = value("gateway_listener_packets_total{listener=\"infra/gw/tcp\",direction=\"to_backend\"} ");
-        let backend_flows = value(&format!("gateway_backend_flows_total{{backend=\"{}:3000\"}} ", topo.backend_addr(1)));
+        let listener_packets = value(
+            "gateway_listener_packets_total{listener=\"infra/gw/tcp\",direction=\"to_backend\"} ",
+        );
+        let backend_flows = value(&format!(
+            "gateway_backend_flows_total{{backend=\"{}:3000\"}} ",
+            topo.backend_addr(1)
+        ));
         if listener_packets > 40 && backend_flows > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "per-listener/backend metrics missing:\n{metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "per-listener/backend metrics missing:\n{metrics}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
@@ -130,9 +165,15 @@ fn a_listener_without_route_refuses_connections_at_once() -> Result<()> {
     let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
     let addr = SocketAddr::from((topology::vip(1), NO_ROUTE_PORT));
     let started = Instant::now();
-    let err = topo.client().run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3))).expect_err("no route: refused");
+    let err = topo
+        .client()
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .expect_err("no route: refused");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(1), "a RST, not a timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a RST, not a timeout"
+    );
     assert_eq!(kernel_counter(&gw, "no_backend_reset")?, 1);
     Ok(())
 }
@@ -141,7 +182,10 @@ fn a_listener_without_route_refuses_connections_at_once() -> Result<()> {
 fn established_flows_survive_a_configuration_change() -> Result<()> {
     let topo = Topology::builder().backends(2).build()?;
     let setup = start_backends(&topo)?;
-    let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1), topo.backend_addr(2)]))?;
+    let config = write_manifests(
+        setup.dir.path(),
+        &manifests(&[topo.backend_addr(1), topo.backend_addr(2)]),
+    )?;
     let _gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
     // Hold connections until both backends have one.
     let mut held = Vec::new();
@@ -168,7 +212,10 @@ fn established_flows_survive_a_configuration_change() -> Result<()> {
         if seen.len() == 1 && seen.keys().all(|p| p.starts_with("tcp-backend-1-")) {
             break;
         }
-        assert!(Instant::now() < deadline, "the change was not applied within 5 s: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the change was not applied within 5 s: {seen:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     for s in &mut held {
@@ -181,7 +228,10 @@ fn established_flows_survive_a_configuration_change() -> Result<()> {
 fn flows_survive_kill_9_and_restart_of_the_agent() -> Result<()> {
     let topo = Topology::builder().backends(2).build()?;
     let setup = start_backends(&topo)?;
-    let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1), topo.backend_addr(2)]))?;
+    let config = write_manifests(
+        setup.dir.path(),
+        &manifests(&[topo.backend_addr(1), topo.backend_addr(2)]),
+    )?;
     let mut gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
     let mut held = open_held(&topo)?;
     ping(&mut held)?;
@@ -189,16 +239,28 @@ fn flows_survive_kill_9_and_restart_of_the_agent() -> Result<()> {
     gw.kill9()?;
     // Links and maps are pinned: the program keeps forwarding with no agent at all.
     ping(&mut held)?;
-    assert_eq!(spread(&topo, 5)?.values().sum::<usize>(), 5, "new flows while the agent is down");
+    assert_eq!(
+        spread(&topo, 5)?.values().sum::<usize>(),
+        5,
+        "new flows while the agent is down"
+    );
 
     gw.start_again()?;
-    assert!(gw.log().contains("adopted pinned link"), "the restarted agent adopts the links:\n{}", gw.log_tail(30));
+    assert!(
+        gw.log().contains("adopted pinned link"),
+        "the restarted agent adopts the links:\n{}",
+        gw.log_tail(30)
+    );
     // Exactly one program on every interface: the new agent replaced the old program, it did not add a second.
     for iface in ["eth0", "bk1", "bk2"] {
         let programs = topo.gateway().run(move || {
-            aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Ingress).map(|(_, p)| p.len())
+            aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Ingress)
+                .map(|(_, p)| p.len())
         })?;
-        assert_eq!(programs, 1, "{iface} has {programs} TC programs after the restart");
+        assert_eq!(
+            programs, 1,
+            "{iface} has {programs} TC programs after the restart"
+        );
     }
     ping(&mut held)?;
     assert_eq!(spread(&topo, 5)?.values().sum::<usize>(), 5);
@@ -211,12 +273,22 @@ fn interfaces_that_appear_later_are_attached() -> Result<()> {
     let setup = start_backends(&topo)?;
     let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1)]))?;
     let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
-    topo.gateway().ip(&["link", "add", "late0", "type", "veth", "peer", "name", "late1"])?;
+    topo.gateway().ip(&[
+        "link", "add", "late0", "type", "veth", "peer", "name", "late1",
+    ])?;
     topo.gateway().ip(&["link", "set", "late0", "up"])?;
     topo.gateway().ip(&["link", "set", "late1", "up"])?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !gw.log().lines().any(|l| l.contains("TC ingress program in place") && l.contains("late0")) {
-        assert!(Instant::now() < deadline, "late0 not attached within 5 s:\n{}", gw.log_tail(20));
+    while !gw
+        .log()
+        .lines()
+        .any(|l| l.contains("TC ingress program in place") && l.contains("late0"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "late0 not attached within 5 s:\n{}",
+            gw.log_tail(20)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())

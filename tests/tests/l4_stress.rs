@@ -21,7 +21,12 @@ fn target() -> SocketAddr {
 
 fn echo_backends(topo: &Topology) -> Result<Vec<Process>> {
     (1..=topo.backend_count())
-        .map(|i| spawn_echo(topo.backend(i), &EchoConfig::new(&format!("echo-{i}-abc-xyz"), "infra").tcp(3000)))
+        .map(|i| {
+            spawn_echo(
+                topo.backend(i),
+                &EchoConfig::new(&format!("echo-{i}-abc-xyz"), "infra").tcp(3000),
+            )
+        })
         .collect()
 }
 
@@ -39,7 +44,10 @@ fn ping(s: &mut TcpStream, greeted: bool) -> Result<()> {
     let mut line = String::new();
     if !greeted {
         r.read_line(&mut line)?;
-        ensure!(line.starts_with("Gateway API Test TCP Server"), "greeting {line:?}");
+        ensure!(
+            line.starts_with("Gateway API Test TCP Server"),
+            "greeting {line:?}"
+        );
         line.clear();
     }
     s.write_all(b"PING\n")?;
@@ -62,7 +70,13 @@ fn a_full_conntrack_table_refuses_new_flows_and_keeps_established_ones() -> Resu
     let topo = Topology::builder().backends(1).build()?;
     let _echo = echo_backends(&topo)?;
     let dir = tempfile::tempdir()?;
-    let config = write_manifests(dir.path(), &l4_gateway(topology::vip(1), &[L4Listener::tcp("tcp", 9000, 3000, &[topo.backend_addr(1)])]))?;
+    let config = write_manifests(
+        dir.path(),
+        &l4_gateway(
+            topology::vip(1),
+            &[L4Listener::tcp("tcp", 9000, 3000, &[topo.backend_addr(1)])],
+        ),
+    )?;
     // Room for four flows (two entries each).
     let gw = GatewayProcess::start(topo.gateway(), &[&config], &["--conntrack-entries", "8"])?;
     let mut held: Vec<TcpStream> = (0..4).map(|_| open(&topo)).collect::<Result<_>>()?;
@@ -70,8 +84,13 @@ fn a_full_conntrack_table_refuses_new_flows_and_keeps_established_ones() -> Resu
         ping(s, false)?;
     }
     let started = Instant::now();
-    let refused = topo.client().run(|| TcpStream::connect_timeout(&target(), Duration::from_secs(3)));
-    assert!(matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused), "{refused:?}");
+    let refused = topo
+        .client()
+        .run(|| TcpStream::connect_timeout(&target(), Duration::from_secs(3)));
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{refused:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(1), "fails fast");
     assert!(metric(&gw, "gateway_kernel_packets_total{outcome=\"table_full\"}")? >= 1);
     for s in &mut held {
@@ -81,7 +100,10 @@ fn a_full_conntrack_table_refuses_new_flows_and_keeps_established_ones() -> Resu
 }
 
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: get/setrlimit with a valid struct.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
@@ -104,7 +126,10 @@ fn a_thousand_flows_survive_a_hundred_configuration_changes() -> Result<()> {
             dir.path(),
             &l4_gateway(
                 topology::vip(1),
-                &[L4Listener::tcp("tcp", 9000, 3000, endpoints), L4Listener::tcp("churn", extra_port, 3000, &all[..1])],
+                &[
+                    L4Listener::tcp("tcp", 9000, 3000, endpoints),
+                    L4Listener::tcp("churn", extra_port, 3000, &all[..1]),
+                ],
             ),
         )
     };
@@ -126,7 +151,10 @@ fn a_thousand_flows_survive_a_hundred_configuration_changes() -> Result<()> {
         write(&endpoints, 9100 + (change % 7) as u16)?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while metric(&gw, "gateway_config_generation")? == generation {
-            ensure!(Instant::now() < deadline, "change {change} was not applied within 5 s");
+            ensure!(
+                Instant::now() < deadline,
+                "change {change} was not applied within 5 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -136,8 +164,17 @@ fn a_thousand_flows_survive_a_hundred_configuration_changes() -> Result<()> {
             failures += 1;
         }
     }
-    assert_eq!(failures, 0, "established flows broken by configuration changes");
-    assert_eq!(metric(&gw, "gateway_kernel_packets_total{outcome=\"no_flow_reset\"}")?, 0);
+    assert_eq!(
+        failures, 0,
+        "established flows broken by configuration changes"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "gateway_kernel_packets_total{outcome=\"no_flow_reset\"}"
+        )?,
+        0
+    );
     Ok(())
 }
 
@@ -168,10 +205,15 @@ fn check_stream(s: &mut TcpStream, total: usize, seed: u64) -> Result<usize> {
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0usize;
     while got < total {
-        s.read_exact(&mut buf).with_context(|| format!("after {got} bytes"))?;
+        s.read_exact(&mut buf)
+            .with_context(|| format!("after {got} bytes"))?;
         for (j, w) in buf.chunks_exact(8).enumerate() {
             let i = (got / 8) + j;
-            ensure!(u64::from_le_bytes(w.try_into().unwrap()) == word(seed + i as u64), "byte {} differs", i * 8);
+            ensure!(
+                u64::from_le_bytes(w.try_into().unwrap()) == word(seed + i as u64),
+                "byte {} differs",
+                i * 8
+            );
         }
         got += CHUNK;
     }
@@ -193,7 +235,13 @@ fn a_gigabyte_each_way_arrives_intact() -> Result<()> {
         Ok(got)
     });
     let dir = tempfile::tempdir()?;
-    let config = write_manifests(dir.path(), &l4_gateway(topology::vip(1), &[L4Listener::tcp("tcp", 9000, 5000, &[topo.backend_addr(1)])]))?;
+    let config = write_manifests(
+        dir.path(),
+        &l4_gateway(
+            topology::vip(1),
+            &[L4Listener::tcp("tcp", 9000, 5000, &[topo.backend_addr(1)])],
+        ),
+    )?;
     let _gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
     let started = Instant::now();
     let mut s = open(&topo)?;

@@ -27,7 +27,8 @@ pub fn ebpf(release: bool) -> anyhow::Result<()> {
     if release {
         cargo.arg("--release");
     }
-    cmd::run(&mut cargo).context("building the eBPF programs (is bpf-linker installed? run `cargo xtask setup`)")?;
+    cmd::run(&mut cargo)
+        .context("building the eBPF programs (is bpf-linker installed? run `cargo xtask setup`)")?;
     let profile = if release { "release" } else { "debug" };
     let object = dir.join(format!("target/bpfel-unknown-none/{profile}/gateway-ebpf"));
     // Make the object the userspace build will embed unambiguous: the build script prefers release.
@@ -35,17 +36,27 @@ pub fn ebpf(release: bool) -> anyhow::Result<()> {
         let other = dir.join("target/bpfel-unknown-none/release/gateway-ebpf");
         let _ = std::fs::remove_file(other);
     }
-    eprintln!("eBPF object: {} ({:.1?})", object.display(), started.elapsed());
+    eprintln!(
+        "eBPF object: {} ({:.1?})",
+        object.display(),
+        started.elapsed()
+    );
     Ok(())
 }
 
 /// PATH with `~/.cargo/bin` first, where `cargo install` puts bpf-linker.
 pub fn path_with_cargo_bin() -> String {
-    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_else(|_| "/root".into())));
+    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+        format!(
+            "{}/.cargo",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into())
+        )
+    });
     format!("{home}/bin:{}", std::env::var("PATH").unwrap_or_default())
 }
 
 /// Builds every binary of the workspace (the `gateway` agent and the test helpers) in the dev profile.
 pub fn binaries() -> anyhow::Result<()> {
-    cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"])).context("building the workspace binaries")
+    cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"]))
+        .context("building the workspace binaries")
 }

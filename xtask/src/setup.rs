@@ -27,7 +27,13 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Extra packages for `cargo xtask bench` (the peers measured side by side).
-const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "libnginx-mod-stream", "wrk", "nghttp2-client"];
+const BENCH_PACKAGES: &[&str] = &[
+    "haproxy",
+    "nginx",
+    "libnginx-mod-stream",
+    "wrk",
+    "nghttp2-client",
+];
 
 #[derive(clap::Args, Default)]
 pub struct SetupArgs {
@@ -64,16 +70,34 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
         Step {
             name: "rust-src for the stable toolchain (-Z build-std=core)",
             done: Box::new(|| has_rust_src()),
-            install: Box::new(|| cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "stable"]))),
+            install: Box::new(|| {
+                cmd::run(Command::new("rustup").args([
+                    "component",
+                    "add",
+                    "rust-src",
+                    "--toolchain",
+                    "stable",
+                ]))
+            }),
         },
-        Step { name: "bpf-linker 0.13 (LLVM 22)", done: Box::new(has_bpf_linker), install: Box::new(install_bpf_linker) },
-        Step { name: "bpffs at /sys/fs/bpf", done: Box::new(bpffs_mounted), install: Box::new(mount_bpffs) },
+        Step {
+            name: "bpf-linker 0.13 (LLVM 22)",
+            done: Box::new(has_bpf_linker),
+            install: Box::new(install_bpf_linker),
+        },
+        Step {
+            name: "bpffs at /sys/fs/bpf",
+            done: Box::new(bpffs_mounted),
+            install: Box::new(mount_bpffs),
+        },
     ];
     let bar = ProgressBar::new(steps.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner:.green} setup [{bar:20.cyan/blue}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner:.green} setup [{bar:20.cyan/blue}] {pos}/{len} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     for step in &steps {
@@ -82,7 +106,8 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
             bar.suspend(|| eprintln!("  ok       {}", step.name));
         } else {
             bar.suspend(|| eprintln!("  install  {}", step.name));
-            bar.suspend(|| (step.install)()).with_context(|| format!("setting up {}", step.name))?;
+            bar.suspend(|| (step.install)())
+                .with_context(|| format!("setting up {}", step.name))?;
             if !(step.done)() {
                 bail!("{} still missing after installing it", step.name);
             }
@@ -95,7 +120,9 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
 }
 
 fn nix_is_root() -> bool {
-    cmd::output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+    cmd::output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
 }
 
 fn missing_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
@@ -125,15 +152,25 @@ fn install_packages(packages: &[&str]) -> anyhow::Result<()> {
 }
 
 fn has_rust_src() -> bool {
-    cmd::output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "stable"]))
-        .map(|s| s.lines().any(|l| l.starts_with("rust-src")))
-        .unwrap_or(false)
+    cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "stable",
+    ]))
+    .map(|s| s.lines().any(|l| l.starts_with("rust-src")))
+    .unwrap_or(false)
 }
 
 fn has_bpf_linker() -> bool {
-    cmd::output(Command::new("bpf-linker").arg("--version").env("PATH", path_with_cargo_bin()))
-        .map(|s| s.contains("0.13"))
-        .unwrap_or(false)
+    cmd::output(
+        Command::new("bpf-linker")
+            .arg("--version")
+            .env("PATH", path_with_cargo_bin()),
+    )
+    .map(|s| s.contains("0.13"))
+    .unwrap_or(false)
 }
 
 fn install_bpf_linker() -> anyhow::Result<()> {
@@ -143,7 +180,16 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     }
     cmd::run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "bpf-linker", "--locked", "--version", "^0.13", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                "^0.13",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", llvm)
             .env("PATH", format!("{llvm}/bin:{}", path_with_cargo_bin()))
             .env_remove("CARGO_TARGET_DIR"),
@@ -151,7 +197,13 @@ fn install_bpf_linker() -> anyhow::Result<()> {
 }
 
 fn bpffs_mounted() -> bool {
-    std::fs::read_to_string("/proc/mounts").map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.starts_with("bpf "))).unwrap_or(false)
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines().any(|l| {
+                l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.starts_with("bpf ")
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn mount_bpffs() -> anyhow::Result<()> {

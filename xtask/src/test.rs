@@ -28,13 +28,23 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let mut runner = cmd::cargo();
     if nextest {
         // One process per test suits network namespaces; --no-fail-fast reports every failure in one run.
-        runner.args(["nextest", "run", "--workspace", "--no-fail-fast", "--failure-output", "final"]);
+        runner.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "--failure-output",
+            "final",
+        ]);
     } else {
         eprintln!("cargo-nextest not found; using cargo test");
         runner.args(["test", "--workspace", "--no-fail-fast"]);
     }
     runner.args(&args.runner_args);
     cmd::run(&mut runner).context("tests failed")?;
-    eprintln!("all tests passed ({:.0?} including set-up and builds)", started.elapsed());
+    eprintln!(
+        "all tests passed ({:.0?} including set-up and builds)",
+        started.elapsed()
+    );
     Ok(())
 }

@@ -39,10 +39,26 @@ pub struct ScopeMetrics {
 
 impl ScopeMetrics {
     fn register(&self, registry: &mut Registry, scope: &str) {
-        registry.register(format!("{scope}_packets"), format!("Packets of flows by {scope} and direction"), self.packets.clone());
-        registry.register(format!("{scope}_bytes"), format!("Bytes of flows by {scope} and direction"), self.bytes.clone());
-        registry.register(format!("{scope}_flows"), format!("Flows admitted by {scope}"), self.flows.clone());
-        registry.register(format!("{scope}_active_flows"), format!("Flows in conntrack by {scope}"), self.active_flows.clone());
+        registry.register(
+            format!("{scope}_packets"),
+            format!("Packets of flows by {scope} and direction"),
+            self.packets.clone(),
+        );
+        registry.register(
+            format!("{scope}_bytes"),
+            format!("Bytes of flows by {scope} and direction"),
+            self.bytes.clone(),
+        );
+        registry.register(
+            format!("{scope}_flows"),
+            format!("Flows admitted by {scope}"),
+            self.flows.clone(),
+        );
+        registry.register(
+            format!("{scope}_active_flows"),
+            format!("Flows in conntrack by {scope}"),
+            self.active_flows.clone(),
+        );
     }
 }
 
@@ -100,14 +116,46 @@ impl Metrics {
             last_kernel: std::sync::Mutex::new([0; counter::COUNT as usize]),
             kernel: std::sync::Mutex::new(None),
         };
-        registry.register("kernel_packets", "Packets handled by the eBPF program, by outcome", m.packets.clone());
-        registry.register("kernel_flows_admitted", "New flows admitted by the eBPF program", m.flows_admitted.clone());
-        registry.register("conntrack_expired_flows", "Flows removed by conntrack expiry", m.flows_expired.clone());
-        registry.register("conntrack_entries", "Conntrack entries in use (two per flow)", m.conntrack_entries.clone());
-        registry.register("conntrack_capacity", "Conntrack map capacity in entries", m.conntrack_capacity.clone());
-        registry.register("config_generation", "Configuration generation served by the kernel", m.generation.clone());
-        registry.register("config_applies", "Configuration applies, by result", m.config_applies.clone());
-        registry.register("attached_interfaces", "Interfaces with the TC program attached", m.interfaces.clone());
+        registry.register(
+            "kernel_packets",
+            "Packets handled by the eBPF program, by outcome",
+            m.packets.clone(),
+        );
+        registry.register(
+            "kernel_flows_admitted",
+            "New flows admitted by the eBPF program",
+            m.flows_admitted.clone(),
+        );
+        registry.register(
+            "conntrack_expired_flows",
+            "Flows removed by conntrack expiry",
+            m.flows_expired.clone(),
+        );
+        registry.register(
+            "conntrack_entries",
+            "Conntrack entries in use (two per flow)",
+            m.conntrack_entries.clone(),
+        );
+        registry.register(
+            "conntrack_capacity",
+            "Conntrack map capacity in entries",
+            m.conntrack_capacity.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Configuration generation served by the kernel",
+            m.generation.clone(),
+        );
+        registry.register(
+            "config_applies",
+            "Configuration applies, by result",
+            m.config_applies.clone(),
+        );
+        registry.register(
+            "attached_interfaces",
+            "Interfaces with the TC program attached",
+            m.interfaces.clone(),
+        );
         m.listeners.register(&mut registry, "listener");
         m.routes.register(&mut registry, "route");
         m.backends.register(&mut registry, "backend");
@@ -122,7 +170,9 @@ impl Metrics {
             let i = *index as usize;
             let delta = now[i].saturating_sub(last[i]);
             if delta > 0 {
-                self.packets.get_or_create(&vec![("outcome".to_string(), name.to_string())]).inc_by(delta);
+                self.packets
+                    .get_or_create(&vec![("outcome".to_string(), name.to_string())])
+                    .inc_by(delta);
             }
         }
         let i = counter::FLOWS_NEW as usize;
@@ -133,15 +183,23 @@ impl Metrics {
     /// Exports conntrack traffic totals by listener, route and backend, named by `names`.
     pub fn observe_flows(&self, totals: &FlowTotals, names: &IdNames) {
         let mut last = self.last_totals.lock().expect("metrics lock");
-        let mut counter = |family: &Family<Labels, Counter>, metric: &str, labels: Labels, total: u64| {
-            let previous = last.entry((metric.to_string(), labels.clone())).or_insert(0);
-            if total > *previous {
-                family.get_or_create(&labels).inc_by(total - *previous);
-                *previous = total;
-            }
-        };
+        let mut counter =
+            |family: &Family<Labels, Counter>, metric: &str, labels: Labels, total: u64| {
+                let previous = last
+                    .entry((metric.to_string(), labels.clone()))
+                    .or_insert(0);
+                if total > *previous {
+                    family.get_or_create(&labels).inc_by(total - *previous);
+                    *previous = total;
+                }
+            };
         for (scope, metrics, traffic, names) in [
-            ("listener", &self.listeners, &totals.listeners, &names.listeners),
+            (
+                "listener",
+                &self.listeners,
+                &totals.listeners,
+                &names.listeners,
+            ),
             ("route", &self.routes, &totals.routes, &names.routes),
             ("backend", &self.backends, &totals.backends, &names.backends),
         ] {
@@ -151,11 +209,29 @@ impl Metrics {
                 for (d, direction) in DIRECTIONS.iter().enumerate() {
                     let mut labels = base.clone();
                     labels.push(("direction".to_string(), direction.to_string()));
-                    counter(&metrics.packets, &format!("{scope}_packets"), labels.clone(), t.packets[d]);
-                    counter(&metrics.bytes, &format!("{scope}_bytes"), labels, t.bytes[d]);
+                    counter(
+                        &metrics.packets,
+                        &format!("{scope}_packets"),
+                        labels.clone(),
+                        t.packets[d],
+                    );
+                    counter(
+                        &metrics.bytes,
+                        &format!("{scope}_bytes"),
+                        labels,
+                        t.bytes[d],
+                    );
                 }
-                counter(&metrics.flows, &format!("{scope}_flows"), base.clone(), t.flows);
-                metrics.active_flows.get_or_create(&base).set(t.active_flows as i64);
+                counter(
+                    &metrics.flows,
+                    &format!("{scope}_flows"),
+                    base.clone(),
+                    t.flows,
+                );
+                metrics
+                    .active_flows
+                    .get_or_create(&base)
+                    .set(t.active_flows as i64);
             }
         }
     }
@@ -215,9 +291,21 @@ impl Default for PassthroughMetrics {
 impl PassthroughMetrics {
     fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("tls_passthrough");
-        r.register("connections", "TLS passthrough connections by outcome and reason", self.connections.clone());
-        r.register("bytes", "Bytes forwarded by the TLS passthrough proxy", self.bytes.clone());
-        r.register("active_connections", "TLS passthrough connections forwarding now", self.active.clone());
+        r.register(
+            "connections",
+            "TLS passthrough connections by outcome and reason",
+            self.connections.clone(),
+        );
+        r.register(
+            "bytes",
+            "Bytes forwarded by the TLS passthrough proxy",
+            self.bytes.clone(),
+        );
+        r.register(
+            "active_connections",
+            "TLS passthrough connections forwarding now",
+            self.active.clone(),
+        );
         r.register(
             "clienthello_duration_seconds",
             "Time from accept until the ClientHello was complete",

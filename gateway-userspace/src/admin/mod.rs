@@ -52,7 +52,9 @@ pub async fn bind(
     addr: SocketAddr,
     state: Arc<AdminState>,
 ) -> Result<impl std::future::Future<Output = std::io::Result<()>>, AdminError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| AdminError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -66,13 +68,19 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration programmed yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no configuration programmed yet\n",
+        )
     }
 }
 
 async fn metrics_handler(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

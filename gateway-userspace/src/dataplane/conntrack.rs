@@ -75,7 +75,11 @@ pub struct FlowTotals {
 
 impl FlowTotals {
     fn add_entry(&mut self, flow: &Flow, active: bool) {
-        for (map, id) in [(&mut self.listeners, flow.listener_id), (&mut self.routes, flow.route_id), (&mut self.backends, flow.backend_id)] {
+        for (map, id) in [
+            (&mut self.listeners, flow.listener_id),
+            (&mut self.routes, flow.route_id),
+            (&mut self.backends, flow.backend_id),
+        ] {
             let t = map.entry(id).or_default();
             t.add_entry(flow);
             if active && flow.direction == direction::ORIGINAL {
@@ -86,7 +90,11 @@ impl FlowTotals {
 
     fn merged(&self, other: &FlowTotals) -> FlowTotals {
         let mut out = self.clone();
-        for (mine, theirs) in [(&mut out.listeners, &other.listeners), (&mut out.routes, &other.routes), (&mut out.backends, &other.backends)] {
+        for (mine, theirs) in [
+            (&mut out.listeners, &other.listeners),
+            (&mut out.routes, &other.routes),
+            (&mut out.backends, &other.backends),
+        ] {
             for (id, t) in theirs {
                 mine.entry(*id).or_default().add(t);
             }
@@ -113,7 +121,9 @@ pub fn timeout_for(original: &Flow, reply: Option<&Flow>, proto: u8, t: &Timeout
     }
     let reply_bits = reply.map(|r| r.tcp_flags).unwrap_or(0);
     let bits = original.tcp_flags | reply_bits;
-    if bits & tcp_seen::RST != 0 || (original.tcp_flags & tcp_seen::FIN != 0 && reply_bits & tcp_seen::FIN != 0) {
+    if bits & tcp_seen::RST != 0
+        || (original.tcp_flags & tcp_seen::FIN != 0 && reply_bits & tcp_seen::FIN != 0)
+    {
         t.tcp_closing
     } else if reply_bits & tcp_seen::SYN_ACK == 0 {
         t.tcp_syn
@@ -124,12 +134,17 @@ pub fn timeout_for(original: &Flow, reply: Option<&Flow>, proto: u8, t: &Timeout
 
 fn now_ns() -> u64 {
     // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 /// Removes expired flows from `flows`, moving their final counts into `closed`.
-pub fn sweep(flows: &mut BpfHashMap<MapData, FlowKey, Flow>, t: &Timeouts, closed: &mut FlowTotals) -> Result<Sweep, DataplaneError> {
+pub fn sweep(
+    flows: &mut BpfHashMap<MapData, FlowKey, Flow>,
+    t: &Timeouts,
+    closed: &mut FlowTotals,
+) -> Result<Sweep, DataplaneError> {
     let now = now_ns();
     let entries: Vec<(FlowKey, Flow)> = flows.iter().filter_map(Result::ok).collect();
     let by_key: HashMap<FlowKey, Flow> = entries.iter().copied().collect();
@@ -138,9 +153,18 @@ pub fn sweep(flows: &mut BpfHashMap<MapData, FlowKey, Flow>, t: &Timeouts, close
         if flow.direction != direction::ORIGINAL {
             continue;
         }
-        let peer = FlowKey { src: flow.new_dst, dst: flow.new_src, sport: flow.new_dport, dport: flow.new_sport, proto: key.proto, _pad: [0; 3] };
+        let peer = FlowKey {
+            src: flow.new_dst,
+            dst: flow.new_src,
+            sport: flow.new_dport,
+            dport: flow.new_sport,
+            proto: key.proto,
+            _pad: [0; 3],
+        };
         let reply = by_key.get(&peer);
-        let last = flow.last_seen_ns.max(reply.map(|r| r.last_seen_ns).unwrap_or(0));
+        let last = flow
+            .last_seen_ns
+            .max(reply.map(|r| r.last_seen_ns).unwrap_or(0));
         let timeout = timeout_for(flow, reply, key.proto, t);
         if now.saturating_sub(last) > timeout.as_nanos() as u64 {
             doomed.push(*key);
@@ -153,10 +177,20 @@ pub fn sweep(flows: &mut BpfHashMap<MapData, FlowKey, Flow>, t: &Timeouts, close
     let originals: std::collections::HashSet<FlowKey> = entries
         .iter()
         .filter(|(_, f)| f.direction == direction::ORIGINAL)
-        .map(|(k, f)| FlowKey { src: f.new_dst, dst: f.new_src, sport: f.new_dport, dport: f.new_sport, proto: k.proto, _pad: [0; 3] })
+        .map(|(k, f)| FlowKey {
+            src: f.new_dst,
+            dst: f.new_src,
+            sport: f.new_dport,
+            dport: f.new_sport,
+            proto: k.proto,
+            _pad: [0; 3],
+        })
         .collect();
     for (key, flow) in &entries {
-        if flow.direction == direction::REPLY && !originals.contains(key) && now.saturating_sub(flow.last_seen_ns) > t.tcp_syn.as_nanos() as u64 {
+        if flow.direction == direction::REPLY
+            && !originals.contains(key)
+            && now.saturating_sub(flow.last_seen_ns) > t.tcp_syn.as_nanos() as u64
+        {
             doomed.push(*key);
         }
     }
@@ -182,7 +216,11 @@ pub fn sweep(flows: &mut BpfHashMap<MapData, FlowKey, Flow>, t: &Timeouts, close
             active.add_entry(flow, true);
         }
     }
-    Ok(Sweep { entries: (entries.len() - doomed.len()) as u64, expired_flows, totals: closed.merged(&active) })
+    Ok(Sweep {
+        entries: (entries.len() - doomed.len()) as u64,
+        expired_flows,
+        totals: closed.merged(&active),
+    })
 }
 
 #[cfg(test)]
@@ -190,7 +228,11 @@ mod tests {
     use super::*;
 
     fn flow(dir: u8, bits: u8) -> Flow {
-        Flow { direction: dir, tcp_flags: bits, ..Default::default() }
+        Flow {
+            direction: dir,
+            tcp_flags: bits,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -200,19 +242,37 @@ mod tests {
         assert_eq!(timeout_for(&syn, None, PROTO_TCP, &t), t.tcp_syn);
         let est_reply = flow(direction::REPLY, tcp_seen::SYN_ACK | tcp_seen::ESTABLISHED);
         let est = flow(direction::ORIGINAL, tcp_seen::SYN | tcp_seen::ESTABLISHED);
-        assert_eq!(timeout_for(&est, Some(&est_reply), PROTO_TCP, &t), t.tcp_established);
-        let half_closed = flow(direction::ORIGINAL, tcp_seen::SYN | tcp_seen::ESTABLISHED | tcp_seen::FIN);
-        assert_eq!(timeout_for(&half_closed, Some(&est_reply), PROTO_TCP, &t), t.tcp_established);
+        assert_eq!(
+            timeout_for(&est, Some(&est_reply), PROTO_TCP, &t),
+            t.tcp_established
+        );
+        let half_closed = flow(
+            direction::ORIGINAL,
+            tcp_seen::SYN | tcp_seen::ESTABLISHED | tcp_seen::FIN,
+        );
+        assert_eq!(
+            timeout_for(&half_closed, Some(&est_reply), PROTO_TCP, &t),
+            t.tcp_established
+        );
         let fin_reply = flow(direction::REPLY, tcp_seen::SYN_ACK | tcp_seen::FIN);
-        assert_eq!(timeout_for(&half_closed, Some(&fin_reply), PROTO_TCP, &t), t.tcp_closing);
+        assert_eq!(
+            timeout_for(&half_closed, Some(&fin_reply), PROTO_TCP, &t),
+            t.tcp_closing
+        );
         let rst = flow(direction::ORIGINAL, tcp_seen::SYN | tcp_seen::RST);
-        assert_eq!(timeout_for(&rst, Some(&est_reply), PROTO_TCP, &t), t.tcp_closing);
+        assert_eq!(
+            timeout_for(&rst, Some(&est_reply), PROTO_TCP, &t),
+            t.tcp_closing
+        );
     }
 
     #[test]
     fn udp_uses_udp_timeout() {
         let t = Timeouts::default();
-        assert_eq!(timeout_for(&flow(direction::ORIGINAL, 0), None, 17, &t), t.udp);
+        assert_eq!(
+            timeout_for(&flow(direction::ORIGINAL, 0), None, 17, &t),
+            t.udp
+        );
     }
 }
 
@@ -223,12 +283,28 @@ mod totals_tests {
     #[test]
     fn totals_add_both_directions_and_count_flows_once() {
         let mut totals = FlowTotals::default();
-        let original = Flow { direction: direction::ORIGINAL, listener_id: 1, route_id: 2, backend_id: 3, packets: 10, bytes: 1000, ..Default::default() };
-        let reply = Flow { direction: direction::REPLY, packets: 8, bytes: 9000, ..original };
+        let original = Flow {
+            direction: direction::ORIGINAL,
+            listener_id: 1,
+            route_id: 2,
+            backend_id: 3,
+            packets: 10,
+            bytes: 1000,
+            ..Default::default()
+        };
+        let reply = Flow {
+            direction: direction::REPLY,
+            packets: 8,
+            bytes: 9000,
+            ..original
+        };
         totals.add_entry(&original, true);
         totals.add_entry(&reply, true);
         let l = totals.listeners[&1];
-        assert_eq!((l.packets, l.bytes, l.flows, l.active_flows), ([10, 8], [1000, 9000], 1, 1));
+        assert_eq!(
+            (l.packets, l.bytes, l.flows, l.active_flows),
+            ([10, 8], [1000, 9000], 1, 1)
+        );
         assert_eq!(totals.routes[&2], l);
         assert_eq!(totals.backends[&3], l);
         let closed = FlowTotals::default().merged(&totals);

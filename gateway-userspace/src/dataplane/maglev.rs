@@ -77,7 +77,13 @@ mod tests {
     use super::*;
 
     fn entries(n: u32) -> Vec<Entry> {
-        (1..=n).map(|i| Entry { name: format!("198.18.11.{i}:3000"), id: i, weight: 1 }).collect()
+        (1..=n)
+            .map(|i| Entry {
+                name: format!("198.18.11.{i}:3000"),
+                id: i,
+                weight: 1,
+            })
+            .collect()
     }
 
     fn share(table: &[u32], id: u32) -> f64 {
@@ -96,9 +102,21 @@ mod tests {
     #[test]
     fn weights_are_honoured_and_zero_gets_nothing() {
         let e = vec![
-            Entry { name: "a".into(), id: 1, weight: 70 },
-            Entry { name: "b".into(), id: 2, weight: 30 },
-            Entry { name: "c".into(), id: 3, weight: 0 },
+            Entry {
+                name: "a".into(),
+                id: 1,
+                weight: 70,
+            },
+            Entry {
+                name: "b".into(),
+                id: 2,
+                weight: 30,
+            },
+            Entry {
+                name: "c".into(),
+                id: 3,
+                weight: 0,
+            },
         ];
         let table = build(&e);
         assert!((share(&table, 1) - 0.70).abs() < 0.01);
@@ -112,18 +130,27 @@ mod tests {
         let mut fewer = entries(10);
         fewer.remove(4);
         let after = build(&fewer);
-        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count() as f64 / before.len() as f64;
+        let moved =
+            before.iter().zip(&after).filter(|(b, a)| b != a).count() as f64 / before.len() as f64;
         // The removed backend's 10% must move; Maglev keeps the extra churn small.
         assert!((0.10..0.16).contains(&moved), "moved {moved}");
         // Slots that did not belong to the removed backend mostly stay.
-        let kept = before.iter().zip(&after).filter(|(b, a)| **b != 5 && b == a).count() as f64;
+        let kept = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != 5 && b == a)
+            .count() as f64;
         assert!(kept / (before.len() as f64 * 0.9) > 0.94);
     }
 
     #[test]
     fn no_live_entry_rejects_everything() {
         assert!(build(&[]).iter().all(|&s| s == 0));
-        let zero = vec![Entry { name: "a".into(), id: 1, weight: 0 }];
+        let zero = vec![Entry {
+            name: "a".into(),
+            id: 1,
+            weight: 0,
+        }];
         assert!(build(&zero).iter().all(|&s| s == 0));
     }
 

@@ -25,8 +25,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
-    counter, listener_kind, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable,
-    RouteKey, ABI_VERSION, CONFIG_KEY, PROTO_TCP, PROTO_UDP,
+    counter, listener_kind, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue,
+    MaglevTable, RouteKey, ABI_VERSION, CONFIG_KEY, PROTO_TCP, PROTO_UDP,
 };
 use tracing::{debug, info, warn};
 
@@ -164,21 +164,41 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
         let program: &mut SchedClassifier = ebpf
             .program_mut(PROGRAM)
-            .ok_or_else(|| DataplaneError::Load(format!("program {PROGRAM} missing from the object")))?
+            .ok_or_else(|| {
+                DataplaneError::Load(format!("program {PROGRAM} missing from the object"))
+            })?
             .try_into()
             .map_err(|e| DataplaneError::Load(format!("{e}")))?;
-        program.load().map_err(|e| DataplaneError::Load(verifier_message(&e)))?;
+        program
+            .load()
+            .map_err(|e| DataplaneError::Load(verifier_message(&e)))?;
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or_else(|| DataplaneError::Load(format!("map {name} missing from the object")))
+            ebpf.take_map(name)
+                .ok_or_else(|| DataplaneError::Load(format!("map {name} missing from the object")))
         };
-        let config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?.try_into().map_err(map_err("CONFIG"))?;
-        let listeners = take(&mut ebpf, "LISTENERS")?.try_into().map_err(map_err("LISTENERS"))?;
-        let maglev = take(&mut ebpf, "MAGLEV")?.try_into().map_err(map_err("MAGLEV"))?;
-        let backends = take(&mut ebpf, "BACKENDS")?.try_into().map_err(map_err("BACKENDS"))?;
-        let flows = take(&mut ebpf, "FLOWS")?.try_into().map_err(map_err("FLOWS"))?;
-        let counters = take(&mut ebpf, "COUNTERS")?.try_into().map_err(map_err("COUNTERS"))?;
-        let generation = config.get(&CONFIG_KEY, 0).map_err(map_err("CONFIG"))?.generation;
+        let config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?
+            .try_into()
+            .map_err(map_err("CONFIG"))?;
+        let listeners = take(&mut ebpf, "LISTENERS")?
+            .try_into()
+            .map_err(map_err("LISTENERS"))?;
+        let maglev = take(&mut ebpf, "MAGLEV")?
+            .try_into()
+            .map_err(map_err("MAGLEV"))?;
+        let backends = take(&mut ebpf, "BACKENDS")?
+            .try_into()
+            .map_err(map_err("BACKENDS"))?;
+        let flows = take(&mut ebpf, "FLOWS")?
+            .try_into()
+            .map_err(map_err("FLOWS"))?;
+        let counters = take(&mut ebpf, "COUNTERS")?
+            .try_into()
+            .map_err(map_err("COUNTERS"))?;
+        let generation = config
+            .get(&CONFIG_KEY, 0)
+            .map_err(map_err("CONFIG"))?
+            .generation;
         info!(pins = %pin_dir.display(), generation, "eBPF data plane loaded");
         Ok(Self {
             ebpf,
@@ -205,7 +225,8 @@ impl Dataplane {
     pub fn sync_interfaces(&mut self) -> Result<Vec<String>, DataplaneError> {
         let wanted = netif::candidate_interfaces(&self.settings.interfaces)?;
         let mut newly = Vec::new();
-        let present: BTreeMap<String, u32> = wanted.iter().map(|i| (i.name.clone(), i.index)).collect();
+        let present: BTreeMap<String, u32> =
+            wanted.iter().map(|i| (i.name.clone(), i.index)).collect();
         let gone: Vec<String> = self
             .attached
             .iter()
@@ -234,7 +255,10 @@ impl Dataplane {
 
     fn attach(&mut self, interface: &str) -> Result<(), DataplaneError> {
         let pin = self.link_pin(interface);
-        let attach_err = |reason: String| DataplaneError::Attach { interface: interface.to_string(), reason };
+        let attach_err = |reason: String| DataplaneError::Attach {
+            interface: interface.to_string(),
+            reason,
+        };
         let program: &mut SchedClassifier = self
             .ebpf
             .program_mut(PROGRAM)
@@ -244,7 +268,10 @@ impl Dataplane {
         let adopted = match PinnedLink::from_pin(&pin) {
             Ok(old) => {
                 let link: Result<SchedClassifierLink, _> = FdLink::from(old).try_into();
-                match link.map_err(|e| e.to_string()).and_then(|l| program.attach_to_link(l).map_err(|e| e.to_string())) {
+                match link
+                    .map_err(|e| e.to_string())
+                    .and_then(|l| program.attach_to_link(l).map_err(|e| e.to_string()))
+                {
                     Ok(id) => Some(id),
                     Err(e) => {
                         // The interface was re-created or the link is defunct: start afresh.
@@ -258,12 +285,23 @@ impl Dataplane {
         };
         let (id, how) = match adopted {
             Some(id) => (id, "adopted pinned link"),
-            None => (program.attach(interface, TcAttachType::Ingress).map_err(|e| attach_err(e.to_string()))?, "attached"),
+            None => (
+                program
+                    .attach(interface, TcAttachType::Ingress)
+                    .map_err(|e| attach_err(e.to_string()))?,
+                "attached",
+            ),
         };
-        let link = program.take_link(id).map_err(|e| attach_err(e.to_string()))?;
-        let fd_link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| attach_err(e.to_string()))?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
         if how == "attached" {
-            fd_link.pin(&pin).map_err(|e| attach_err(format!("pinning link at {}: {e}", pin.display())))?;
+            fd_link
+                .pin(&pin)
+                .map_err(|e| attach_err(format!("pinning link at {}: {e}", pin.display())))?;
         } else {
             // Already pinned at this path; dropping our fd leaves the pin holding the link.
             drop(fd_link);
@@ -280,7 +318,10 @@ impl Dataplane {
     /// Programs the whole [`Ir`] as a new generation, then makes it current with one store.
     pub fn apply(&mut self, ir: &Ir) -> Result<ApplyReport, DataplaneError> {
         let next = self.generation.wrapping_add(1).max(1);
-        let mut report = ApplyReport { generation: next, ..Default::default() };
+        let mut report = ApplyReport {
+            generation: next,
+            ..Default::default()
+        };
         for gateway in &ir.gateways {
             let gw_name = format!("{}/{}", gateway.gateway.namespace, gateway.gateway.name);
             for listener in &gateway.listeners {
@@ -290,14 +331,26 @@ impl Dataplane {
                     // TLS passthrough and HTTP listeners are served by the local stack for now.
                     ListenerKind::TlsPassthrough(_) | ListenerKind::Http(_) => continue,
                 };
-                let listener_id = self.listener_ids.get(format!("{gw_name}/{}", listener.name));
+                let listener_id = self
+                    .listener_ids
+                    .get(format!("{gw_name}/{}", listener.name));
                 let route_id = match route {
                     Some(route) => {
                         let r = &route.route;
-                        let id = self.route_ids.get(format!("{gw_name}/{}/{}/{}/{}", listener.name, r.kind, r.namespace, r.name));
+                        let id = self.route_ids.get(format!(
+                            "{gw_name}/{}/{}/{}/{}",
+                            listener.name, r.kind, r.namespace, r.name
+                        ));
                         let table = self.maglev_table(next, route, &mut report)?;
                         self.maglev
-                            .insert(RouteKey { generation: next, route_id: id }, table, 0)
+                            .insert(
+                                RouteKey {
+                                    generation: next,
+                                    route_id: id,
+                                },
+                                table,
+                                0,
+                            )
                             .map_err(map_err("MAGLEV"))?;
                         report.routes += 1;
                         id
@@ -306,7 +359,9 @@ impl Dataplane {
                 };
                 for addr in &gateway.addresses {
                     let IpAddr::V4(v4) = addr else {
-                        report.warnings.push(format!("{gw_name}: IPv6 address {addr} is not served by the kernel path"));
+                        report.warnings.push(format!(
+                            "{gw_name}: IPv6 address {addr} is not served by the kernel path"
+                        ));
                         continue;
                     };
                     let key = ListenerKey {
@@ -316,26 +371,52 @@ impl Dataplane {
                         proto,
                         _pad: 0,
                     };
-                    let value = ListenerValue { listener_id, route_id, kind: listener_kind::L4, _pad: [0; 3] };
-                    self.listeners.insert(key, value, 0).map_err(map_err("LISTENERS"))?;
+                    let value = ListenerValue {
+                        listener_id,
+                        route_id,
+                        kind: listener_kind::L4,
+                        _pad: [0; 3],
+                    };
+                    self.listeners
+                        .insert(key, value, 0)
+                        .map_err(map_err("LISTENERS"))?;
                     report.listeners += 1;
                 }
             }
         }
         let (snat_port_min, snat_port_max) = self.settings.snat_ports;
         self.config
-            .set(CONFIG_KEY, Config { generation: next, snat_port_min, snat_port_max }, 0)
+            .set(
+                CONFIG_KEY,
+                Config {
+                    generation: next,
+                    snat_port_min,
+                    snat_port_max,
+                },
+                0,
+            )
             .map_err(map_err("CONFIG"))?;
         self.generation = next;
         for w in &report.warnings {
             warn!("{w}");
         }
-        info!(generation = next, listeners = report.listeners, routes = report.routes, backends = report.backends, "configuration applied");
+        info!(
+            generation = next,
+            listeners = report.listeners,
+            routes = report.routes,
+            backends = report.backends,
+            "configuration applied"
+        );
         Ok(report)
     }
 
     /// Builds a route's Maglev table for generation `generation`, writing its backends.
-    fn maglev_table(&mut self, generation: u32, route: &ir::L4Route, report: &mut ApplyReport) -> Result<MaglevTable, DataplaneError> {
+    fn maglev_table(
+        &mut self,
+        generation: u32,
+        route: &ir::L4Route,
+        report: &mut ApplyReport,
+    ) -> Result<MaglevTable, DataplaneError> {
         let mut entries = Vec::new();
         for backend in &route.backends {
             // Weights are split evenly over a backend's endpoints; integer scaling keeps the ratios exact enough.
@@ -348,12 +429,17 @@ impl Dataplane {
                         SocketAddr::V4(v4) => match netif::path_to(*v4) {
                             Ok(path) => Some((*ep, path)),
                             Err(e) => {
-                                report.warnings.push(format!("backend {}: {e}", backend.name));
+                                report
+                                    .warnings
+                                    .push(format!("backend {}: {e}", backend.name));
                                 None
                             }
                         },
                         SocketAddr::V6(_) => {
-                            report.warnings.push(format!("backend {}: IPv6 endpoint {ep} skipped", backend.name));
+                            report.warnings.push(format!(
+                                "backend {}: IPv6 endpoint {ep} skipped",
+                                backend.name
+                            ));
                             None
                         }
                     })
@@ -363,7 +449,11 @@ impl Dataplane {
             };
             if reachable.is_empty() {
                 // An invalid backend, or one with no ready endpoint: its share of flows is rejected.
-                entries.push(maglev::Entry { name: format!("reject:{}", backend.name), id: 0, weight: scaled });
+                entries.push(maglev::Entry {
+                    name: format!("reject:{}", backend.name),
+                    id: 0,
+                    weight: scaled,
+                });
                 continue;
             }
             let per_endpoint = scaled / reachable.len() as u64;
@@ -377,13 +467,28 @@ impl Dataplane {
                     port: v4.port().to_be(),
                     _pad: 0,
                 };
-                self.backends.insert(BackendKey { generation, backend_id: id }, value, 0).map_err(map_err("BACKENDS"))?;
+                self.backends
+                    .insert(
+                        BackendKey {
+                            generation,
+                            backend_id: id,
+                        },
+                        value,
+                        0,
+                    )
+                    .map_err(map_err("BACKENDS"))?;
                 report.backends += 1;
-                entries.push(maglev::Entry { name: ep.to_string(), id, weight: per_endpoint });
+                entries.push(maglev::Entry {
+                    name: ep.to_string(),
+                    id,
+                    weight: per_endpoint,
+                });
             }
         }
         let slots = maglev::build(&entries);
-        let mut table = MaglevTable { slots: [0; gateway_common::MAGLEV_TABLE_SIZE] };
+        let mut table = MaglevTable {
+            slots: [0; gateway_common::MAGLEV_TABLE_SIZE],
+        };
         table.slots.copy_from_slice(&slots);
         Ok(table)
     }
@@ -393,17 +498,32 @@ impl Dataplane {
     pub fn collect_old_generations(&mut self) -> Result<usize, DataplaneError> {
         let current = self.generation;
         let mut removed = 0;
-        let old: Vec<ListenerKey> = self.listeners.keys().filter_map(Result::ok).filter(|k| k.generation != current).collect();
+        let old: Vec<ListenerKey> = self
+            .listeners
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation != current)
+            .collect();
         for k in old {
             self.listeners.remove(&k).map_err(map_err("LISTENERS"))?;
             removed += 1;
         }
-        let old: Vec<RouteKey> = self.maglev.keys().filter_map(Result::ok).filter(|k| k.generation != current).collect();
+        let old: Vec<RouteKey> = self
+            .maglev
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation != current)
+            .collect();
         for k in old {
             self.maglev.remove(&k).map_err(map_err("MAGLEV"))?;
             removed += 1;
         }
-        let old: Vec<BackendKey> = self.backends.keys().filter_map(Result::ok).filter(|k| k.generation != current).collect();
+        let old: Vec<BackendKey> = self
+            .backends
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation != current)
+            .collect();
         for k in old {
             self.backends.remove(&k).map_err(map_err("BACKENDS"))?;
             removed += 1;
@@ -421,7 +541,8 @@ impl Dataplane {
     /// the kernel's counters at scrape time).
     pub fn open_counters(&self) -> Result<KernelCounters, DataplaneError> {
         let data = MapData::from_pin(self.pin_dir.join("COUNTERS")).map_err(map_err("COUNTERS"))?;
-        let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(map_err("COUNTERS"))?;
+        let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(map_err("COUNTERS"))?;
         Ok(KernelCounters { map })
     }
 
@@ -434,18 +555,36 @@ impl Dataplane {
     /// Names of listener, route and backend ids (`namespace/gateway/listener`, `namespace/gateway/listener/Kind/
     /// namespace/name`, `address:port`).
     pub fn id_names(&self) -> IdNames {
-        let invert = |ids: &Ids| ids.by_name.iter().map(|(name, id)| (*id, name.clone())).collect();
-        IdNames { listeners: invert(&self.listener_ids), routes: invert(&self.route_ids), backends: invert(&self.backend_ids) }
+        let invert = |ids: &Ids| {
+            ids.by_name
+                .iter()
+                .map(|(name, id)| (*id, name.clone()))
+                .collect()
+        };
+        IdNames {
+            listeners: invert(&self.listener_ids),
+            routes: invert(&self.route_ids),
+            backends: invert(&self.backend_ids),
+        }
     }
 
     /// Runs the TC program once on `frame` (BPF_PROG_TEST_RUN) against the live maps, returning the TC action
     /// and the frame as the program left it. Redirects are reported, not performed. For tests and diagnostics.
     pub fn run_frame(&self, frame: &[u8]) -> Result<(i32, Vec<u8>), DataplaneError> {
         use aya::programs::{TestRun, TestRunOptions};
-        let program: &SchedClassifier = self.ebpf.program(PROGRAM).expect("checked at load").try_into().expect("checked at load");
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(PROGRAM)
+            .expect("checked at load")
+            .try_into()
+            .expect("checked at load");
         let mut out = vec![0u8; frame.len().max(128) + 256];
         let result = program
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .map_err(|e| DataplaneError::Load(format!("BPF_PROG_TEST_RUN: {e}")))?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value as i32, out))
@@ -479,7 +618,9 @@ impl KernelCounters {
     }
 }
 
-fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<[u64; counter::COUNT as usize], DataplaneError> {
+fn read_counters(
+    map: &PerCpuArray<MapData, u64>,
+) -> Result<[u64; counter::COUNT as usize], DataplaneError> {
     let mut out = [0u64; counter::COUNT as usize];
     for (i, slot) in out.iter_mut().enumerate() {
         let values = map.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
@@ -491,7 +632,10 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<[u64; counter::COUNT
 /// Formats a program load error with the verifier's log, which says why a program was rejected.
 fn verifier_message(e: &aya::programs::ProgramError) -> String {
     match e {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             format!("the verifier rejected {PROGRAM}: {io_error}\n{verifier_log}")
         }
         other => other.to_string(),

@@ -20,11 +20,14 @@ pub struct Interface {
 /// the node can arrive on any of them, and replies from backends arrive on the interfaces towards the backends.
 /// On an interface that carries no Gateway traffic the program costs a few loads per packet.
 pub fn candidate_interfaces(only: &[String]) -> Result<Vec<Interface>, DataplaneError> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| DataplaneError::Netif(format!("getifaddrs: {e}")))?;
+    let addrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| DataplaneError::Netif(format!("getifaddrs: {e}")))?;
     let mut names = BTreeSet::new();
     for ifa in addrs {
         let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
-        let loopback = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK);
+        let loopback = ifa
+            .flags
+            .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK);
         if up && !loopback && (only.is_empty() || only.contains(&ifa.interface_name)) {
             names.insert(ifa.interface_name);
         }
@@ -65,7 +68,11 @@ pub fn path_to(endpoint: SocketAddrV4) -> Result<Path, DataplaneError> {
         .map_err(|e| DataplaneError::NoRoute(format!("{endpoint}: {e}")))?;
     let source = match probe.ip() {
         std::net::IpAddr::V4(v4) => v4,
-        other => return Err(DataplaneError::NoRoute(format!("{endpoint}: source {other} is not IPv4"))),
+        other => {
+            return Err(DataplaneError::NoRoute(format!(
+                "{endpoint}: source {other} is not IPv4"
+            )))
+        }
     };
     Ok(Path { ifindex, source })
 }
@@ -107,7 +114,8 @@ fn longest_prefix_match(table: &str, dst: Ipv4Addr) -> Option<String> {
 mod tests {
     use super::*;
 
-    const TABLE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+    const TABLE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t00000000\t010012C6\t0003\t0\t0\t0\t00000000\t0\t0\t0
 eth0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
 bk1\t000B12C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
@@ -116,15 +124,35 @@ bk2\t020B12C6\t00000000\t0001\t0\t0\t0\tFFFFFFFF\t0\t0\t0
 
     #[test]
     fn most_specific_route_wins() {
-        assert_eq!(longest_prefix_match(TABLE, "198.18.11.7".parse().unwrap()).as_deref(), Some("bk1"));
-        assert_eq!(longest_prefix_match(TABLE, "198.18.11.2".parse().unwrap()).as_deref(), Some("bk2"));
-        assert_eq!(longest_prefix_match(TABLE, "198.18.0.9".parse().unwrap()).as_deref(), Some("eth0"));
-        assert_eq!(longest_prefix_match(TABLE, "203.0.113.1".parse().unwrap()).as_deref(), Some("eth0"));
+        assert_eq!(
+            longest_prefix_match(TABLE, "198.18.11.7".parse().unwrap()).as_deref(),
+            Some("bk1")
+        );
+        assert_eq!(
+            longest_prefix_match(TABLE, "198.18.11.2".parse().unwrap()).as_deref(),
+            Some("bk2")
+        );
+        assert_eq!(
+            longest_prefix_match(TABLE, "198.18.0.9".parse().unwrap()).as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(
+            longest_prefix_match(TABLE, "203.0.113.1".parse().unwrap()).as_deref(),
+            Some("eth0")
+        );
     }
 
     #[test]
     fn no_route_is_none() {
-        let no_default: String = TABLE.lines().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| l.to_string() + "\n").collect();
-        assert_eq!(longest_prefix_match(&no_default, "203.0.113.1".parse().unwrap()), None);
+        let no_default: String = TABLE
+            .lines()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, l)| l.to_string() + "\n")
+            .collect();
+        assert_eq!(
+            longest_prefix_match(&no_default, "203.0.113.1".parse().unwrap()),
+            None
+        );
     }
 }
