@@ -1,5 +1,6 @@
 //! Project tasks, run as `cargo xtask <task>`: set up a machine, build the eBPF object, run every test, show a
 //! demo. Each task does the set-up it needs, so a fresh machine needs no other command.
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -9,7 +10,10 @@ mod test;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Tasks for the eBPF gateway: setup, build-ebpf, test, demo")]
+#[command(
+    name = "cargo xtask",
+    about = "Tasks for the eBPF gateway: setup, build-ebpf, test, demo, bench"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -29,6 +33,8 @@ enum Task {
     Test(test::TestArgs),
     /// Build everything, run the gateway in network namespaces, send traffic through it and explain what happened.
     Demo(demo::DemoArgs),
+    /// Benchmark the data plane side by side with plain kernel forwarding, HAProxy and NGINX (`bench l4`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Task::BuildEbpf { release } => build::ebpf(release),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,1016 @@
+//! The benchmark's outputs: medians and ratios to plain forwarding, REPORT.md, results.json, SVG bar charts
+//! (written by hand: a few rectangles and labels), and the summary table printed on stdout.
+use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Command};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::{peers::PeerKind, RunValues};
+use crate::cmd;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Higher,
+    Lower,
+    /// Context, not a score (CPU use, failures).
+    Neither,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Metric {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub unit: &'static str,
+    pub better: Better,
+    #[serde(skip)]
+    pub decimals: usize,
+}
+
+const fn m(
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    better: Better,
+    decimals: usize,
+) -> Metric {
+    Metric {
+        key,
+        label,
+        unit,
+        better,
+        decimals,
+    }
+}
+
+/// Every metric of the report, in table order.
+pub const METRICS: &[Metric] = &[
+    m(
+        "tcp1_gbps",
+        "TCP throughput, 1 stream",
+        "Gbit/s",
+        Better::Higher,
+        2,
+    ),
+    m(
+        "tcp4_gbps",
+        "TCP throughput, 4 streams",
+        "Gbit/s",
+        Better::Higher,
+        2,
+    ),
+    m(
+        "cps",
+        "New TCP connections per second",
+        "conn/s",
+        Better::Higher,
+        0,
+    ),
+    m(
+        "cps_failed",
+        "Failed connections during that run",
+        "count",
+        Better::Neither,
+        0,
+    ),
+    m(
+        "rr_p50_us",
+        "Request/response latency p50, one connection",
+        "µs",
+        Better::Lower,
+        0,
+    ),
+    m(
+        "rr_p99_us",
+        "Request/response latency p99, one connection",
+        "µs",
+        Better::Lower,
+        0,
+    ),
+    m(
+        "crr_p50_us",
+        "Connect + request/response p50, fresh connections",
+        "µs",
+        Better::Lower,
+        0,
+    ),
+    m(
+        "crr_p99_us",
+        "Connect + request/response p99, fresh connections",
+        "µs",
+        Better::Lower,
+        0,
+    ),
+    m(
+        "udp_kpps",
+        "UDP packets received per second (64-byte payload)",
+        "kpps",
+        Better::Higher,
+        0,
+    ),
+    m(
+        "udp_loss_pct",
+        "UDP loss at the receiver (offered 2 Gbit/s)",
+        "%",
+        Better::Neither,
+        1,
+    ),
+    m(
+        "cpu_tcp1_machine",
+        "Machine CPU during TCP ×1 (user+sys+irq+softirq)",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cpu_tcp1_dataplane",
+        "Data plane processes' CPU during TCP ×1",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "tcp1_gbps_per_core",
+        "TCP ×1 throughput per busy core",
+        "Gbit/s/core",
+        Better::Higher,
+        2,
+    ),
+    m(
+        "cpu_tcp4_machine",
+        "Machine CPU during TCP ×4",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cpu_tcp4_dataplane",
+        "Data plane processes' CPU during TCP ×4",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cpu_cps_machine",
+        "Machine CPU during the connection-rate run",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cpu_cps_dataplane",
+        "Data plane processes' CPU during the connection-rate run",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cps_per_core",
+        "New connections per busy core-second",
+        "conn/core·s",
+        Better::Higher,
+        0,
+    ),
+    m(
+        "cpu_udp_machine",
+        "Machine CPU during UDP",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cpu_udp_dataplane",
+        "Data plane processes' CPU during UDP",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "udp_kpps_per_core",
+        "UDP packets received per busy core-second",
+        "kpps/core",
+        Better::Higher,
+        0,
+    ),
+];
+
+fn metric(key: &str) -> &'static Metric {
+    METRICS.iter().find(|m| m.key == key).expect("known metric")
+}
+
+/// Adds the per-core efficiency metrics, computed run by run.
+fn derive(v: &mut RunValues) {
+    for (out, num, cpu) in [
+        ("tcp1_gbps_per_core", "tcp1_gbps", "cpu_tcp1_machine"),
+        ("cps_per_core", "cps", "cpu_cps_machine"),
+        ("udp_kpps_per_core", "udp_kpps", "cpu_udp_machine"),
+    ] {
+        if let (Some(n), Some(c)) = (v.get(num), v.get(cpu)) {
+            if *c > 0.0 {
+                v.insert(out.to_string(), n / c);
+            }
+        }
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub haproxy: String,
+    pub nginx: String,
+    pub iperf3: String,
+    pub gateway_commit: String,
+    pub gateway_binary: String,
+}
+
+fn first_line(cmd: &mut Command, stderr: bool) -> String {
+    match cmd.output() {
+        Ok(o) => {
+            let s = if stderr { &o.stderr } else { &o.stdout };
+            String::from_utf8_lossy(s)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        }
+        Err(_) => "not installed".into(),
+    }
+}
+
+impl Machine {
+    pub fn describe(gateway_bin: &Path) -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let cores = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let root = cmd::root();
+        let head = cmd::output(Command::new("git").arg("-C").arg(&root).args([
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ]))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+        let dirty = cmd::output(Command::new("git").arg("-C").arg(&root).args([
+            "status",
+            "--porcelain",
+            "--",
+            "gateway-ebpf",
+            "gateway-userspace",
+            "gateway-common",
+        ]))
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false);
+        Machine {
+            cpu_model,
+            cores,
+            kernel,
+            haproxy: first_line(Command::new("haproxy").arg("-v"), false),
+            nginx: first_line(Command::new("nginx").arg("-v"), true),
+            iperf3: first_line(Command::new("iperf3").arg("--version"), false),
+            gateway_commit: if dirty {
+                format!("{head} + uncommitted changes in the gateway's crates")
+            } else {
+                head
+            },
+            gateway_binary: gateway_bin.display().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerReport {
+    pub name: PeerKind,
+    pub description: &'static str,
+    pub runs: Vec<RunValues>,
+    pub median: RunValues,
+    pub ratio_to_plain: RunValues,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub command: String,
+    pub runs: usize,
+    pub duration_s: u64,
+    pub raw_outputs: String,
+    pub metrics: &'static [Metric],
+    pub peers: Vec<PeerReport>,
+}
+
+impl Report {
+    pub fn new(
+        machine: Machine,
+        command: String,
+        runs: usize,
+        duration_s: u64,
+        kinds: &[PeerKind],
+        mut results: BTreeMap<PeerKind, Vec<RunValues>>,
+        raw: std::path::PathBuf,
+    ) -> Self {
+        let mut peers = Vec::new();
+        for &kind in kinds {
+            let mut rs = results.remove(&kind).unwrap_or_default();
+            rs.iter_mut().for_each(derive);
+            let mut keys: Vec<&String> = rs.iter().flat_map(|r| r.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let median: RunValues = keys
+                .into_iter()
+                .filter_map(|k| {
+                    Some((
+                        k.clone(),
+                        median(rs.iter().filter_map(|r| r.get(k).copied()).collect())?,
+                    ))
+                })
+                .collect();
+            peers.push(PeerReport {
+                name: kind,
+                description: kind.description(),
+                runs: rs,
+                median,
+                ratio_to_plain: RunValues::new(),
+            });
+        }
+        let plain = peers
+            .iter()
+            .find(|p| p.name == PeerKind::Plain)
+            .map(|p| p.median.clone())
+            .unwrap_or_default();
+        for p in &mut peers {
+            p.ratio_to_plain = p
+                .median
+                .iter()
+                .filter_map(|(k, v)| {
+                    plain
+                        .get(k)
+                        .filter(|b| **b != 0.0)
+                        .map(|b| (k.clone(), v / b))
+                })
+                .collect();
+        }
+        let raw_outputs = raw
+            .strip_prefix(cmd::root())
+            .unwrap_or(&raw)
+            .display()
+            .to_string();
+        Report {
+            machine,
+            command,
+            runs,
+            duration_s,
+            raw_outputs,
+            metrics: METRICS,
+            peers,
+        }
+    }
+
+    fn peer(&self, kind: PeerKind) -> Option<&PeerReport> {
+        self.peers.iter().find(|p| p.name == kind)
+    }
+
+    fn value(&self, kind: PeerKind, key: &str) -> Option<f64> {
+        self.peer(kind)?.median.get(key).copied()
+    }
+
+    fn cell(&self, p: &PeerReport, m: &Metric) -> String {
+        match p.median.get(m.key) {
+            None => "n/a".into(),
+            Some(v) => {
+                let v = format!("{v:.*}", m.decimals);
+                match (p.name, p.ratio_to_plain.get(m.key)) {
+                    (PeerKind::Plain, _) => v,
+                    (_, Some(r)) => format!("{v} ({r:.2}×)"),
+                    (_, None) => v,
+                }
+            }
+        }
+    }
+
+    /// The table of medians (and ratios to plain forwarding), as Markdown.
+    pub fn markdown_table(&self) -> String {
+        let mut t = String::from("| metric | unit |");
+        for p in &self.peers {
+            let _ = write!(t, " {} |", p.name);
+        }
+        t.push_str("\n|---|---|");
+        for _ in &self.peers {
+            t.push_str("---:|");
+        }
+        t.push('\n');
+        for m in METRICS {
+            if self.peers.iter().all(|p| !p.median.contains_key(m.key)) {
+                continue;
+            }
+            let arrow = match m.better {
+                Better::Higher => " ↑",
+                Better::Lower => " ↓",
+                Better::Neither => "",
+            };
+            let _ = write!(t, "| {}{arrow} | {} |", m.label, m.unit);
+            for p in &self.peers {
+                let _ = write!(t, " {} |", self.cell(p, m));
+            }
+            t.push('\n');
+        }
+        t
+    }
+
+    /// The same table as aligned plain text for the terminal.
+    pub fn summary_table(&self) -> String {
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        let mut head = vec!["metric".to_string(), "unit".to_string()];
+        head.extend(self.peers.iter().map(|p| p.name.to_string()));
+        rows.push(head);
+        for m in METRICS {
+            if self.peers.iter().all(|p| !p.median.contains_key(m.key)) {
+                continue;
+            }
+            let mut r = vec![m.label.to_string(), m.unit.to_string()];
+            r.extend(self.peers.iter().map(|p| self.cell(p, m)));
+            rows.push(r);
+        }
+        let cols = rows[0].len();
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = format!(
+            "\nbench l4 — median of {} runs, {} s phases; in parentheses: ratio to plain forwarding\n",
+            self.runs, self.duration_s
+        );
+        for (i, r) in rows.iter().enumerate() {
+            for (c, cell) in r.iter().enumerate() {
+                let pad = widths[c] - cell.chars().count();
+                if c < 2 {
+                    let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+                } else {
+                    let _ = write!(out, "{}{cell}  ", " ".repeat(pad));
+                }
+            }
+            out.push('\n');
+            if i == 0 {
+                out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * cols));
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Plain-language comparisons of the gateway with plain forwarding and with the proxies.
+    fn findings(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        let Some(g) = self.peer(PeerKind::Gateway) else {
+            return f;
+        };
+        for key in [
+            "tcp1_gbps",
+            "tcp4_gbps",
+            "cps",
+            "rr_p50_us",
+            "rr_p99_us",
+            "crr_p50_us",
+            "crr_p99_us",
+            "udp_kpps",
+            "tcp1_gbps_per_core",
+        ] {
+            let m = metric(key);
+            let (Some(v), Some(r)) = (g.median.get(key), g.ratio_to_plain.get(key)) else {
+                continue;
+            };
+            let verdict = match m.better {
+                Better::Higher if *r < 0.97 => {
+                    format!("**{:.0}% lower than plain forwarding**", (1.0 - r) * 100.0)
+                }
+                Better::Higher if *r > 1.03 => {
+                    format!("{:.0}% higher than plain forwarding", (r - 1.0) * 100.0)
+                }
+                Better::Lower if *r > 1.03 => {
+                    let b = self.value(PeerKind::Plain, key).unwrap_or(0.0);
+                    format!(
+                        "**{:.0}% higher (worse) than plain forwarding, +{:.0} {}**",
+                        (r - 1.0) * 100.0,
+                        v - b,
+                        m.unit
+                    )
+                }
+                Better::Lower if *r < 0.97 => format!(
+                    "{:.0}% lower (better) than plain forwarding",
+                    (1.0 - r) * 100.0
+                ),
+                _ => "within 3% of plain forwarding".to_string(),
+            };
+            let mut others = Vec::new();
+            for other in [PeerKind::Haproxy, PeerKind::Nginx] {
+                if let Some(o) = self.value(other, key).filter(|o| *o > 0.0) {
+                    let x = v / o;
+                    let word = match (m.better, x >= 1.0) {
+                        (Better::Lower, true) | (Better::Higher, false) => "worse",
+                        _ => "better",
+                    };
+                    others.push(format!("{x:.2}× {other} ({word})"));
+                }
+            }
+            let others = if others.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", others.join(", "))
+            };
+            f.push(format!(
+                "{}: {:.*} {} — {verdict}{others}.",
+                m.label, m.decimals, v, m.unit
+            ));
+        }
+        if let Some(failed) = g.median.get("cps_failed").filter(|x| **x > 0.0) {
+            f.push(format!(
+                "The gateway had a median of {failed:.0} failed connections in the connection-rate run (plain: {:.0}).",
+                self.value(PeerKind::Plain, "cps_failed").unwrap_or(0.0)
+            ));
+        }
+        if let Some(c) = g.median.get("cpu_tcp1_dataplane") {
+            f.push(format!(
+                "The gateway's own process used {c:.2} cores during TCP ×1 (the agent only; forwarding runs in softirq \
+                 context and is counted in the machine's CPU)."
+            ));
+        }
+        f
+    }
+
+    pub fn markdown(&self) -> String {
+        let mc = &self.machine;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# L4 benchmark: eBPF gateway vs plain forwarding, HAProxy, NGINX\n"
+        );
+        let _ = writeln!(s, "Generated by `{}` (median of {} runs, {} s per throughput and connection-rate phase).\n", self.command, self.runs, self.duration_s);
+        let _ = writeln!(s, "**Read this first.** Everything runs on one machine with {} shared cores: the client, the data plane \
+            and the backend are network namespaces joined by veth pairs, and the load generators and servers compete for the \
+            same cores as the data plane. The numbers show *relative overhead* of each data plane against plain kernel \
+            forwarding on identical hardware and topology, not what a NIC-attached deployment would reach.\n", mc.cores);
+        let _ = writeln!(s, "## Machine\n");
+        let _ = writeln!(s, "| | |\n|---|---|");
+        let _ = writeln!(s, "| CPU | {} ({} cores) |", mc.cpu_model, mc.cores);
+        let _ = writeln!(s, "| kernel | {} |", mc.kernel);
+        let _ = writeln!(s, "| HAProxy | {} |", mc.haproxy);
+        let _ = writeln!(s, "| NGINX | {} |", mc.nginx);
+        let _ = writeln!(s, "| iperf3 | {} |", mc.iperf3);
+        let _ = writeln!(
+            s,
+            "| gateway | commit {}, release build |",
+            mc.gateway_commit
+        );
+        let _ = writeln!(s, "\n## Results\n");
+        let _ = writeln!(s, "Median of {} runs; in parentheses the ratio to plain forwarding (↑ higher is better, ↓ lower is better; \
+            for CPU rows the ratio is only context). `n/a`: not measured for that data plane (HAProxy has no UDP proxy).\n", self.runs);
+        s.push_str(&self.markdown_table());
+        let _ = writeln!(s, "\n![relative to plain forwarding](ratios.svg)\n");
+        let _ = writeln!(
+            s,
+            "![TCP throughput](throughput.svg) ![connections per second](connections.svg)\n"
+        );
+        let _ = writeln!(
+            s,
+            "![latency](latency.svg) ![UDP packets per second](udp.svg)\n"
+        );
+        let _ = writeln!(s, "![CPU](cpu.svg)\n");
+        let _ = writeln!(s, "## Findings (computed from the table)\n");
+        for line in self.findings() {
+            let _ = writeln!(s, "- {line}");
+        }
+        let _ = writeln!(s, "\n## Data planes\n");
+        for p in &self.peers {
+            let _ = writeln!(s, "- **{}**: {}", p.name, p.description);
+        }
+        let _ = writeln!(
+            s,
+            "- Envoy (`tcp_proxy`) is not measured in this suite yet."
+        );
+        let _ = writeln!(s, "\n## Method\n");
+        let _ = writeln!(s, "- Topology: client `198.18.0.2` → gateway namespace (`198.18.0.1` / `198.18.11.1`) → backend `198.18.11.2`; \
+            veth pairs with their default offloads (checksum, TSO/GRO on). The backend runs `iperf3 -s` and the load generator's \
+            servers (threads of the bench process): an accept-and-close server (writes one byte and closes) and an echo server.");
+        let _ = writeln!(s, "- Plain forwarding: `ip_forward=1` in the gateway namespace for its run only; the client addresses the backend directly.");
+        let _ = writeln!(s, "- The gateway: `gateway run --config` with a Gateway on `198.18.100.1` and TCP/UDP listeners routed to the backend; \
+            `ip_forward` stays 0 and the address is on no interface.");
+        let _ = writeln!(s, "- HAProxy and NGINX: `198.18.100.1/32` is added to the gateway namespace's `lo` for their run only and removed after; \
+            one data plane runs at a time, and the namespace is checked to be clean (no process, no address, `ip_forward=0`) after each.");
+        let _ = writeln!(s, "- TCP throughput: `iperf3 -c <target> -t {d} [-P 4]`, received bit rate. UDP: `iperf3 -u -l 64 -b 2G -t {d}`, \
+            datagrams received per second and the receiver's loss.", d = self.duration_s);
+        let _ = writeln!(s, "- Connections per second: 4 threads in the client namespace connect, read the one-byte greeting and the server's \
+            close, for {} s (bounded to 2 million connections). Failures are counted, not retried.", self.duration_s);
+        let _ = writeln!(s, "- Latency (hdrhistogram, µs): 64-byte ping-pong over one TCP connection, and connect + greeting + one 64-byte \
+            exchange on a fresh connection each time; {:.1} s each, one request at a time.", self.duration_s as f64 / 2.0);
+        let _ = writeln!(s, "- CPU: machine-wide busy time from `/proc/stat` (user+nice+system+irq+softirq) over each phase, in cores; \
+            the data plane processes' own utime+stime from `/proc/<pid>/stat` (HAProxy, NGINX master and workers, the gateway's \
+            agent; none for plain forwarding).");
+        let _ = writeln!(s, "- Sanity checks (the bench fails otherwise): during every phase a counter of the data plane itself must rise — \
+            plain: `Ip: ForwDatagrams` of the gateway namespace; gateway: `gateway_kernel_packets_total{{outcome=\"forwarded\"|\"replied\"}}`; \
+            HAProxy: `CumConns` on its stats socket; NGINX: its processes' CPU ticks (the stream module has no counters) — and, for every \
+            data plane but plain forwarding, `ForwDatagrams` must not rise (the kernel forwarded nothing itself).");
+        let _ = writeln!(s, "- Runs are interleaved (run 1 of every data plane, then run 2, …). Raw outputs (iperf3 JSON, configurations, logs, \
+            per-run values) are in `{}` on the machine that ran it (git-ignored); all numbers are in [results.json](results.json).", self.raw_outputs);
+        s
+    }
+
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("REPORT.md"), self.markdown())?;
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(self)? + "\n",
+        )?;
+        for (name, svg) in self.charts() {
+            std::fs::write(dir.join(name), svg)?;
+        }
+        Ok(())
+    }
+
+    fn series(
+        &self,
+        keys: &[&str],
+        f: impl Fn(&PeerReport, &str) -> Option<f64>,
+    ) -> Vec<(String, Vec<Option<f64>>)> {
+        self.peers
+            .iter()
+            .map(|p| (p.name.to_string(), keys.iter().map(|k| f(p, k)).collect()))
+            .collect()
+    }
+
+    fn charts(&self) -> Vec<(&'static str, String)> {
+        let median = |p: &PeerReport, k: &str| p.median.get(k).copied();
+        let mut out = Vec::new();
+        // Relative performance: plain = 1, higher is better (latency ratios inverted).
+        let rel_keys = [
+            "tcp1_gbps",
+            "tcp4_gbps",
+            "cps",
+            "rr_p50_us",
+            "rr_p99_us",
+            "crr_p50_us",
+            "udp_kpps",
+            "tcp1_gbps_per_core",
+        ];
+        let rel_labels = [
+            "TCP ×1",
+            "TCP ×4",
+            "conn/s",
+            "1/lat p50",
+            "1/lat p99",
+            "1/conn+rr p50",
+            "UDP pps",
+            "TCP×1 /core",
+        ];
+        let rel = self.series(&rel_keys, |p, k| {
+            let r = p.ratio_to_plain.get(k).copied().or_else(|| {
+                (p.name == PeerKind::Plain && p.median.contains_key(k)).then_some(1.0)
+            })?;
+            Some(if metric(k).better == Better::Lower {
+                1.0 / r
+            } else {
+                r
+            })
+        });
+        out.push((
+            "ratios.svg",
+            bars(
+                "Relative to plain forwarding (= 1.0, higher is better; latency inverted)",
+                "× plain",
+                &rel_labels,
+                &rel,
+                Some(1.0),
+            ),
+        ));
+        out.push((
+            "throughput.svg",
+            bars(
+                "TCP throughput (iperf3)",
+                "Gbit/s",
+                &["1 stream", "4 streams"],
+                &self.series(&["tcp1_gbps", "tcp4_gbps"], median),
+                None,
+            ),
+        ));
+        out.push((
+            "connections.svg",
+            bars(
+                "New TCP connections per second",
+                "conn/s",
+                &["conn/s"],
+                &self.series(&["cps"], median),
+                None,
+            ),
+        ));
+        out.push((
+            "latency.svg",
+            bars(
+                "Request/response latency (64 B, lower is better)",
+                "µs",
+                &[
+                    "p50 one conn",
+                    "p99 one conn",
+                    "p50 fresh conn",
+                    "p99 fresh conn",
+                ],
+                &self.series(
+                    &["rr_p50_us", "rr_p99_us", "crr_p50_us", "crr_p99_us"],
+                    median,
+                ),
+                None,
+            ),
+        ));
+        out.push((
+            "udp.svg",
+            bars(
+                "UDP packets received per second (64 B)",
+                "kpps",
+                &["UDP"],
+                &self.series(&["udp_kpps"], median),
+                None,
+            ),
+        ));
+        out.push((
+            "cpu.svg",
+            bars(
+                "CPU busy during each load (cores; machine total vs the data plane's processes)",
+                "cores",
+                &[
+                    "TCP×1 machine",
+                    "TCP×1 process",
+                    "conn/s machine",
+                    "conn/s process",
+                    "UDP machine",
+                    "UDP process",
+                ],
+                &self.series(
+                    &[
+                        "cpu_tcp1_machine",
+                        "cpu_tcp1_dataplane",
+                        "cpu_cps_machine",
+                        "cpu_cps_dataplane",
+                        "cpu_udp_machine",
+                        "cpu_udp_dataplane",
+                    ],
+                    median,
+                ),
+                None,
+            ),
+        ));
+        out
+    }
+}
+
+/// One line per run for the progress output.
+pub fn one_line(v: &RunValues) -> String {
+    let g = |k: &str| v.get(k).copied();
+    let mut s = String::new();
+    if let (Some(a), Some(b)) = (g("tcp1_gbps"), g("tcp4_gbps")) {
+        let _ = write!(s, "tcp {a:.2}/{b:.2} Gbit/s  ");
+    }
+    if let Some(c) = g("cps") {
+        let _ = write!(s, "{c:.0} conn/s  ");
+    }
+    if let (Some(a), Some(b)) = (g("rr_p50_us"), g("crr_p50_us")) {
+        let _ = write!(s, "p50 {a:.0}/{b:.0} µs  ");
+    }
+    match g("udp_kpps") {
+        Some(u) => {
+            let _ = write!(
+                s,
+                "udp {u:.0} kpps ({:.1}% loss)",
+                g("udp_loss_pct").unwrap_or(0.0)
+            );
+        }
+        None => s.push_str("udp n/a"),
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn color(series: &str) -> &'static str {
+    match series {
+        "plain" => "#8c8c8c",
+        "gateway" => "#2b7bba",
+        "haproxy" => "#e08a2c",
+        "nginx" => "#3d9a50",
+        _ => "#9467bd",
+    }
+}
+
+/// A "nice" axis maximum and step for values up to `max`.
+fn axis(max: f64) -> (f64, f64) {
+    let max = if max > 0.0 { max * 1.12 } else { 1.0 };
+    let raw = max / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    ((max / step).ceil() * step, step)
+}
+
+fn fmt_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A grouped bar chart: one group per label, one bar per series (data plane).
+pub fn bars(
+    title: &str,
+    unit: &str,
+    groups: &[&str],
+    series: &[(String, Vec<Option<f64>>)],
+    reference: Option<f64>,
+) -> String {
+    let (w, h) = (820.0, 400.0);
+    let (left, right, top, bottom) = (70.0, 20.0, 64.0, 56.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .fold(reference.unwrap_or(0.0), |a, b| a.max(*b));
+    let (ymax, step) = axis(max);
+    let y = |v: f64| top + ph - v / ymax * ph;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
+        w / 2.0,
+        esc(title)
+    );
+    // Legend.
+    let mut lx = left;
+    for (name, _) in series {
+        let _ = writeln!(s, "<rect x=\"{lx}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"45\">{}</text>", color(name), lx + 16.0, esc(name));
+        lx += 24.0 + 8.0 * name.len() as f64 + 20.0;
+    }
+    // Axis and grid.
+    let mut v = 0.0;
+    while v <= ymax + step / 2.0 {
+        let yy = y(v);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{yy:.1}\" x2=\"{}\" y2=\"{yy:.1}\" stroke=\"#e4e4e4\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">{}</text>",
+            left + pw,
+            left - 6.0,
+            yy + 4.0,
+            fmt_value(v)
+        );
+        v += step;
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"16\" y=\"{:.1}\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\" fill=\"#555\">{}</text>",
+        top + ph / 2.0,
+        top + ph / 2.0,
+        esc(unit)
+    );
+    let gw = pw / groups.len().max(1) as f64;
+    let bw = gw * 0.8 / series.len().max(1) as f64;
+    for (gi, g) in groups.iter().enumerate() {
+        let gx = left + gi as f64 * gw + gw * 0.1;
+        for (si, (name, vals)) in series.iter().enumerate() {
+            let x = gx + si as f64 * bw;
+            match vals.get(gi).copied().flatten() {
+                Some(v) => {
+                    let yy = y(v.max(0.0));
+                    let _ = writeln!(
+                        s,
+                        "<rect x=\"{x:.1}\" y=\"{yy:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {}: {}</title></rect>\
+                         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{}</text>",
+                        bw - 2.0,
+                        top + ph - yy,
+                        color(name),
+                        esc(name),
+                        esc(g),
+                        fmt_value(v),
+                        x + bw / 2.0 - 1.0,
+                        yy - 3.0,
+                        fmt_value(v)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\" fill=\"#999\">n/a</text>",
+                        x + bw / 2.0 - 1.0,
+                        top + ph - 4.0
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            gx + gw * 0.4,
+            top + ph + 18.0,
+            esc(g)
+        );
+    }
+    if let Some(r) = reference {
+        let yy = y(r);
+        let _ = writeln!(s, "<line x1=\"{left}\" y1=\"{yy:.1}\" x2=\"{}\" y2=\"{yy:.1}\" stroke=\"#c0392b\" stroke-dasharray=\"5,4\"/>", left + pw);
+    }
+    let _ = writeln!(
+        s,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#333\"/>\n</svg>",
+        top + ph,
+        left + pw,
+        top + ph
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+        let mut results = BTreeMap::new();
+        let run = |t: f64| {
+            RunValues::from([
+                ("tcp1_gbps".to_string(), t),
+                ("cpu_tcp1_machine".to_string(), 2.0),
+            ])
+        };
+        results.insert(PeerKind::Plain, vec![run(10.0), run(12.0), run(11.0)]);
+        results.insert(PeerKind::Gateway, vec![run(9.0), run(8.0), run(10.0)]);
+        let machine = Machine::describe(Path::new("/nonexistent"));
+        let r = Report::new(
+            machine,
+            "cmd".into(),
+            3,
+            5,
+            &[PeerKind::Plain, PeerKind::Gateway],
+            results,
+            "/x".into(),
+        );
+        let g = r.peer(PeerKind::Gateway).unwrap();
+        assert_eq!(g.median["tcp1_gbps"], 9.0);
+        assert!((g.ratio_to_plain["tcp1_gbps"] - 9.0 / 11.0).abs() < 1e-9);
+        assert_eq!(g.median["tcp1_gbps_per_core"], 4.5);
+        assert!(r.markdown_table().contains("9.00 (0.82×)"));
+        assert!(r.findings()[0].contains("18% lower than plain"));
+        let svg = bars(
+            "t",
+            "u",
+            &["a"],
+            &[
+                ("plain".into(), vec![Some(1.0)]),
+                ("gateway".into(), vec![None]),
+            ],
+            Some(1.0),
+        );
+        assert!(
+            svg.starts_with("<svg") && svg.contains("n/a") && svg.trim_end().ends_with("</svg>")
+        );
+    }
+
+    #[test]
+    fn axis_is_round() {
+        assert_eq!(axis(9.0), (12.5, 2.5));
+        assert_eq!(axis(0.0), (1.0, 0.2));
+    }
+}

@@ -1,0 +1,117 @@
+//! The benchmark's topology: the harness's client → gateway → one backend, with the load generator's
+//! servers and an iperf3 server in the backend. Everything is removed when it drops (namespaces, veths,
+//! processes, threads).
+use std::net::Ipv4Addr;
+
+use anyhow::Context;
+use gateway_tests::{topology, Netns, Process, Topology};
+
+use super::{loadgen::Servers, IPERF_PORT};
+
+pub struct BenchTopology {
+    // Drop order: servers and iperf3 before the namespaces.
+    pub servers: Servers,
+    pub iperf_server: Process,
+    pub topo: Topology,
+}
+
+impl BenchTopology {
+    pub fn build() -> anyhow::Result<Self> {
+        // Checksum offload stays on (the default of veths, and what a real deployment has): this measures
+        // performance, not checksum correctness.
+        let topo = Topology::builder()
+            .backends(1)
+            .tx_checksum_offload_off(false)
+            .build()
+            .context("creating the topology")?;
+        // The client opens tens of thousands of short connections per run: a wide port range and TIME_WAIT
+        // reuse keep it from running out of ports (per-namespace sysctls, this namespace only).
+        topo.client()
+            .set_sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        topo.client().set_sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        let servers = Servers::start(topo.backend(1))?;
+        let iperf_server = spawn_iperf_server(topo.backend(1))?;
+        Ok(BenchTopology {
+            servers,
+            iperf_server,
+            topo,
+        })
+    }
+
+    pub fn client(&self) -> &Netns {
+        self.topo.client()
+    }
+
+    pub fn gateway(&self) -> &Netns {
+        self.topo.gateway()
+    }
+
+    /// Connections accepted so far by the load generator's servers in the backend.
+    pub fn backend_accepted(&self) -> u64 {
+        self.servers
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn backend_addr(&self) -> Ipv4Addr {
+        self.topo.backend_addr(1)
+    }
+
+    pub fn vip(&self) -> Ipv4Addr {
+        topology::vip(1)
+    }
+
+    /// Restarts the iperf3 server (after a client run that failed half-way and may have left it busy).
+    pub fn restart_iperf_server(&mut self) -> anyhow::Result<()> {
+        let _ = self.iperf_server.kill();
+        self.iperf_server = spawn_iperf_server(self.topo.backend(1))?;
+        Ok(())
+    }
+}
+
+fn spawn_iperf_server(ns: &Netns) -> anyhow::Result<Process> {
+    let port = IPERF_PORT.to_string();
+    let mut p = ns.spawn(&["iperf3", "-s", "-p", &port])?;
+    // iperf3 prints its banner once it listens.
+    for _ in 0..100 {
+        if gateway_tests::sockets::listening_sockets(ns, IPERF_PORT)
+            .map(|s| !s.is_empty())
+            .unwrap_or(false)
+        {
+            return Ok(p);
+        }
+        if let Some(st) = p.try_wait()? {
+            anyhow::bail!("iperf3 -s exited ({st}): {}", p.log_tail(10));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    anyhow::bail!("iperf3 -s did not listen on {IPERF_PORT}")
+}
+
+/// The Gateway address on the gateway namespace's `lo`, for the proxies' runs only (the eBPF gateway and plain
+/// forwarding must not have it); removed on drop.
+pub struct VipOnLo<'a> {
+    ns: &'a Netns,
+    cidr: String,
+}
+
+impl<'a> VipOnLo<'a> {
+    pub fn add(ns: &'a Netns, vip: Ipv4Addr) -> anyhow::Result<Self> {
+        let cidr = format!("{vip}/32");
+        ns.ip(&["addr", "add", &cidr, "dev", "lo"])
+            .with_context(|| format!("adding {cidr} to lo"))?;
+        Ok(VipOnLo { ns, cidr })
+    }
+}
+
+impl Drop for VipOnLo<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.ns.ip(&["addr", "del", &self.cidr, "dev", "lo"]) {
+            eprintln!(
+                "warning: removing {} from lo in {}: {e:#}",
+                self.cidr,
+                self.ns.name()
+            );
+        }
+    }
+}
