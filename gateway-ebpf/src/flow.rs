@@ -57,7 +57,7 @@ pub fn peer_key(flow: &Flow, proto: u8) -> FlowKey {
 /// reusing the 4-tuple: the old entries are removed and `None` is returned, so it is admitted afresh.
 #[inline(always)]
 pub fn track(pkt: &Packet, len: u32) -> Option<Flow> {
-    let entry = FLOWS.get_ptr_mut(&pkt.key)?;
+    let entry = FLOWS.get_ptr_mut(pkt.key)?;
     // SAFETY: pointer from a successful lookup; concurrent writers only OR bits and store timestamps, which
     // tolerate races (the agent's expiry allows for a stale timestamp of LAST_SEEN_GRANULARITY_NS).
     let flow = unsafe { &mut *entry };
@@ -68,8 +68,8 @@ pub fn track(pkt: &Packet, len: u32) -> Option<Flow> {
             && flow.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) != 0
         {
             let peer = peer_key(flow, pkt.key.proto);
-            let _ = FLOWS.remove(&peer);
-            let _ = FLOWS.remove(&pkt.key);
+            let _ = FLOWS.remove(peer);
+            let _ = FLOWS.remove(pkt.key);
             return None;
         }
         if flow.tcp_flags & bits != bits {
@@ -152,7 +152,7 @@ pub fn admit(
     while attempt < SNAT_ATTEMPTS {
         let port = min + (hash.wrapping_add(attempt.wrapping_mul(7919)) % span);
         reply_key.dport = (port as u16).to_be();
-        if FLOWS.insert(&reply_key, &reply, BPF_NOEXIST).is_ok() {
+        if FLOWS.insert(reply_key, reply, BPF_NOEXIST).is_ok() {
             claimed = true;
             break;
         }
@@ -177,8 +177,8 @@ pub fn admit(
         packets: 1,
         bytes: len as u64,
     };
-    if FLOWS.insert(key, &original, BPF_NOEXIST).is_err() {
-        let _ = FLOWS.remove(&reply_key);
+    if FLOWS.insert(key, original, BPF_NOEXIST).is_err() {
+        let _ = FLOWS.remove(reply_key);
         // Lost a race with another CPU admitting the same packet's flow: use its entry.
         // SAFETY: a plain read of a map value returned by a successful lookup.
         return match unsafe { FLOWS.get(key) } {

@@ -120,7 +120,7 @@ fn icmp_error(ctx: &TcContext, err: &IcmpError) -> i32 {
         _pad: [0; 3],
     };
     // SAFETY: a plain read of a map value returned by a successful lookup.
-    let Some(entry) = (unsafe { FLOWS.get(&reverse) }) else {
+    let Some(entry) = (unsafe { FLOWS.get(reverse) }) else {
         return TC_ACT_OK;
     };
     let entry = *entry;
@@ -166,7 +166,7 @@ fn forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> i32 {
 fn redirect(ifindex: u32) -> i32 {
     // SAFETY: plain helper call without neighbour parameters.
     let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32;
-    if rc != TC_ACT_REDIRECT as i32 {
+    if rc != TC_ACT_REDIRECT {
         count(counter::REDIRECT_FAILED);
     }
     rc
