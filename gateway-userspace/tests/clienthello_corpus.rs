@@ -21,7 +21,10 @@ fn manifest() -> Vec<(String, String)> {
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| {
             let mut words = l.split_whitespace();
-            (words.next().unwrap().to_string(), words.next().expect("outcome").to_string())
+            (
+                words.next().unwrap().to_string(),
+                words.next().expect("outcome").to_string(),
+            )
         })
         .collect()
 }
@@ -43,7 +46,10 @@ fn outcome_byte_by_byte(bytes: &[u8]) -> String {
         match clienthello::parse(&bytes[..end]) {
             Ok(None) => continue,
             Ok(Some(hello)) => {
-                assert_eq!(hello.records_len, end, "a hello completes exactly at its last byte");
+                assert_eq!(
+                    hello.records_len, end,
+                    "a hello completes exactly at its last byte"
+                );
                 return outcome(Ok(hello));
             }
             Err(e) => return outcome(Err(e)),
@@ -58,11 +64,14 @@ fn every_corpus_case_has_its_expected_outcome() {
     assert!(cases.len() >= 25, "corpus too small: {}", cases.len());
     let mut failures = Vec::new();
     for (file, expected) in &cases {
-        let bytes = std::fs::read(corpus_dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let bytes =
+            std::fs::read(corpus_dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let whole = outcome(clienthello::parse_complete(&bytes));
         let split = outcome_byte_by_byte(&bytes);
         if &whole != expected || &split != expected {
-            failures.push(format!("{file}: expected {expected}, whole {whole}, byte by byte {split}"));
+            failures.push(format!(
+                "{file}: expected {expected}, whole {whole}, byte by byte {split}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -71,11 +80,23 @@ fn every_corpus_case_has_its_expected_outcome() {
 #[test]
 fn corpus_has_real_clients_and_a_post_quantum_sized_hello() {
     let cases = manifest();
-    for file in ["openssl_s_client.bin", "curl.bin", "rustls.bin", "pq_sized.bin"] {
-        assert!(cases.iter().any(|(f, _)| f == file), "{file} missing from MANIFEST");
+    for file in [
+        "openssl_s_client.bin",
+        "curl.bin",
+        "rustls.bin",
+        "pq_sized.bin",
+    ] {
+        assert!(
+            cases.iter().any(|(f, _)| f == file),
+            "{file} missing from MANIFEST"
+        );
     }
     let pq = std::fs::read(corpus_dir().join("pq_sized.bin")).unwrap();
-    assert!(pq.len() > 1460, "post-quantum hello must exceed one segment ({} bytes)", pq.len());
+    assert!(
+        pq.len() > 1460,
+        "post-quantum hello must exceed one segment ({} bytes)",
+        pq.len()
+    );
 }
 
 /// Records the first bytes a rustls client (the harness's) sends to a local socket.
@@ -105,14 +126,21 @@ fn rustls_hello(sni: &str) -> Vec<u8> {
 #[test]
 fn live_rustls_hello_gives_its_sni() {
     let hello = rustls_hello("live.example.com");
-    assert_eq!(outcome(clienthello::parse_complete(&hello)), "sni:live.example.com");
+    assert_eq!(
+        outcome(clienthello::parse_complete(&hello)),
+        "sni:live.example.com"
+    );
 }
 
 /// Writes `rustls.bin` (run with `--ignored record_rustls_hello` when the rustls version changes).
 #[test]
 #[ignore = "rewrites a corpus file"]
 fn record_rustls_hello() {
-    std::fs::write(corpus_dir().join("rustls.bin"), rustls_hello("rustls.example.com")).unwrap();
+    std::fs::write(
+        corpus_dir().join("rustls.bin"),
+        rustls_hello("rustls.example.com"),
+    )
+    .unwrap();
 }
 
 /// A small deterministic PRNG (xorshift64*), so failures reproduce.
@@ -187,12 +215,18 @@ fn mutated_corpus_never_panics() {
         };
         *outcomes.entry(label).or_default() += 1;
         // The incremental answer must agree with the whole-buffer one for any prefix that decides.
-        if runs % 64 == 0 {
+        if runs.is_multiple_of(64) {
             let _ = outcome_byte_by_byte(&mutated);
         }
         runs += 1;
     }
-    eprintln!("{runs} mutated inputs in {:?}: {outcomes:?}", started.elapsed());
+    eprintln!(
+        "{runs} mutated inputs in {:?}: {outcomes:?}",
+        started.elapsed()
+    );
     assert!(runs >= 1_000, "too few runs in the time budget: {runs}");
-    assert!(outcomes.contains_key("complete") && outcomes.contains_key("malformed"), "{outcomes:?}");
+    assert!(
+        outcomes.contains_key("complete") && outcomes.contains_key("malformed"),
+        "{outcomes:?}"
+    );
 }

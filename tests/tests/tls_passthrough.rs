@@ -28,7 +28,9 @@ spec: {controllerName: ebpf-gateway.dev/gatewayclass-controller}
 
 /// A Gateway at `198.18.100.{vip}` with one TLS Passthrough listener on 443.
 fn gateway(name: &str, vip: u8, hostname: Option<&str>) -> String {
-    let hostname = hostname.map(|h| format!(", hostname: \"{h}\"")).unwrap_or_default();
+    let hostname = hostname
+        .map(|h| format!(", hostname: \"{h}\""))
+        .unwrap_or_default();
     format!(
         r#"---
 apiVersion: gateway.networking.k8s.io/v1
@@ -46,7 +48,13 @@ spec:
 
 /// A TLSRoute on `gateway` for `hostnames` to the Service `backend` (namespace `backend_ns`), with extra
 /// backendRef fields (e.g. `group: x, kind: Y`) and annotations.
-fn route(name: &str, gateway: &str, hostnames: &[&str], backend_ref: &str, annotations: &str) -> String {
+fn route(
+    name: &str,
+    gateway: &str,
+    hostnames: &[&str],
+    backend_ref: &str,
+    annotations: &str,
+) -> String {
     let hostnames: Vec<String> = hostnames.iter().map(|h| format!("\"{h}\"")).collect();
     format!(
         r#"---
@@ -99,7 +107,10 @@ struct Setup<'t> {
 /// abc.example.com and other.example.com (conformance's `tls-checks-certificate`).
 fn start<'t>(topo: &'t Topology, deployments: &[&str]) -> Result<Setup<'t>> {
     let pki = Pki::new("tls-checks-ca")?;
-    let cert: CertBundle = pki.issue("tls-checks-certificate", &["abc.example.com", "other.example.com"])?;
+    let cert: CertBundle = pki.issue(
+        "tls-checks-certificate",
+        &["abc.example.com", "other.example.com"],
+    )?;
     let mut echoes = Vec::new();
     for (i, deployment) in deployments.iter().enumerate() {
         let cfg = EchoConfig::new(&format!("{deployment}-5f9c-x{}", i + 1), "infra")
@@ -108,7 +119,12 @@ fn start<'t>(topo: &'t Topology, deployments: &[&str]) -> Result<Setup<'t>> {
             .tls_pem(&cert.cert_pem, &cert.key_pem);
         echoes.push(spawn_echo(topo.backend(i + 1), &cfg)?);
     }
-    Ok(Setup { topo, pki, _echoes: echoes, dir: tempfile::tempdir()? })
+    Ok(Setup {
+        topo,
+        pki,
+        _echoes: echoes,
+        dir: tempfile::tempdir()?,
+    })
 }
 
 impl Setup<'_> {
@@ -123,7 +139,11 @@ impl Setup<'_> {
         let addr = SocketAddr::from((topology::vip(vip), PORT));
         let mut last = None;
         for _ in 0..20 {
-            match self.topo.client().run(|| clients::tls_echo_test(addr, sni, self.pki.ca_pem())) {
+            match self
+                .topo
+                .client()
+                .run(|| clients::tls_echo_test(addr, sni, self.pki.ca_pem()))
+            {
                 Ok(reply) => return Ok(reply),
                 Err(e) => last = Some(e),
             }
@@ -136,7 +156,10 @@ impl Setup<'_> {
     /// does not count, per the conformance suite).
     fn assert_rejected(&self, vip: u8, sni: &str) -> Result<()> {
         let addr = SocketAddr::from((topology::vip(vip), PORT));
-        let outcome = self.topo.client().run(|| raw_tls_dial(addr, sni, self.pki.ca_pem()))?;
+        let outcome = self
+            .topo
+            .client()
+            .run(|| raw_tls_dial(addr, sni, self.pki.ca_pem()))?;
         match outcome {
             DialOutcome::ResetOrEof(kind) => {
                 eprintln!("SNI {sni} via {addr}: rejected ({kind:?})");
@@ -179,11 +202,51 @@ fn raw_tls_dial(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<DialOutcome
     Ok(DialOutcome::Handshake)
 }
 
+/// A one-connection TCP relay on 127.0.0.1 towards `upstream` that writes the first `slow` bytes from its client
+/// one byte per segment (TCP_NODELAY and a pause between bytes), then copies normally. Call inside a namespace.
+fn byte_by_byte_relay(upstream: SocketAddr, slow: usize) -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let local = listener.local_addr()?;
+    let up = TcpStream::connect_timeout(&upstream, Duration::from_secs(3))?;
+    up.set_nodelay(true)?;
+    std::thread::spawn(move || -> Result<()> {
+        let (down, _) = listener.accept()?;
+        let (mut down_r, mut up_w) = (down.try_clone()?, up.try_clone()?);
+        let (mut up_r, mut down_w) = (up, down);
+        std::thread::spawn(move || std::io::copy(&mut up_r, &mut down_w));
+        let mut sent = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = down_r.read(&mut buf)?;
+            if n == 0 {
+                up_w.shutdown(std::net::Shutdown::Write)?;
+                return Ok(());
+            }
+            for b in &buf[..n] {
+                up_w.write_all(std::slice::from_ref(b))?;
+                sent += 1;
+                if sent < slow {
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            }
+        }
+    });
+    Ok(local)
+}
+
 fn check_reply(reply: &TcpEchoReply, deployment: &str, sni: &str) -> Result<()> {
-    ensure!(reply.pod.starts_with(&format!("{deployment}-")), "answered by {} not {deployment}", reply.pod);
+    ensure!(
+        reply.pod.starts_with(&format!("{deployment}-")),
+        "answered by {} not {deployment}",
+        reply.pod
+    );
     ensure!(reply.namespace == "infra", "namespace {}", reply.namespace);
     ensure!(reply.is_tls, "the backend did not terminate TLS");
-    let seen = reply.tls.as_ref().map(|t| t.server_name.as_str()).unwrap_or_default();
+    let seen = reply
+        .tls
+        .as_ref()
+        .map(|t| t.server_name.as_str())
+        .unwrap_or_default();
     ensure!(seen == sni, "backend saw SNI {seen:?}, client sent {sni:?}");
     Ok(())
 }
@@ -193,7 +256,9 @@ fn metric(gw: &GatewayProcess, needle: &str) -> Result<u64> {
     ensure!(status == 200);
     Ok(body
         .lines()
-        .filter(|l| l.starts_with("gateway_tls_passthrough_connections_total") && l.contains(needle))
+        .filter(|l| {
+            l.starts_with("gateway_tls_passthrough_connections_total") && l.contains(needle)
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum())
 }
@@ -206,7 +271,13 @@ fn tls_route_simple_same_namespace() -> Result<()> {
     let gw = setup.gateway(&format!(
         "{}{}{}",
         gateway("gateway-tlsroute", 1, Some("*.example.com")),
-        route("gateway-conformance-infra-test", "gateway-tlsroute", &["abc.example.com"], "name: tcp-backend, port: 443", ""),
+        route(
+            "gateway-conformance-infra-test",
+            "gateway-tlsroute",
+            &["abc.example.com"],
+            "name: tcp-backend, port: 443",
+            ""
+        ),
         service("tcp-backend", "infra", topo.backend_addr(1)),
     ))?;
 
@@ -224,13 +295,29 @@ fn tls_route_simple_same_namespace() -> Result<()> {
         ca.display()
     );
     let out = topo.client().exec(&["sh", "-c", &script])?;
-    let json = out.lines().find(|l| l.starts_with('{')).with_context(|| format!("s_client output: {out}"))?;
+    let json = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("s_client output: {out}"))?;
     let reply: TcpEchoReply = serde_json::from_str(json)?;
+    check_reply(&reply, "tcp-backend", "abc.example.com")?;
+
+    // A ClientHello written one byte at a time (a relay in the client namespace between rustls and the Gateway
+    // sends the first 600 bytes one per segment): reassembled and routed, and the handshake completes.
+    let relay = topo
+        .client()
+        .run(|| byte_by_byte_relay(SocketAddr::from((topology::vip(1), PORT)), 600))?;
+    let reply = topo
+        .client()
+        .run(|| clients::tls_echo_test(relay, "abc.example.com", setup.pki.ca_pem()))?;
     check_reply(&reply, "tcp-backend", "abc.example.com")?;
 
     // Not TLS at all, and TLS without SNI: reset, counted by reason.
     let plain = topo.client().run(|| -> Result<String> {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((topology::vip(1), PORT)), Duration::from_secs(3))?;
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((topology::vip(1), PORT)),
+            Duration::from_secs(3),
+        )?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         s.write_all(b"GET / HTTP/1.1\r\nHost: abc.example.com\r\n\r\n")?;
         let mut buf = Vec::new();
@@ -240,15 +327,27 @@ fn tls_route_simple_same_namespace() -> Result<()> {
             Err(e) => format!("{:?}", e.kind()),
         })
     })?;
-    ensure!(plain == "ConnectionReset" || plain == "eof", "plain HTTP got {plain}");
+    ensure!(
+        plain == "ConnectionReset" || plain == "eof",
+        "plain HTTP got {plain}"
+    );
     let no_sni = topo.client().run(|| {
         let out = std::process::Command::new("sh")
-            .args(["-c", &format!("timeout 10 openssl s_client -connect {}:{PORT} -noservername </dev/null 2>&1", topology::vip(1))])
+            .args([
+                "-c",
+                &format!(
+                    "timeout 10 openssl s_client -connect {}:{PORT} -noservername </dev/null 2>&1",
+                    topology::vip(1)
+                ),
+            ])
             .output()?;
         anyhow::Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     })?;
     ensure!(!no_sni.contains("alert"), "a TLS alert was sent: {no_sni}");
-    ensure!(!no_sni.contains("BEGIN CERTIFICATE") && !no_sni.contains("Server certificate"), "handshake completed: {no_sni}");
+    ensure!(
+        !no_sni.contains("BEGIN CERTIFICATE") && !no_sni.contains("Server certificate"),
+        "handshake completed: {no_sni}"
+    );
     ensure!(metric(&gw, "reason=\"not_tls\"")? >= 1, "not_tls counted");
     ensure!(metric(&gw, "reason=\"no_sni\"")? >= 1, "no_sni counted");
     ensure!(metric(&gw, "outcome=\"routed\"")? >= 2, "routed counted");
@@ -280,10 +379,22 @@ fn tls_route_hostname_intersection() -> Result<()> {
     .concat();
     let _gw = setup.gateway(&yaml)?;
 
-    check_reply(&setup.echo(1, "abc.example.com")?, "tls-backend", "abc.example.com")?;
+    check_reply(
+        &setup.echo(1, "abc.example.com")?,
+        "tls-backend",
+        "abc.example.com",
+    )?;
     for vip in 2..=4 {
-        check_reply(&setup.echo(vip, "abc.example.com")?, "tls-backend", "abc.example.com")?;
-        check_reply(&setup.echo(vip, "other.example.com")?, "tls-backend-2", "other.example.com")?;
+        check_reply(
+            &setup.echo(vip, "abc.example.com")?,
+            "tls-backend",
+            "abc.example.com",
+        )?;
+        check_reply(
+            &setup.echo(vip, "other.example.com")?,
+            "tls-backend-2",
+            "other.example.com",
+        )?;
     }
     for vip in 1..=3 {
         setup.assert_rejected(vip, "non.matching.com")?;
@@ -299,7 +410,13 @@ fn tls_route_invalid_backend_refs_are_rejected() -> Result<()> {
     let setup = start(&topo, &["tls-backend"])?;
     let yaml = [
         gateway("gateway-tlsroute", 1, None),
-        route("nonexistent", "gateway-tlsroute", &["example.com"], "name: nonexistent, port: 443", ""),
+        route(
+            "nonexistent",
+            "gateway-tlsroute",
+            &["example.com"],
+            "name: nonexistent, port: 443",
+            "",
+        ),
         route(
             "unknown-kind",
             "gateway-tlsroute",
@@ -307,16 +424,29 @@ fn tls_route_invalid_backend_refs_are_rejected() -> Result<()> {
             "group: unknownkind.example.com, kind: NonExistent, name: tls-backend, port: 443",
             "",
         ),
-        route("valid", "gateway-tlsroute", &["abc.example.com"], "name: tls-backend, port: 443", ""),
+        route(
+            "valid",
+            "gateway-tlsroute",
+            &["abc.example.com"],
+            "name: tls-backend, port: 443",
+            "",
+        ),
         service("tls-backend", "infra", topo.backend_addr(1)),
     ]
     .concat();
     let gw = setup.gateway(&yaml)?;
     // The valid route works, so the listener is up when the others are rejected.
-    check_reply(&setup.echo(1, "abc.example.com")?, "tls-backend", "abc.example.com")?;
+    check_reply(
+        &setup.echo(1, "abc.example.com")?,
+        "tls-backend",
+        "abc.example.com",
+    )?;
     setup.assert_rejected(1, "example.com")?;
     setup.assert_rejected(1, "unknown.example.com")?;
-    ensure!(metric(&gw, "reason=\"invalid_backend\"")? >= 2, "invalid_backend counted");
+    ensure!(
+        metric(&gw, "reason=\"invalid_backend\"")? >= 2,
+        "invalid_backend counted"
+    );
     Ok(())
 }
 
@@ -355,7 +485,11 @@ spec:
     ]
     .concat();
     let _gw = setup.gateway(&yaml)?;
-    check_reply(&setup.echo(1, "abc.example.com")?, "tls-backend", "abc.example.com")?;
+    check_reply(
+        &setup.echo(1, "abc.example.com")?,
+        "tls-backend",
+        "abc.example.com",
+    )?;
     setup.assert_rejected(1, "other.example.com")?;
     Ok(())
 }
@@ -388,10 +522,15 @@ fn tls_route_weights_and_table_swap_keep_established_connections() -> Result<()>
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for _ in 0..200 {
         let reply = setup.echo(1, "abc.example.com")?;
-        *counts.entry(clients::deployment_of(&reply.pod).to_string()).or_default() += 1;
+        *counts
+            .entry(clients::deployment_of(&reply.pod).to_string())
+            .or_default() += 1;
     }
     let b = counts.get("tls-b").copied().unwrap_or(0) as f64 / 200.0;
-    ensure!((b - 0.75).abs() < 0.12, "tls-b share {b} (want 0.75): {counts:?}");
+    ensure!(
+        (b - 0.75).abs() < 0.12,
+        "tls-b share {b} (want 0.75): {counts:?}"
+    );
 
     // Hold a connection, move all weight to tls-a, and check the held one still works afterwards.
     let addr = SocketAddr::from((topology::vip(1), PORT));
@@ -400,12 +539,18 @@ fn tls_route_weights_and_table_swap_keep_established_connections() -> Result<()>
         Ok(s)
     })?;
     let cfg = clients::tls_client_config(setup.pki.ca_pem(), &[])?;
-    let conn = rustls::ClientConnection::new(cfg, rustls::pki_types::ServerName::try_from("abc.example.com")?)?;
+    let conn = rustls::ClientConnection::new(
+        cfg,
+        rustls::pki_types::ServerName::try_from("abc.example.com")?,
+    )?;
     let mut tls = rustls::StreamOwned::new(conn, held);
     tls.sock.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut greeting = String::new();
     BufReader::new(&mut tls).read_line(&mut greeting)?;
-    ensure!(greeting.starts_with("Gateway API Test TCP Server"), "greeting {greeting:?}");
+    ensure!(
+        greeting.starts_with("Gateway API Test TCP Server"),
+        "greeting {greeting:?}"
+    );
 
     write_manifests(setup.dir.path(), &format!("{CLASS}{}", routes(0)))?;
     let mut moved = false;
@@ -413,7 +558,10 @@ fn tls_route_weights_and_table_swap_keep_established_connections() -> Result<()>
         let reply = setup.echo(1, "abc.example.com")?;
         if clients::deployment_of(&reply.pod) == "tls-a" {
             let all_a = (0..10).all(|_| {
-                setup.echo(1, "abc.example.com").map(|r| clients::deployment_of(&r.pod) == "tls-a").unwrap_or(false)
+                setup
+                    .echo(1, "abc.example.com")
+                    .map(|r| clients::deployment_of(&r.pod) == "tls-a")
+                    .unwrap_or(false)
             });
             if all_a {
                 moved = true;
@@ -422,10 +570,16 @@ fn tls_route_weights_and_table_swap_keep_established_connections() -> Result<()>
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    ensure!(moved, "weight 0 backend still receives connections after the update");
+    ensure!(
+        moved,
+        "weight 0 backend still receives connections after the update"
+    );
     tls.write_all(b"PING\n")?;
     let mut line = String::new();
     BufReader::new(&mut tls).read_line(&mut line)?;
-    ensure!(line == "PONG\n", "held connection answered {line:?} after the table swap");
+    ensure!(
+        line == "PONG\n",
+        "held connection answered {line:?} after the table swap"
+    );
     Ok(())
 }

@@ -9,7 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let data = &data[..data.len().min(clienthello::MAX_BUFFERED + 64)];
     if let Ok(Some(hello)) = clienthello::parse(data) {
         assert!(hello.records_len <= data.len());
-        assert_eq!(clienthello::parse(&data[..hello.records_len]), Ok(Some(hello.clone())));
+        assert_eq!(
+            clienthello::parse(&data[..hello.records_len]),
+            Ok(Some(hello.clone()))
+        );
         for cut in [hello.records_len / 2, hello.records_len.saturating_sub(1)] {
             if let Ok(Some(other)) = clienthello::parse(&data[..cut]) {
                 panic!("prefix of {cut} bytes completed with {other:?}, the whole with {hello:?}");

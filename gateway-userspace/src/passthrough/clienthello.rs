@@ -13,7 +13,9 @@
 //!   entry; other name types are ignored;
 //! - the host name is ASCII letters, digits, `-`, `_` and dots, labels of 1..=63 bytes, at most 253 bytes, not an
 //!   IP literal; it is lower-cased and one trailing dot is removed (`Example.COM.` routes as `example.com`).
-use tls_parser::{parse_tls_client_hello_extension, parse_tls_handshake_client_hello, TlsExtension};
+use tls_parser::{
+    parse_tls_client_hello_extension, parse_tls_handshake_client_hello, TlsExtension,
+};
 
 /// Largest ClientHello handshake body accepted (RFC 8446 allows 2^24; real hellos, post-quantum ones included,
 /// stay below 4 KiB).
@@ -102,10 +104,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<ClientHello>, ClientHelloError> {
             return incomplete(buf);
         };
         if header[0] != RECORD_HANDSHAKE {
-            return Err(ClientHelloError::Malformed("non-handshake record before the ClientHello completed"));
+            return Err(ClientHelloError::Malformed(
+                "non-handshake record before the ClientHello completed",
+            ));
         }
         if header[1] != 3 {
-            return Err(if at == 0 { ClientHelloError::NotTls } else { ClientHelloError::Malformed("record version") });
+            return Err(if at == 0 {
+                ClientHelloError::NotTls
+            } else {
+                ClientHelloError::Malformed("record version")
+            });
         }
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
         if len > MAX_RECORD_LEN {
@@ -128,7 +136,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<ClientHello>, ClientHelloError> {
         if let Some(body_len) = check_handshake_header(&handshake)? {
             if handshake.len() >= 4 + body_len {
                 let server_name = server_name(&handshake[4..4 + body_len])?;
-                return Ok(Some(ClientHello { server_name, records_len: at }));
+                return Ok(Some(ClientHello {
+                    server_name,
+                    records_len: at,
+                }));
             }
         }
     }
@@ -141,7 +152,9 @@ pub fn parse_complete(buf: &[u8]) -> Result<ClientHello, ClientHelloError> {
 
 fn incomplete(buf: &[u8]) -> Result<Option<ClientHello>, ClientHelloError> {
     if buf.len() >= MAX_BUFFERED {
-        return Err(ClientHelloError::Oversized("too many bytes before the ClientHello completed"));
+        return Err(ClientHelloError::Oversized(
+            "too many bytes before the ClientHello completed",
+        ));
     }
     Ok(None)
 }
@@ -151,22 +164,28 @@ fn check_handshake_header(handshake: &[u8]) -> Result<Option<usize>, ClientHello
     match handshake.first() {
         None => return Ok(None),
         Some(&HANDSHAKE_CLIENT_HELLO) => {}
-        Some(_) => return Err(ClientHelloError::Malformed("first handshake message is not a ClientHello")),
+        Some(_) => {
+            return Err(ClientHelloError::Malformed(
+                "first handshake message is not a ClientHello",
+            ))
+        }
     }
     let Some(len) = handshake.get(1..4) else {
         return Ok(None);
     };
     let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
     if len > MAX_HANDSHAKE_LEN {
-        return Err(ClientHelloError::Oversized("ClientHello longer than 16 KiB"));
+        return Err(ClientHelloError::Oversized(
+            "ClientHello longer than 16 KiB",
+        ));
     }
     Ok(Some(len))
 }
 
 /// Parses a complete ClientHello body with tls-parser and extracts the host name.
 fn server_name(body: &[u8]) -> Result<Option<String>, ClientHelloError> {
-    let (rest, hello) =
-        parse_tls_handshake_client_hello(body).map_err(|_| ClientHelloError::Malformed("ClientHello fields"))?;
+    let (rest, hello) = parse_tls_handshake_client_hello(body)
+        .map_err(|_| ClientHelloError::Malformed("ClientHello fields"))?;
     if !rest.is_empty() {
         return Err(ClientHelloError::Malformed("bytes after the extensions"));
     }
@@ -192,7 +211,9 @@ fn server_name(body: &[u8]) -> Result<Option<String>, ClientHelloError> {
         };
         // tls-parser stops at the first entry that does not parse; insist the list was consumed exactly.
         let data = &raw[4..raw.len() - rest.len()];
-        let listed = data.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+        let listed = data
+            .get(..2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
         let parsed: usize = names.iter().map(|(_, n)| 3 + n.len()).sum();
         let list_len = data.len().checked_sub(2);
         if listed.is_none() || listed != list_len || Some(parsed) != list_len || names.is_empty() {
@@ -213,13 +234,19 @@ pub fn normalize_host_name(raw: &[u8]) -> Result<String, ClientHelloError> {
     let name = std::str::from_utf8(raw).map_err(|_| invalid())?;
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     let label_ok = |l: &str| {
-        (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
         return Err(invalid());
     }
     // IPv4 literals pass the character check; IPv6 ones (with ':') already failed it.
-    if name.parse::<std::net::Ipv4Addr>().is_ok() || name.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+    if name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name
+            .split('.')
+            .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(invalid());
     }
     Ok(name)
@@ -262,7 +289,10 @@ mod tests {
     #[test]
     fn simple_hello_gives_its_lower_cased_name() {
         let h = hello(&sni_ext(&[(0, b"ABC.Example.com.")]));
-        assert_eq!(parse_complete(&h).unwrap().server_name.as_deref(), Some("abc.example.com"));
+        assert_eq!(
+            parse_complete(&h).unwrap().server_name.as_deref(),
+            Some("abc.example.com")
+        );
         for cut in 0..h.len() {
             assert_eq!(parse(&h[..cut]), Ok(None), "prefix of {cut} bytes");
         }
@@ -271,17 +301,34 @@ mod tests {
     #[test]
     fn rejections_by_reason() {
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Err(ClientHelloError::NotTls));
-        assert_eq!(parse(&[0x80, 0x2e, 0x01, 0x03, 0x01]), Err(ClientHelloError::Sslv2));
+        assert_eq!(
+            parse(&[0x80, 0x2e, 0x01, 0x03, 0x01]),
+            Err(ClientHelloError::Sslv2)
+        );
         let two = hello(&sni_ext(&[(0, b"a.example.com"), (0, b"b.example.com")]));
         assert_eq!(parse(&two), Err(ClientHelloError::AmbiguousServerName));
         let ip = hello(&sni_ext(&[(0, b"192.0.2.1")]));
         assert_eq!(parse(&ip).unwrap_err().reason(), "invalid_sni");
         let other_type = hello(&sni_ext(&[(7, b"opaque")]));
         assert_eq!(parse_complete(&other_type).unwrap().server_name, None);
-        assert_eq!(parse(&[22, 3, 1, 0x40, 0x01]).unwrap_err().reason(), "oversized");
-        assert_eq!(parse(&[22, 3, 1, 0, 4, 1, 0x01, 0, 0]).unwrap_err().reason(), "oversized");
-        assert_eq!(parse(&[22, 3, 1, 0, 4, 2, 0, 0, 0]).unwrap_err().reason(), "malformed");
+        assert_eq!(
+            parse(&[22, 3, 1, 0x40, 0x01]).unwrap_err().reason(),
+            "oversized"
+        );
+        assert_eq!(
+            parse(&[22, 3, 1, 0, 4, 1, 0x01, 0, 0])
+                .unwrap_err()
+                .reason(),
+            "oversized"
+        );
+        assert_eq!(
+            parse(&[22, 3, 1, 0, 4, 2, 0, 0, 0]).unwrap_err().reason(),
+            "malformed"
+        );
         // An empty server_name extension (found by the mutation test: a length underflow).
-        assert_eq!(parse(&hello(&[0, 0, 0, 0])).unwrap_err().reason(), "malformed");
+        assert_eq!(
+            parse(&hello(&[0, 0, 0, 0])).unwrap_err().reason(),
+            "malformed"
+        );
     }
 }

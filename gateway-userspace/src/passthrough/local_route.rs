@@ -20,7 +20,10 @@ pub const ROUTE_PROTOCOL: &str = "250";
 #[derive(Debug, thiserror::Error)]
 pub enum LocalRouteError {
     #[error("running `ip {args}`: {source}")]
-    Spawn { args: String, source: std::io::Error },
+    Spawn {
+        args: String,
+        source: std::io::Error,
+    },
     #[error("`ip {args}` failed: {stderr}")]
     Failed { args: String, stderr: String },
 }
@@ -36,7 +39,15 @@ impl LocalRoutes {
     pub fn adopt() -> Self {
         let mut installed = BTreeSet::new();
         for family in ["-4", "-6"] {
-            match ip(&[family, "route", "show", "table", "local", "proto", ROUTE_PROTOCOL]) {
+            match ip(&[
+                family,
+                "route",
+                "show",
+                "table",
+                "local",
+                "proto",
+                ROUTE_PROTOCOL,
+            ]) {
                 Ok(out) => installed.extend(out.lines().filter_map(parse_route_line)),
                 Err(e) => tracing::debug!(error = %e, "listing local routes"),
             }
@@ -87,8 +98,24 @@ fn parse_route_line(line: &str) -> Option<IpAddr> {
 }
 
 fn route_cmd(verb: &str, addr: IpAddr) -> Result<(), LocalRouteError> {
-    let prefix = if addr.is_ipv4() { format!("{addr}/32") } else { format!("{addr}/128") };
-    ip(&["route", verb, "local", &prefix, "dev", "lo", "table", "local", "proto", ROUTE_PROTOCOL]).map(|_| ())
+    let prefix = if addr.is_ipv4() {
+        format!("{addr}/32")
+    } else {
+        format!("{addr}/128")
+    };
+    ip(&[
+        "route",
+        verb,
+        "local",
+        &prefix,
+        "dev",
+        "lo",
+        "table",
+        "local",
+        "proto",
+        ROUTE_PROTOCOL,
+    ])
+    .map(|_| ())
 }
 
 fn ip(args: &[&str]) -> Result<String, LocalRouteError> {
@@ -96,10 +123,16 @@ fn ip(args: &[&str]) -> Result<String, LocalRouteError> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|source| LocalRouteError::Spawn { args: joined.clone(), source })?;
+        .map_err(|source| LocalRouteError::Spawn {
+            args: joined.clone(),
+            source,
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(LocalRouteError::Failed { args: joined, stderr });
+        return Err(LocalRouteError::Failed {
+            args: joined,
+            stderr,
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -110,8 +143,14 @@ mod tests {
 
     #[test]
     fn parses_ip_route_output() {
-        assert_eq!(parse_route_line("local 198.18.100.1 dev lo proto 250 scope host"), "198.18.100.1".parse().ok());
-        assert_eq!(parse_route_line("local 2001:db8::1 dev lo proto 250 metric 1024 pref medium"), "2001:db8::1".parse().ok());
+        assert_eq!(
+            parse_route_line("local 198.18.100.1 dev lo proto 250 scope host"),
+            "198.18.100.1".parse().ok()
+        );
+        assert_eq!(
+            parse_route_line("local 2001:db8::1 dev lo proto 250 metric 1024 pref medium"),
+            "2001:db8::1".parse().ok()
+        );
         assert_eq!(parse_route_line("broadcast 127.255.255.255 dev lo"), None);
     }
 }

@@ -73,8 +73,20 @@ impl Settings {
     /// fractional), `GATEWAY_TLS_MAX_PENDING` and `GATEWAY_TLS_MAX_PENDING_PER_SOURCE`.
     pub fn from_env() -> Self {
         let mut s = Self::default();
-        let secs = |name: &str| std::env::var(name).ok()?.parse::<f64>().ok().filter(|v| *v > 0.0);
-        let count = |name: &str| std::env::var(name).ok()?.parse::<usize>().ok().filter(|v| *v > 0);
+        let secs = |name: &str| {
+            std::env::var(name)
+                .ok()?
+                .parse::<f64>()
+                .ok()
+                .filter(|v| *v > 0.0)
+        };
+        let count = |name: &str| {
+            std::env::var(name)
+                .ok()?
+                .parse::<usize>()
+                .ok()
+                .filter(|v| *v > 0)
+        };
         if let Some(v) = secs("GATEWAY_TLS_HANDSHAKE_TIMEOUT") {
             s.handshake_timeout = Duration::from_secs_f64(v);
         }
@@ -109,7 +121,11 @@ pub enum ConnectionError {
     Overloaded,
     /// Connecting to the picked endpoint failed or timed out.
     #[error("connecting to backend {backend} at {endpoint}: {source}")]
-    BackendConnect { backend: String, endpoint: SocketAddr, source: io::Error },
+    BackendConnect {
+        backend: String,
+        endpoint: SocketAddr,
+        source: io::Error,
+    },
     /// Reading from the client failed before the ClientHello completed.
     #[error("reading the ClientHello: {0}")]
     ClientRead(io::Error),
@@ -134,7 +150,10 @@ impl ConnectionError {
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     #[error("binding TLS passthrough listener {address}: {source}")]
-    Bind { address: SocketAddr, source: io::Error },
+    Bind {
+        address: SocketAddr,
+        source: io::Error,
+    },
 }
 
 /// The TLS passthrough proxy of the agent: one accept task per (address, port), tables swapped on update.
@@ -171,8 +190,15 @@ impl Proxy {
     }
 
     /// Like [`Self::new`] with the given local routes state (tests use an empty one).
-    pub fn with_local_routes(settings: Settings, metrics: PassthroughMetrics, local_routes: LocalRoutes) -> Self {
-        let limits = Arc::new(PendingLimits::new(settings.max_pending, settings.max_pending_per_source));
+    pub fn with_local_routes(
+        settings: Settings,
+        metrics: PassthroughMetrics,
+        local_routes: LocalRoutes,
+    ) -> Self {
+        let limits = Arc::new(PendingLimits::new(
+            settings.max_pending,
+            settings.max_pending_per_source,
+        ));
         Self {
             settings,
             metrics,
@@ -202,8 +228,13 @@ impl Proxy {
         let mut wanted: BTreeMap<SocketAddr, (String, &TlsPassthrough)> = BTreeMap::new();
         for gateway in &ir.gateways {
             for listener in &gateway.listeners {
-                let ListenerKind::TlsPassthrough(tls) = &listener.kind else { continue };
-                let name = format!("{}/{}/{}", gateway.gateway.namespace, gateway.gateway.name, listener.name);
+                let ListenerKind::TlsPassthrough(tls) = &listener.kind else {
+                    continue;
+                };
+                let name = format!(
+                    "{}/{}/{}",
+                    gateway.gateway.namespace, gateway.gateway.name, listener.name
+                );
                 for addr in &gateway.addresses {
                     let address = SocketAddr::new(*addr, listener.port);
                     if let Some((other, _)) = wanted.get(&address) {
@@ -254,7 +285,8 @@ impl Proxy {
                         limits: self.limits.clone(),
                     });
                     let task = tokio::spawn(accept_loop(listener, context));
-                    self.listeners.insert(*address, ListenerHandle { table, task });
+                    self.listeners
+                        .insert(*address, ListenerHandle { table, task });
                 }
                 Err(e) => warn!(error = %e, "TLS passthrough listener not served"),
             }
@@ -313,7 +345,11 @@ async fn accept_loop(listener: TcpListener, context: Arc<ListenerContext>) {
 async fn serve(context: Arc<ListenerContext>, client: TcpStream, peer: SocketAddr) {
     let metrics = &context.metrics;
     match route(&context, client, peer).await {
-        Ok(Routed { client, backend, route }) => {
+        Ok(Routed {
+            client,
+            backend,
+            route,
+        }) => {
             metrics.connection(&context.name, "routed", "route");
             debug!(%peer, %route, "routed");
             metrics.active.inc();
@@ -345,7 +381,10 @@ async fn route(
         return Err((client, ConnectionError::Overloaded));
     };
     let mut buffered = Vec::with_capacity(2048);
-    let read = tokio::time::timeout(context.settings.handshake_timeout, read_client_hello(&mut client, &mut buffered));
+    let read = tokio::time::timeout(
+        context.settings.handshake_timeout,
+        read_client_hello(&mut client, &mut buffered),
+    );
     let hello = match read.await {
         Err(_) => Err(ConnectionError::Timeout),
         Ok(result) => result,
@@ -355,7 +394,10 @@ async fn route(
         Ok(hello) => hello,
         Err(e) => return Err((client, e)),
     };
-    context.metrics.clienthello_duration.observe(started.elapsed().as_secs_f64());
+    context
+        .metrics
+        .clienthello_duration
+        .observe(started.elapsed().as_secs_f64());
 
     let Some(server_name) = hello.server_name else {
         return Err((client, ConnectionError::NoServerName));
@@ -369,18 +411,38 @@ async fn route(
         Err(e) => return Err((client, e.into())),
     };
     let proxy_protocol = route.proxy_protocol;
-    let route_name = format!("{}/{} ({})", route.route.namespace, route.route.name, route.hostname);
+    let route_name = format!(
+        "{}/{} ({})",
+        route.route.namespace, route.route.name, route.hostname
+    );
     drop(table);
 
-    let connect = tokio::time::timeout(context.settings.connect_timeout, TcpStream::connect(endpoint));
+    let connect = tokio::time::timeout(
+        context.settings.connect_timeout,
+        TcpStream::connect(endpoint),
+    );
     let mut backend = match connect.await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => {
-            return Err((client, ConnectionError::BackendConnect { backend: backend_name, endpoint, source }))
+            return Err((
+                client,
+                ConnectionError::BackendConnect {
+                    backend: backend_name,
+                    endpoint,
+                    source,
+                },
+            ))
         }
         Err(_) => {
             let source = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-            return Err((client, ConnectionError::BackendConnect { backend: backend_name, endpoint, source }));
+            return Err((
+                client,
+                ConnectionError::BackendConnect {
+                    backend: backend_name,
+                    endpoint,
+                    source,
+                },
+            ));
         }
     };
     let mut first = Vec::with_capacity(buffered.len() + 64);
@@ -390,10 +452,25 @@ async fn route(
     }
     first.extend_from_slice(&buffered);
     if let Err(source) = backend.write_all(&first).await {
-        return Err((client, ConnectionError::BackendConnect { backend: backend_name, endpoint, source }));
+        return Err((
+            client,
+            ConnectionError::BackendConnect {
+                backend: backend_name,
+                endpoint,
+                source,
+            },
+        ));
     }
-    context.metrics.bytes.get_or_create(&direction("client_to_backend")).inc_by(buffered.len() as u64);
-    Ok(Routed { client, backend, route: route_name })
+    context
+        .metrics
+        .bytes
+        .get_or_create(&direction("client_to_backend"))
+        .inc_by(buffered.len() as u64);
+    Ok(Routed {
+        client,
+        backend,
+        route: route_name,
+    })
 }
 
 /// Reads until [`clienthello::parse`] has an answer; never buffers more than [`clienthello::MAX_BUFFERED`].
@@ -404,7 +481,10 @@ async fn read_client_hello(
     let mut chunk = [0u8; 4096];
     loop {
         let room = (clienthello::MAX_BUFFERED - buffered.len()).clamp(1, chunk.len());
-        let n = client.read(&mut chunk[..room]).await.map_err(ConnectionError::ClientRead)?;
+        let n = client
+            .read(&mut chunk[..room])
+            .await
+            .map_err(ConnectionError::ClientRead)?;
         if n == 0 {
             return Err(ClientHelloError::Truncated.into());
         }
@@ -428,8 +508,14 @@ fn direction(d: &str) -> Vec<(String, String)> {
 /// Forwards both directions until both have ended. A read EOF is passed on as a write shutdown (half-close); an
 /// error on either side resets both, so the other direction does not wait forever.
 async fn splice_both(client: TcpStream, backend: TcpStream, metrics: &PassthroughMetrics) {
-    let up = metrics.bytes.get_or_create(&direction("client_to_backend")).clone();
-    let down = metrics.bytes.get_or_create(&direction("backend_to_client")).clone();
+    let up = metrics
+        .bytes
+        .get_or_create(&direction("client_to_backend"))
+        .clone();
+    let down = metrics
+        .bytes
+        .get_or_create(&direction("backend_to_client"))
+        .clone();
     let abort = |e: &io::Error| {
         debug!(error = %e, "forwarding ended with an error; resetting both sides");
         for s in [&client, &backend] {
@@ -454,13 +540,15 @@ async fn splice_both(client: TcpStream, backend: TcpStream, metrics: &Passthroug
 /// Moves bytes `from` → `to` with splice(2) through a pipe: socket → pipe, then pipe → socket until it is empty,
 /// so at most one pipe's worth is in flight (backpressure: nothing is read while `to` cannot take more).
 async fn pump(from: &TcpStream, to: &TcpStream, bytes: &Counter) -> io::Result<()> {
-    let (pipe_out, pipe_in): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    let (pipe_out, pipe_in): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
         let n = loop {
             from.readable().await?;
             let r = from.try_io(Interest::READABLE, || {
-                nix::fcntl::splice(from, None, &pipe_in, None, PIPE_CHUNK, flags).map_err(io::Error::from)
+                nix::fcntl::splice(from, None, &pipe_in, None, PIPE_CHUNK, flags)
+                    .map_err(io::Error::from)
             });
             match r {
                 Ok(n) => break n,
@@ -506,7 +594,11 @@ pub struct PendingPermit<'a> {
 
 impl PendingLimits {
     pub fn new(max_total: usize, max_per_source: usize) -> Self {
-        Self { total: Arc::new(Semaphore::new(max_total)), per_source: Mutex::default(), max_per_source }
+        Self {
+            total: Arc::new(Semaphore::new(max_total)),
+            per_source: Mutex::default(),
+            max_per_source,
+        }
     }
 
     /// A permit, or `None` when the total or this source's limit is reached.
@@ -518,7 +610,11 @@ impl PendingLimits {
             return None;
         }
         *count += 1;
-        Some(PendingPermit { _total: total, limits: self, source })
+        Some(PendingPermit {
+            _total: total,
+            limits: self,
+            source,
+        })
     }
 }
 

@@ -12,7 +12,9 @@ use crate::{ir::ObjectRef, snapshot::Snapshot};
 pub const ANNOTATION: &str = "gateway.ebpf.dev/proxy-protocol";
 
 /// The 12-byte v2 signature.
-const SIGNATURE: [u8; 12] = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a];
+const SIGNATURE: [u8; 12] = [
+    0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
+];
 
 /// Whether a route's backend connections start with a PROXY protocol header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,7 +102,10 @@ mod tests {
 
     #[test]
     fn ipv4_header_layout() {
-        let h = v2_header("198.18.0.2:40000".parse().unwrap(), "198.18.100.1:443".parse().unwrap());
+        let h = v2_header(
+            "198.18.0.2:40000".parse().unwrap(),
+            "198.18.100.1:443".parse().unwrap(),
+        );
         assert_eq!(h.len(), 28);
         assert_eq!(&h[..12], &SIGNATURE);
         assert_eq!(&h[12..16], &[0x21, 0x11, 0, 12]);
@@ -112,7 +117,10 @@ mod tests {
     #[test]
     fn annotation_values() {
         assert_eq!("v2".parse::<ProxyProtocol>().unwrap(), ProxyProtocol::V2);
-        assert_eq!("none".parse::<ProxyProtocol>().unwrap(), ProxyProtocol::None);
+        assert_eq!(
+            "none".parse::<ProxyProtocol>().unwrap(),
+            ProxyProtocol::None
+        );
         assert!("v1".parse::<ProxyProtocol>().is_err());
     }
 }

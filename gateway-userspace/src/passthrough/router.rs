@@ -66,7 +66,12 @@ pub struct Pick<'a> {
 }
 
 impl Route {
-    pub fn new(route: ObjectRef, hostname: String, backends: Vec<Backend>, proxy_protocol: ProxyProtocol) -> Self {
+    pub fn new(
+        route: ObjectRef,
+        hostname: String,
+        backends: Vec<Backend>,
+        proxy_protocol: ProxyProtocol,
+    ) -> Self {
         let cumulative = backends
             .iter()
             .scan(0u64, |sum, b| {
@@ -74,7 +79,13 @@ impl Route {
                 Some(*sum)
             })
             .collect();
-        Self { route, hostname, proxy_protocol, backends, cumulative }
+        Self {
+            route,
+            hostname,
+            proxy_protocol,
+            backends,
+            cumulative,
+        }
     }
 
     /// Picks a backend endpoint with the given random source.
@@ -93,7 +104,10 @@ impl Route {
             return Err(RouteError::NoEndpoint);
         }
         let endpoint = backend.endpoints[rng.usize(..backend.endpoints.len())];
-        Ok(Pick { backend: &backend.name, endpoint })
+        Ok(Pick {
+            backend: &backend.name,
+            endpoint,
+        })
     }
 
     /// Picks with the thread's random source.
@@ -130,7 +144,12 @@ impl SniTable {
                 table.exact.entry(hostname.clone()).or_insert(index);
             }
             let pp = proxy_protocol(&entry.route);
-            table.routes.push(Route::new(entry.route.clone(), hostname, entry.backends.clone(), pp));
+            table.routes.push(Route::new(
+                entry.route.clone(),
+                hostname,
+                entry.backends.clone(),
+                pp,
+            ));
         }
         table
     }
@@ -166,20 +185,39 @@ mod tests {
     use crate::ir::SniRoute;
 
     fn backend(name: &str, weight: u32, valid: bool) -> Backend {
-        let endpoints = if valid { vec![SocketAddr::from(([10, 0, 0, weight as u8], 443))] } else { vec![] };
-        Backend { name: name.into(), weight, endpoints, valid }
+        let endpoints = if valid {
+            vec![SocketAddr::from(([10, 0, 0, weight as u8], 443))]
+        } else {
+            vec![]
+        };
+        Backend {
+            name: name.into(),
+            weight,
+            endpoints,
+            valid,
+        }
     }
 
     fn route(hostname: &str, name: &str, backends: Vec<Backend>) -> SniRoute {
         SniRoute {
             hostname: hostname.into(),
-            route: ObjectRef { kind: "TLSRoute".into(), namespace: "infra".into(), name: name.into() },
+            route: ObjectRef {
+                kind: "TLSRoute".into(),
+                namespace: "infra".into(),
+                name: name.into(),
+            },
             backends,
         }
     }
 
     fn table(routes: Vec<SniRoute>) -> SniTable {
-        SniTable::new(&TlsPassthrough { hostname: None, routes }, |_| ProxyProtocol::None)
+        SniTable::new(
+            &TlsPassthrough {
+                hostname: None,
+                routes,
+            },
+            |_| ProxyProtocol::None,
+        )
     }
 
     fn routed(t: &SniTable, sni: &str) -> Option<String> {
@@ -198,7 +236,11 @@ mod tests {
         assert_eq!(routed(&t, "other.example.com").as_deref(), Some("wild"));
         assert_eq!(routed(&t, "a.b.c.example.com").as_deref(), Some("wild"));
         assert_eq!(routed(&t, "x.b.example.com").as_deref(), Some("deep"));
-        assert_eq!(routed(&t, "b.example.com").as_deref(), Some("wild"), "*.b.example.com needs one more label");
+        assert_eq!(
+            routed(&t, "b.example.com").as_deref(),
+            Some("wild"),
+            "*.b.example.com needs one more label"
+        );
         assert_eq!(routed(&t, "example.com").as_deref(), Some("com"));
         assert_eq!(routed(&t, "com"), None, "*.com does not match com");
         assert_eq!(routed(&t, "example.org"), None);
@@ -219,24 +261,38 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(42);
         let mut seen = HashMap::new();
         for _ in 0..picks {
-            *seen.entry(r.pick_with(&mut rng).map(|p| p.backend.to_string())).or_default() += 1;
+            *seen
+                .entry(r.pick_with(&mut rng).map(|p| p.backend.to_string()))
+                .or_default() += 1;
         }
         seen
     }
 
     fn route_of(backends: Vec<Backend>) -> Route {
-        Route::new(ObjectRef::default(), "x".into(), backends, ProxyProtocol::None)
+        Route::new(
+            ObjectRef::default(),
+            "x".into(),
+            backends,
+            ProxyProtocol::None,
+        )
     }
 
     #[test]
     fn weights_within_five_percent_over_2000_picks() {
-        let r = route_of(vec![backend("a", 1, true), backend("b", 3, true), backend("zero", 0, true)]);
+        let r = route_of(vec![
+            backend("a", 1, true),
+            backend("b", 3, true),
+            backend("zero", 0, true),
+        ]);
         let seen = shares(&r, 2000);
         let a = seen[&Ok("a".to_string())] as f64 / 2000.0;
         let b = seen[&Ok("b".to_string())] as f64 / 2000.0;
         assert!((a - 0.25).abs() < 0.05, "a share {a}");
         assert!((b - 0.75).abs() < 0.05, "b share {b}");
-        assert!(!seen.contains_key(&Ok("zero".to_string())), "weight 0 picked: {seen:?}");
+        assert!(
+            !seen.contains_key(&Ok("zero".to_string())),
+            "weight 0 picked: {seen:?}"
+        );
     }
 
     #[test]
@@ -247,8 +303,14 @@ mod tests {
         assert!((rejected - 0.5).abs() < 0.05, "rejected share {rejected}");
         let mut no_endpoint = backend("empty", 1, true);
         no_endpoint.endpoints.clear();
-        assert_eq!(route_of(vec![no_endpoint]).pick(), Err(RouteError::NoEndpoint));
-        assert_eq!(route_of(vec![backend("z", 0, true)]).pick(), Err(RouteError::NoBackend));
+        assert_eq!(
+            route_of(vec![no_endpoint]).pick(),
+            Err(RouteError::NoEndpoint)
+        );
+        assert_eq!(
+            route_of(vec![backend("z", 0, true)]).pick(),
+            Err(RouteError::NoBackend)
+        );
         assert_eq!(route_of(vec![]).pick(), Err(RouteError::NoBackend));
     }
 }
