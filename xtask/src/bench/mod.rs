@@ -356,6 +356,7 @@ fn run_peer(
     let outcome = (|| -> anyhow::Result<()> {
         let peer = start_peer(bt, kind)?;
         let result = measure(bt, peer.as_ref(), run, args, bar, dir, &mut values);
+        values.extend(peer.run_counters());
         peer.save_logs(dir);
         result
     })();

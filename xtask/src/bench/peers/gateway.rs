@@ -117,6 +117,22 @@ impl Peer for Gateway<'_> {
     fn counter_description(&self) -> &'static str {
         "`gateway_kernel_packets_total{outcome=\"forwarded\"|\"replied\"}` from the agent's /metrics"
     }
+    fn run_counters(&self) -> Vec<(String, f64)> {
+        // The agent starts with fresh maps every run (its own bpffs root), so these are this run's totals.
+        let Ok(m) = self.metrics() else {
+            return Vec::new();
+        };
+        m.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("gateway_kernel_packets_total{outcome=\"")?;
+                let (outcome, value) = rest.split_once("\"}")?;
+                Some((
+                    format!("gateway_kernel_{outcome}"),
+                    value.trim().parse::<f64>().ok()?,
+                ))
+            })
+            .collect()
+    }
     fn save_logs(&self, dir: &Path) {
         let _ = std::fs::copy(
             self.config.path().join("bench.yaml"),

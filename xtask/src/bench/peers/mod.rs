@@ -79,6 +79,10 @@ pub trait Peer {
     /// A counter of the data plane's own that rises when it carries traffic of `proto`, and what it is.
     fn traffic_counter(&self, proto: Proto) -> anyhow::Result<u64>;
     fn counter_description(&self) -> &'static str;
+    /// Counters of its own worth reporting for the whole run (name, value).
+    fn run_counters(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
     /// Copies its configuration and logs to `dir` (raw run outputs).
     fn save_logs(&self, dir: &Path);
 }
