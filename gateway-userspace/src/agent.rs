@@ -8,7 +8,9 @@ use tracing::{error, info, warn};
 use crate::{
     admin::{self, AdminError, AdminState},
     dataplane::{self, Dataplane, DataplaneError},
+    http,
     ir::Ir,
+    local_address::LocalAddresses,
     passthrough, provider, snapshot::Snapshot, status, translate,
 };
 
@@ -16,6 +18,8 @@ use crate::{
 const GENERATION_GRACE: Duration = Duration::from_millis(50);
 /// Interfaces, counters and conntrack are looked at this often.
 const TICK: Duration = Duration::from_secs(1);
+/// How long open HTTP connections may take to finish their requests on shutdown.
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
 /// Everything `gateway run` configures.
 #[derive(Clone, Debug)]
@@ -56,9 +60,17 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
 
     let (mut snapshots, _watcher) = provider::file::watch(options.config.clone());
 
-    // TLS passthrough listeners are served in userspace; settings come from GATEWAY_TLS_* variables for now.
-    let passthrough = passthrough::Proxy::new(passthrough::Settings::from_env(), state.metrics.passthrough.clone());
-    let mut agent = Agent { dataplane, passthrough, state: state.clone(), options, last_ir: None, last_status: None };
+    // TLS passthrough and HTTP listeners are served in userspace; both make Gateway addresses local through one
+    // shared set of local routes. Passthrough settings come from GATEWAY_TLS_* variables for now.
+    let local = LocalAddresses::adopt();
+    let passthrough = passthrough::Proxy::with_local_routes(
+        passthrough::Settings::from_env(),
+        state.metrics.passthrough.clone(),
+        local.clone().into(),
+    );
+    let http = http::Proxy::new(http::Settings::default(), state.metrics.http.clone(), local.claim("http"));
+    let mut agent =
+        Agent { dataplane, passthrough, http, state: state.clone(), options, last_ir: None, last_status: None };
     let snapshot = snapshots.borrow_and_update().clone();
     agent.reconcile(&snapshot).await;
 
@@ -69,6 +81,7 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down; pinned maps and links keep forwarding until the next agent adopts them");
+                agent.http.drain(HTTP_DRAIN).await;
                 break;
             }
             changed = snapshots.changed() => {
@@ -89,6 +102,8 @@ struct Agent {
     dataplane: Dataplane,
     /// The userspace TLS passthrough proxy (listeners, SNI tables, local routes for Gateway addresses).
     passthrough: passthrough::Proxy,
+    /// The userspace HTTP/gRPC proxy (HTTP and HTTPS listeners).
+    http: http::Proxy,
     state: Arc<AdminState>,
     options: AgentOptions,
     last_ir: Option<Ir>,
@@ -116,6 +131,7 @@ impl Agent {
         let labels = |result: &str| vec![("result".to_string(), result.to_string())];
         // Userspace listeners do not depend on the kernel generation: serve them even if the kernel apply fails.
         self.passthrough.update(&ir);
+        self.http.update(&ir);
         match self.dataplane.apply(&ir) {
             Ok(report) => {
                 self.state.metrics.config_applies.get_or_create(&labels("ok")).inc();

@@ -92,11 +92,167 @@ pub struct SniRoute {
     pub backends: Vec<Backend>,
 }
 
-/// An HTTP or HTTPS listener: the routes attached to it. Filled in by the HTTP work; the kernel only needs to
-/// know that such a listener exists so its packets reach the local stack.
+/// An HTTP or HTTPS listener: the routes attached to it, served by the userspace proxy ([`crate::http`]). The
+/// kernel only needs to know that such a listener exists so its packets reach the local stack.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct HttpListener {
     pub hostname: Option<String>,
     /// `true` for HTTPS listeners (TLS terminated by the proxy).
     pub tls: bool,
+    /// HTTPS: the certificate/key pairs of the listener's certificateRefs, in spec order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<TlsCertificate>,
+    /// The HTTPRoutes and GRPCRoutes attached to the listener, in no particular order (the route table sorts
+    /// their rules by precedence).
+    pub routes: Vec<HttpRoute>,
+}
+
+/// One certificateRef's Secret: PEM `tls.crt` and `tls.key` (not serialized: status and golden files show the
+/// Secret only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TlsCertificate {
+    pub secret: ObjectRef,
+    #[serde(skip)]
+    pub cert_pem: Vec<u8>,
+    #[serde(skip)]
+    pub key_pem: Vec<u8>,
+}
+
+/// An HTTPRoute or GRPCRoute on one listener (GRPCRoute matches are expressed as HTTP/2 path matches).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HttpRoute {
+    /// The route object (kind HTTPRoute or GRPCRoute).
+    pub route: ObjectRef,
+    /// `true` for GRPCRoute: backends are spoken to over h2c and errors are gRPC statuses.
+    pub grpc: bool,
+    /// The route's age rank: creationTimestamp, then load order (lower is older).
+    pub age: u64,
+    /// Effective hostnames on this listener (intersections, `*` for any).
+    pub hostnames: Vec<String>,
+    pub rules: Vec<HttpRule>,
+}
+
+/// One rule of a route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HttpRule {
+    /// Matches are OR'ed; a rule without matches matches every request (path prefix `/`).
+    pub matches: Vec<HttpMatch>,
+    pub filters: Vec<HttpFilter>,
+    /// Weighted backends; empty means "answer 500" unless a filter produces the response (a redirect).
+    pub backends: Vec<HttpBackend>,
+    /// `timeouts.request`: the whole request, in milliseconds (504 when exceeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    /// `timeouts.backendRequest`: one request to a backend, in milliseconds (504 when exceeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_timeout_ms: Option<u64>,
+}
+
+/// A backendRef of an HTTP rule with its own filters.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HttpBackend {
+    pub backend: Backend,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<HttpFilter>,
+}
+
+/// The conditions of one `matches[]` entry (all must hold).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HttpMatch {
+    pub path: PathMatch,
+    /// Header names are lower-cased.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+impl Default for HttpMatch {
+    fn default() -> Self {
+        HttpMatch {
+            path: PathMatch::Prefix("/".into()),
+            headers: Vec::new(),
+            query_params: Vec::new(),
+            method: None,
+        }
+    }
+}
+
+/// A path match.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum PathMatch {
+    Exact(String),
+    /// Segment-wise prefix: `/v2` matches `/v2`, `/v2/` and `/v2/x`, not `/v2x`.
+    Prefix(String),
+    /// A regular expression that must match the whole path.
+    Regex(String),
+}
+
+/// A header or query parameter match.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ValueMatch {
+    pub name: String,
+    pub value: StringMatch,
+}
+
+/// How a value is compared.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum StringMatch {
+    Exact(String),
+    /// Must match the whole value.
+    Regex(String),
+}
+
+/// A filter of a rule or of a backendRef.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum HttpFilter {
+    RequestHeaderModifier(HeaderModifier),
+    ResponseHeaderModifier(HeaderModifier),
+    RequestRedirect(Redirect),
+    UrlRewrite(UrlRewrite),
+    RequestMirror(Mirror),
+}
+
+/// Headers to set (replace), add (append) and remove; names as written.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HeaderModifier {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// How a path is rewritten (redirect or URL rewrite).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replaces the part of the path the rule's PathPrefix matched.
+    ReplacePrefixMatch(String),
+}
+
+/// `RequestRedirect`: unset fields keep the request's values.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+    pub port: Option<u16>,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status_code: u16,
+}
+
+/// `URLRewrite`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UrlRewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+}
+
+/// `RequestMirror`: a copy of the request goes to `backend`; its answer is ignored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Mirror {
+    pub backend: Backend,
+    /// Share of requests mirrored, 0..=100 (default 100).
+    pub percent: f64,
 }

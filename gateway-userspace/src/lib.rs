@@ -6,7 +6,9 @@
 pub mod admin;
 pub mod agent;
 pub mod dataplane;
+pub mod http;
 pub mod ir;
+pub mod local_address;
 pub mod model;
 pub mod passthrough;
 pub mod provider;

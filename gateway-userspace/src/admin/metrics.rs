@@ -89,6 +89,8 @@ pub struct Metrics {
     last_totals: std::sync::Mutex<std::collections::HashMap<(String, Labels), u64>>,
     /// TLS passthrough (userspace) connections, bytes and ClientHello durations.
     pub passthrough: PassthroughMetrics,
+    /// HTTP/gRPC proxy requests by route, backend, status class, and their latency.
+    pub http: HttpMetrics,
     /// Last kernel counter values, to turn them into increments.
     last_kernel: std::sync::Mutex<[u64; counter::COUNT as usize]>,
     /// Where to read the kernel counters at scrape time (set once the data plane is loaded).
@@ -113,6 +115,7 @@ impl Metrics {
             backends: ScopeMetrics::default(),
             last_totals: Default::default(),
             passthrough: PassthroughMetrics::default(),
+            http: HttpMetrics::default(),
             last_kernel: std::sync::Mutex::new([0; counter::COUNT as usize]),
             kernel: std::sync::Mutex::new(None),
         };
@@ -160,6 +163,7 @@ impl Metrics {
         m.routes.register(&mut registry, "route");
         m.backends.register(&mut registry, "backend");
         m.passthrough.register(&mut registry);
+        m.http.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -321,5 +325,56 @@ impl PassthroughMetrics {
             ("reason".to_string(), reason.to_string()),
         ];
         self.connections.get_or_create(&labels).inc();
+    }
+}
+
+/// Metrics of the HTTP/gRPC proxy ([`crate::http`]).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// Requests by `listener`, `route` (`namespace/name`, empty when none matched), `backend` (empty when none
+    /// was picked) and `code` class (`2xx`, `4xx`, ...).
+    pub requests: Family<Labels, Counter>,
+    /// Request duration until the response head, in seconds, by `route` and `code` class.
+    pub duration: Family<Labels, prometheus_client::metrics::histogram::Histogram>,
+    /// Downstream connections open now.
+    pub connections: Gauge,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+        Self {
+            requests: Family::default(),
+            // 100 µs .. ~26 s
+            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 4.0, 10))),
+            connections: Gauge::default(),
+        }
+    }
+}
+
+impl HttpMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("http");
+        r.register("requests", "HTTP requests by listener, route, backend and status class", self.requests.clone());
+        r.register(
+            "request_duration_seconds",
+            "HTTP request latency until the response head, by route and status class",
+            self.duration.clone(),
+        );
+        r.register("active_connections", "Downstream HTTP connections open now", self.connections.clone());
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, listener: &str, route: &str, backend: &str, status: u16, seconds: f64) {
+        let class = format!("{}xx", status / 100);
+        let labels = vec![
+            ("listener".to_string(), listener.to_string()),
+            ("route".to_string(), route.to_string()),
+            ("backend".to_string(), backend.to_string()),
+            ("code".to_string(), class.clone()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        let labels = vec![("route".to_string(), route.to_string()), ("code".to_string(), class)];
+        self.duration.get_or_create(&labels).observe(seconds);
     }
 }

@@ -1,156 +1,47 @@
-//! Local routes that make a Gateway address deliverable to the userspace listeners.
-//!
-//! Gateway addresses are not assigned to any interface (the kernel path answers for them without one). Packets
-//! the TC program does not forward go to the local stack, which drops them unless the address is local. A
-//! `local` route in the `local` table — what `ip route add local 198.18.100.1/32 dev lo table local` does — makes
-//! it local without an interface address (so it is not announced by ARP on every interface, and no interface
-//! configuration is touched).
-//!
-//! This module shells out to `ip` (iproute2) instead of speaking rtnetlink: two commands per address change, a
-//! few lines of code, and no netlink dependency tree on a 2-core build machine. Our routes are tagged with the
-//! route protocol [`ROUTE_PROTOCOL`], so an agent that restarts (even after `kill -9`) finds and removes the ones
-//! it no longer needs ([`LocalRoutes::adopt`]) and never touches routes someone else made.
-use std::{collections::BTreeSet, net::IpAddr, process::Command};
+//! Local routes for TLS passthrough addresses: a [`Claim`] named `tls-passthrough` on the agent's shared
+//! [`crate::local_address::LocalAddresses`] (see there for how Gateway addresses are made local).
+use crate::local_address::{Claim, LocalAddresses};
+pub use crate::local_address::{LocalRouteError, ROUTE_PROTOCOL};
+use std::{collections::BTreeSet, net::IpAddr};
 
-/// The `proto` number our local routes carry (free in `/etc/iproute2/rt_protos`; 250 is below the 252+ reserved
-/// range used by common daemons).
-pub const ROUTE_PROTOCOL: &str = "250";
+/// The owner name of the passthrough proxy's claim.
+pub const OWNER: &str = "tls-passthrough";
 
-/// Errors of this area.
-#[derive(Debug, thiserror::Error)]
-pub enum LocalRouteError {
-    #[error("running `ip {args}`: {source}")]
-    Spawn {
-        args: String,
-        source: std::io::Error,
-    },
-    #[error("`ip {args}` failed: {stderr}")]
-    Failed { args: String, stderr: String },
+/// The passthrough proxy's local routes.
+#[derive(Debug)]
+pub struct LocalRoutes {
+    claim: Claim,
 }
 
-/// The local routes this agent keeps, by address.
-#[derive(Debug, Default)]
-pub struct LocalRoutes {
-    installed: BTreeSet<IpAddr>,
+impl Default for LocalRoutes {
+    /// An empty, private set (tests).
+    fn default() -> Self {
+        LocalAddresses::default().into()
+    }
+}
+
+impl From<LocalAddresses> for LocalRoutes {
+    /// The passthrough claim on a shared set (the agent shares one with the HTTP proxy).
+    fn from(shared: LocalAddresses) -> Self {
+        Self {
+            claim: shared.claim(OWNER),
+        }
+    }
 }
 
 impl LocalRoutes {
-    /// Starts from the routes a previous agent left (tagged with our protocol), so [`Self::sync`] removes stale ones.
+    /// A private set starting from the routes a previous agent left (see [`LocalAddresses::adopt`]).
     pub fn adopt() -> Self {
-        let mut installed = BTreeSet::new();
-        for family in ["-4", "-6"] {
-            match ip(&[
-                family,
-                "route",
-                "show",
-                "table",
-                "local",
-                "proto",
-                ROUTE_PROTOCOL,
-            ]) {
-                Ok(out) => installed.extend(out.lines().filter_map(parse_route_line)),
-                Err(e) => tracing::debug!(error = %e, "listing local routes"),
-            }
-        }
-        Self { installed }
+        LocalAddresses::adopt().into()
     }
 
-    /// Adds routes for addresses in `wanted` and removes the ones no longer wanted. Failures are returned after
-    /// every address was attempted; successful changes stay.
+    /// Adds routes for addresses in `wanted` and removes the ones no owner wants any more.
     pub fn sync(&mut self, wanted: &BTreeSet<IpAddr>) -> Result<(), LocalRouteError> {
-        let mut first_error = None;
-        for addr in wanted.difference(&self.installed.clone()) {
-            match route_cmd("replace", *addr) {
-                Ok(()) => {
-                    tracing::info!(address = %addr, "local route added for TLS passthrough");
-                    self.installed.insert(*addr);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        for addr in self.installed.clone().difference(wanted) {
-            match route_cmd("del", *addr) {
-                Ok(()) => {
-                    tracing::info!(address = %addr, "local route removed");
-                    self.installed.remove(addr);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        self.claim.sync(wanted)
     }
 
     /// Addresses with a route now.
-    pub fn installed(&self) -> &BTreeSet<IpAddr> {
-        &self.installed
-    }
-}
-
-fn parse_route_line(line: &str) -> Option<IpAddr> {
-    // "local 198.18.100.1 dev lo proto 250 scope host"
-    let mut words = line.split_whitespace();
-    (words.next()? == "local").then_some(())?;
-    words.next()?.split('/').next()?.parse().ok()
-}
-
-fn route_cmd(verb: &str, addr: IpAddr) -> Result<(), LocalRouteError> {
-    let prefix = if addr.is_ipv4() {
-        format!("{addr}/32")
-    } else {
-        format!("{addr}/128")
-    };
-    ip(&[
-        "route",
-        verb,
-        "local",
-        &prefix,
-        "dev",
-        "lo",
-        "table",
-        "local",
-        "proto",
-        ROUTE_PROTOCOL,
-    ])
-    .map(|_| ())
-}
-
-fn ip(args: &[&str]) -> Result<String, LocalRouteError> {
-    let joined = args.join(" ");
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|source| LocalRouteError::Spawn {
-            args: joined.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(LocalRouteError::Failed {
-            args: joined,
-            stderr,
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ip_route_output() {
-        assert_eq!(
-            parse_route_line("local 198.18.100.1 dev lo proto 250 scope host"),
-            "198.18.100.1".parse().ok()
-        );
-        assert_eq!(
-            parse_route_line("local 2001:db8::1 dev lo proto 250 metric 1024 pref medium"),
-            "2001:db8::1".parse().ok()
-        );
-        assert_eq!(parse_route_line("broadcast 127.255.255.255 dev lo"), None);
+    pub fn installed(&self) -> BTreeSet<IpAddr> {
+        self.claim.installed()
     }
 }

@@ -37,7 +37,7 @@ impl Protocol {
     /// The route kinds a listener of this protocol can carry.
     pub fn route_kinds(self) -> &'static [&'static str] {
         match self {
-            Protocol::Http | Protocol::Https => &["HTTPRoute"],
+            Protocol::Http | Protocol::Https => &["HTTPRoute", "GRPCRoute"],
             Protocol::TlsPassthrough | Protocol::TlsTerminate => &["TLSRoute"],
             Protocol::Tcp => &["TCPRoute"],
             Protocol::Udp => &["UDPRoute"],

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod conditions;
 pub mod gateway;
 pub mod hostname;
+pub mod http;
 pub mod listener;
 pub mod program;
 pub mod refgrant;
@@ -26,9 +27,10 @@ use std::sync::Arc;
 pub const DEFAULT_CONTROLLER_NAME: &str = "ebpf-gateway.dev/gatewayclass-controller";
 
 /// What GatewayClass `status.supportedFeatures` claims: the kinds whose status and data plane this
-/// implementation handles. HTTPRoute is translated for attachment and status (the proxy serves it).
+/// implementation handles. HTTPRoute and GRPCRoute are served by the userspace proxy ([`crate::http`]).
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
+    "GRPCRoute",
     "GatewayStaticAddresses",
     "HTTPRoute",
     "ReferenceGrant",
@@ -215,7 +217,7 @@ pub fn translate_with_previous(
             .gateways
             .insert(plan.key(), gateway::status(&ctx, plan));
     }
-    let ir = program::build(&plans, &routes, &backends);
+    let ir = program::build(&ctx, &plans, &routes, &backends);
     if let Some(previous) = previous {
         conditions::keep_transition_times(&mut status, previous);
     }

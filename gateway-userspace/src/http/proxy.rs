@@ -1,0 +1,779 @@
+//! The HTTP/gRPC proxy: one accept task per (Gateway address, port) serving HTTP/1.1, HTTP/2 and h2c (hyper),
+//! HTTPS terminated with rustls (certificate chosen by SNI among the port's listeners), requests routed by the
+//! port's [`RouteTable`] and forwarded over pooled connections.
+//!
+//! A request's life: listener by Host → best rule ([`RouteTable::lookup`]) → rule filters (header modifiers,
+//! redirect, URL rewrite, mirrors) → backend by weight (invalid: 500; no ready endpoint: 503; no backendRefs:
+//! 500) → backend filters → random ready endpoint → pooled client (HTTP/1.1, or h2c for GRPCRoute) with the
+//! rule's timeouts (504) → response filters. No route: 404. Every request is counted in
+//! [`HttpMetrics`] and logged as JSON-able fields on the tracing target `access`.
+//!
+//! Tables and certificates are swapped with `arc-swap` by [`Proxy::update`]: a request routes with the table
+//! current when it arrived, connections and in-flight requests are never touched, and a TLS handshake picks the
+//! certificate current at that moment (so certificate changes apply to new connections without dropping old
+//! ones). [`Proxy::drain`] stops accepting, asks every connection to finish gracefully and waits.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    convert::Infallible,
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, Limited};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use rustls::{
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use socket2::{Domain, Socket, Type};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::watch,
+    task::JoinHandle,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    filters::{modify_headers, redirect_location, rewrite_path},
+    route_table::{normalize_host, pick_backend, ListenerRoutes, RequestInfo, RouteTable},
+};
+use crate::{
+    admin::metrics::HttpMetrics,
+    ir::{HttpFilter, HttpListener, Ir, ListenerKind, Mirror, TlsCertificate},
+    local_address::Claim,
+    translate::hostname,
+};
+
+/// Bodies in and out of the proxy.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Errors of the HTTP proxy area.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpProxyError {
+    #[error("binding HTTP listener {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("certificate from Secret {secret}: {message}")]
+    Certificate { secret: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Limits and timeouts of the HTTP proxy.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Connecting to a backend endpoint.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections to backends are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Request bodies copied to mirrors are buffered up to this size (larger ones are not mirrored).
+    pub max_mirror_body: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            pool_idle_timeout: Duration::from_secs(60),
+            max_mirror_body: 1 << 20,
+        }
+    }
+}
+
+/// What every connection shares.
+struct Shared {
+    http1: Client<HttpConnector, ProxyBody>,
+    h2c: Client<HttpConnector, ProxyBody>,
+    metrics: HttpMetrics,
+    settings: Settings,
+    shutdown: watch::Receiver<bool>,
+    connections: AtomicUsize,
+}
+
+/// The certificates of one port's HTTPS listeners, most specific hostname first.
+#[derive(Debug, Default)]
+struct CertTable {
+    entries: Vec<(Option<String>, Arc<CertifiedKey>)>,
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<ArcSwap<CertTable>>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let table = self.0.load();
+        match hello.server_name() {
+            Some(sni) => {
+                let sni = sni.to_ascii_lowercase();
+                table
+                    .entries
+                    .iter()
+                    .find(|(h, _)| h.as_deref().is_none_or(|h| hostname::matches(h, &sni)))
+            }
+            None => table
+                .entries
+                .iter()
+                .find(|(h, _)| h.is_none())
+                .or(table.entries.first()),
+        }
+        .map(|(_, key)| key.clone())
+    }
+}
+
+struct Handle {
+    table: Arc<ArcSwap<RouteTable>>,
+    certs: Option<Arc<ArcSwap<CertTable>>>,
+    task: JoinHandle<()>,
+}
+
+/// The agent's HTTP proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    listeners: HashMap<SocketAddr, Handle>,
+    local: Claim,
+}
+
+impl Proxy {
+    /// A proxy with no listeners; Gateway addresses are made local through `local`.
+    pub fn new(settings: Settings, metrics: HttpMetrics, local: Claim) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .http2_only(true)
+            .build(connector);
+        let (shutdown, rx) = watch::channel(false);
+        Self {
+            shared: Arc::new(Shared {
+                http1,
+                h2c,
+                metrics,
+                settings,
+                shutdown: rx,
+                connections: AtomicUsize::new(0),
+            }),
+            shutdown,
+            listeners: HashMap::new(),
+            local,
+        }
+    }
+
+    /// Serves the HTTP and HTTPS listeners of `ir`: local routes for their addresses, listeners opened and
+    /// closed, tables and certificates swapped. Errors are logged; a listener that failed to bind is retried on
+    /// the next update.
+    pub fn update(&mut self, ir: &Ir) {
+        let mut wanted: BTreeMap<SocketAddr, Vec<(String, u16, &HttpListener)>> = BTreeMap::new();
+        for gateway in &ir.gateways {
+            for listener in &gateway.listeners {
+                let ListenerKind::Http(http) = &listener.kind else {
+                    continue;
+                };
+                let name = format!(
+                    "{}/{}/{}",
+                    gateway.gateway.namespace, gateway.gateway.name, listener.name
+                );
+                for addr in &gateway.addresses {
+                    wanted
+                        .entry(SocketAddr::new(*addr, listener.port))
+                        .or_default()
+                        .push((name.clone(), listener.port, http));
+                }
+            }
+        }
+        let addresses: BTreeSet<IpAddr> = wanted.keys().map(|a| a.ip()).collect();
+        if let Err(e) = self.local.sync(&addresses) {
+            warn!(error = %e, "local routes for HTTP listener addresses");
+        }
+        self.listeners.retain(|address, handle| {
+            let tls = wanted.get(address).map(|l| l.iter().any(|(_, _, h)| h.tls));
+            let keep = tls.is_some_and(|tls| tls == handle.certs.is_some());
+            if !keep {
+                info!(%address, "HTTP listener closed; open connections finish");
+                handle.task.abort();
+            }
+            keep
+        });
+        for (address, listeners) in &wanted {
+            let tls = listeners.iter().any(|(_, _, h)| h.tls);
+            let mut routes = Vec::new();
+            let mut certs = Vec::new();
+            for (name, port, http) in listeners {
+                let (table, errors) = ListenerRoutes::new(name.clone(), *port, http);
+                for e in errors {
+                    warn!(listener = %name, error = %e, "match never matches");
+                }
+                routes.push(table);
+                for cert in &http.certificates {
+                    match certified_key(cert) {
+                        Ok(key) => certs.push((http.hostname.clone(), key)),
+                        Err(e) => warn!(listener = %name, error = %e, "certificate not served"),
+                    }
+                }
+            }
+            certs.sort_by(|a, b| {
+                hostname::precedence(a.0.as_deref().unwrap_or("*"))
+                    .cmp(&hostname::precedence(b.0.as_deref().unwrap_or("*")))
+            });
+            let table = Arc::new(RouteTable::new(routes));
+            let cert_table = Arc::new(CertTable { entries: certs });
+            if let Some(handle) = self.listeners.get(address) {
+                handle.table.store(table);
+                if let Some(c) = &handle.certs {
+                    c.store(cert_table);
+                }
+                continue;
+            }
+            let table = Arc::new(ArcSwap::new(table));
+            let certs = tls.then(|| Arc::new(ArcSwap::new(cert_table)));
+            let acceptor = match certs.as_ref().map(|c| tls_acceptor(c.clone())).transpose() {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(%address, error = %e, "HTTPS listener not served");
+                    continue;
+                }
+            };
+            match bind(*address) {
+                Ok(listener) => {
+                    info!(%address, tls, "HTTP listening");
+                    let task = tokio::spawn(accept_loop(
+                        listener,
+                        table.clone(),
+                        acceptor,
+                        self.shared.clone(),
+                    ));
+                    self.listeners
+                        .insert(*address, Handle { table, certs, task });
+                }
+                Err(e) => warn!(error = %e, "HTTP listener not served"),
+            }
+        }
+    }
+
+    /// Addresses and ports being listened on.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<_> = self.listeners.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Stops accepting, asks every connection to close after its current requests (HTTP/1.1 `Connection:
+    /// close`, HTTP/2 GOAWAY) and waits until they have, or `timeout` passed.
+    pub async fn drain(&mut self, timeout: Duration) {
+        for handle in self.listeners.values() {
+            handle.task.abort();
+        }
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + timeout;
+        while self.shared.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.shared.connections.load(Ordering::Relaxed);
+        info!(connections_left = left, "HTTP proxy drained");
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for handle in self.listeners.values() {
+            handle.task.abort();
+        }
+    }
+}
+
+fn certified_key(cert: &TlsCertificate) -> Result<Arc<CertifiedKey>, HttpProxyError> {
+    let secret = format!("{}/{}", cert.secret.namespace, cert.secret.name);
+    let err = |message: String| HttpProxyError::Certificate {
+        secret: secret.clone(),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert.cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("tls.crt: {e}")))?;
+    if chain.is_empty() {
+        return Err(err("tls.crt holds no certificate".into()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(&cert.key_pem).map_err(|e| err(format!("tls.key: {e}")))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| err(format!("tls.key: {e}")))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+fn tls_acceptor(
+    certs: Arc<ArcSwap<CertTable>>,
+) -> Result<tokio_rustls::TlsAcceptor, HttpProxyError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(Resolver(certs)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Binds to an address that may not be local yet (IP_FREEBIND), so binding never races the local route.
+fn bind(address: SocketAddr) -> Result<TcpListener, HttpProxyError> {
+    let err = |source| HttpProxyError::Bind { address, source };
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    if address.is_ipv4() {
+        socket.set_freebind_v4(true).map_err(err)?;
+    } else {
+        socket.set_freebind_v6(true).map_err(err)?;
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&address.into()).map_err(err)?;
+    socket.listen(1024).map_err(err)?;
+    TcpListener::from_std(socket.into()).map_err(err)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    table: Arc<ArcSwap<RouteTable>>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let table = table.clone();
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.connections.inc();
+            match acceptor {
+                None => serve_connection(stream, table, shared.clone(), peer, local, false).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, table, shared.clone(), peer, local, true).await
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            shared.metrics.connections.dec();
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    table: Arc<ArcSwap<RouteTable>>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut shutdown = shared.shutdown.clone();
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let table = table.load_full();
+        let shared = service_shared.clone();
+        async move { Ok::<_, Infallible>(handle(&table, &shared, req, peer, local, tls).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    if *shutdown.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+fn full(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// What the access log and metrics record of one request.
+struct Outcome {
+    listener: String,
+    route: String,
+    backend: String,
+    response: Response<ProxyBody>,
+}
+
+async fn handle(
+    table: &RouteTable,
+    shared: &Shared,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let version = req.version();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let path = req.uri().path().to_string();
+    let outcome = route(table, shared, req, &host, peer, local, tls).await;
+    let status = outcome.response.status().as_u16();
+    let elapsed = start.elapsed();
+    shared.metrics.request(
+        &outcome.listener,
+        &outcome.route,
+        &outcome.backend,
+        status,
+        elapsed.as_secs_f64(),
+    );
+    info!(
+        target: "access",
+        client = %peer,
+        listener = %outcome.listener,
+        route = %outcome.route,
+        backend = %outcome.backend,
+        method = %method,
+        host = %host,
+        path = %path,
+        protocol = ?version,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+    );
+    outcome.response
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
+        headers.remove(name.as_str());
+    }
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route(
+    table: &RouteTable,
+    shared: &Shared,
+    req: Request<Incoming>,
+    host: &str,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+) -> Outcome {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().map(str::to_string);
+    let info = RequestInfo {
+        host,
+        path: &path,
+        query: query.as_deref(),
+        method: parts.method.as_str(),
+        headers: &parts.headers,
+    };
+    let listener = table
+        .listener(host)
+        .map(|l| l.name.clone())
+        .unwrap_or_default();
+    let Some(m) = table.lookup(&info) else {
+        return Outcome {
+            listener,
+            route: String::new(),
+            backend: String::new(),
+            response: full(StatusCode::NOT_FOUND, "no route\n"),
+        };
+    };
+    let rule = m.rule.clone();
+    let route_info = m.route.clone();
+    let path_match = m.path_match.clone();
+    let listener_port = m.listener.port;
+    let outcome = |backend: String, response| Outcome {
+        listener: listener.clone(),
+        route: route_info.name.clone(),
+        backend,
+        response,
+    };
+
+    let mut new_host: Option<String> = None;
+    let mut new_path = path.clone();
+    let mut response_mods = Vec::new();
+    let mut mirrors: Vec<Mirror> = Vec::new();
+    let mut apply =
+        |filters: &[HttpFilter], parts: &mut http::request::Parts| -> Option<Response<ProxyBody>> {
+            for f in filters {
+                match f {
+                    HttpFilter::RequestHeaderModifier(h) => modify_headers(h, &mut parts.headers),
+                    HttpFilter::ResponseHeaderModifier(h) => response_mods.push(h.clone()),
+                    HttpFilter::RequestRedirect(r) => {
+                        let scheme = if tls { "https" } else { "http" };
+                        let location = redirect_location(
+                            r,
+                            scheme,
+                            &normalize_host(host),
+                            listener_port,
+                            &path,
+                            query.as_deref(),
+                            &path_match,
+                        );
+                        let mut resp = full(
+                            StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::FOUND),
+                            "",
+                        );
+                        if let Ok(v) = HeaderValue::from_str(&location) {
+                            resp.headers_mut().insert(header::LOCATION, v);
+                        }
+                        return Some(resp);
+                    }
+                    HttpFilter::UrlRewrite(u) => {
+                        if let Some(h) = &u.hostname {
+                            new_host = Some(h.clone());
+                        }
+                        if let Some(p) = &u.path {
+                            new_path = rewrite_path(p, &path, &path_match);
+                        }
+                    }
+                    HttpFilter::RequestMirror(mirror) => mirrors.push(mirror.clone()),
+                }
+            }
+            None
+        };
+    if let Some(resp) = apply(&rule.filters, &mut parts) {
+        return outcome(String::new(), resp);
+    }
+    let Some(chosen) = pick_backend(&rule.backends, fastrand::u64(..)) else {
+        return outcome(
+            String::new(),
+            full(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n"),
+        );
+    };
+    let backend_name = chosen.backend.name.clone();
+    if !chosen.backend.valid {
+        return outcome(
+            backend_name,
+            full(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend\n"),
+        );
+    }
+    if chosen.backend.endpoints.is_empty() {
+        return outcome(
+            backend_name,
+            full(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint\n"),
+        );
+    }
+    if let Some(resp) = apply(&chosen.filters, &mut parts) {
+        return outcome(backend_name, resp);
+    }
+    let endpoint = chosen.backend.endpoints[fastrand::usize(..chosen.backend.endpoints.len())];
+
+    // The request towards the backend.
+    let host_header = match &new_host {
+        Some(h) => h.clone(),
+        None => host.to_string(),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    if let Ok(v) = HeaderValue::from_str(&host_header) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let forwarded_for = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    let _ = local;
+    let path_and_query = match &query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path.clone(),
+    };
+    let grpc = route_info.grpc;
+    let (client, version) = if grpc {
+        (&shared.h2c, Version::HTTP_2)
+    } else {
+        (&shared.http1, Version::HTTP_11)
+    };
+    let uri =
+        |addr: SocketAddr| -> Option<Uri> { format!("http://{addr}{path_and_query}").parse().ok() };
+    let Some(target) = uri(endpoint) else {
+        return outcome(backend_name, full(StatusCode::BAD_REQUEST, "bad path\n"));
+    };
+
+    let body: ProxyBody = if mirrors.is_empty() {
+        body.map_err(BoxError::from).boxed()
+    } else {
+        match Limited::new(body, shared.settings.max_mirror_body)
+            .collect()
+            .await
+        {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                for mirror in &mirrors {
+                    if !mirror.backend.valid
+                        || mirror.backend.endpoints.is_empty()
+                        || fastrand::f64() * 100.0 >= mirror.percent
+                    {
+                        continue;
+                    }
+                    let ep =
+                        mirror.backend.endpoints[fastrand::usize(..mirror.backend.endpoints.len())];
+                    let Some(mirror_uri) = uri(ep) else { continue };
+                    let mut copy =
+                        Request::new(Full::new(bytes.clone()).map_err(|e| match e {}).boxed());
+                    *copy.method_mut() = parts.method.clone();
+                    *copy.uri_mut() = mirror_uri;
+                    *copy.version_mut() = version;
+                    *copy.headers_mut() = parts.headers.clone();
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                            if let Ok(resp) = client.request(copy).await {
+                                let _ = resp.into_body().collect().await;
+                            }
+                        })
+                        .await;
+                    });
+                }
+                Full::new(bytes).map_err(|e| match e {}).boxed()
+            }
+            Err(_) => {
+                return outcome(
+                    backend_name,
+                    full(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large to mirror\n",
+                    ),
+                )
+            }
+        }
+    };
+    parts.uri = target;
+    parts.version = version;
+    let outbound = Request::from_parts(parts, body);
+    let send = client.request(outbound);
+    let timeout = [rule.backend_timeout_ms, rule.request_timeout_ms]
+        .into_iter()
+        .flatten()
+        .min();
+    let result = match timeout {
+        Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), send).await {
+            Ok(r) => r,
+            Err(_) => {
+                return outcome(
+                    backend_name,
+                    full(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n"),
+                )
+            }
+        },
+        None => send.await,
+    };
+    let response = match result {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            for m in &response_mods {
+                modify_headers(m, &mut parts.headers);
+            }
+            Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+        }
+        Err(e) => {
+            debug!(backend = %backend_name, %endpoint, error = %e, "backend request failed");
+            full(StatusCode::BAD_GATEWAY, "backend unavailable\n")
+        }
+    };
+    outcome(backend_name, response)
+}
+
+#[allow(dead_code)]
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+#[allow(dead_code)]
+fn is_grpc(method: &Method, headers: &HeaderMap) -> bool {
+    method == Method::POST
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"))
+}
