@@ -242,3 +242,61 @@ mod tests {
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_TABLE_SIZE);
     }
 }
+
+/// ClientHello capture and SNI extraction in the kernel (the in-kernel TLS passthrough path).
+pub mod clienthello {
+    /// Bytes of records the kernel buffers before the ClientHello must be complete: 16 KiB of handshake, its
+    /// header, and a record header per 512 bytes (the userspace parser's `MAX_BUFFERED`, so both agree).
+    pub const MAX_BUFFERED: usize = 16 * 1024 + 4 + 5 * (16 * 1024 / 512 + 1);
+    /// Capture buffer size: a power of two above `MAX_BUFFERED`, so offsets can be masked for the verifier.
+    pub const CAPTURE_BUF: usize = 32 * 1024;
+    /// Reassembled handshake buffer: a handshake offset (≤ 16 KiB + 4) plus one record (≤ 16 KiB) fits.
+    pub const HANDSHAKE_BUF: usize = 32 * 1024 + 64;
+    /// Longest host_name accepted on the wire: 253 characters plus a trailing dot.
+    pub const MAX_NAME: usize = 256;
+
+    /// Captured bytes of a connection's first flight (TLS records as the client sent them).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Capture {
+        pub len: u32,
+        pub _pad: u32,
+        pub data: [u8; CAPTURE_BUF],
+    }
+
+    /// What the kernel's parser concluded.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Verdict {
+        /// One of [`outcome`].
+        pub outcome: u32,
+        /// Length of the normalised name in `name` (when `outcome` is [`outcome::SNI`]).
+        pub name_len: u32,
+        /// Bytes of the capture the ClientHello's records occupy.
+        pub records_len: u32,
+        pub _pad: u32,
+        pub name: [u8; MAX_NAME],
+    }
+
+    /// Parser outcomes; the names match the userspace parser's rejection reasons.
+    pub mod outcome {
+        /// A complete ClientHello with a valid host_name.
+        pub const SNI: u32 = 0;
+        /// More bytes are needed (for a capture that will not grow: `truncated`).
+        pub const INCOMPLETE: u32 = 1;
+        pub const NOT_TLS: u32 = 2;
+        pub const SSLV2: u32 = 3;
+        pub const MALFORMED: u32 = 4;
+        pub const OVERSIZED: u32 = 5;
+        pub const NO_SNI: u32 = 6;
+        pub const AMBIGUOUS_SNI: u32 = 7;
+        pub const INVALID_SNI: u32 = 8;
+    }
+
+    #[cfg(feature = "user")]
+    mod pod {
+        // SAFETY: #[repr(C)] integers and byte arrays with explicit padding: every bit pattern is valid.
+        unsafe impl aya::Pod for super::Capture {}
+        unsafe impl aya::Pod for super::Verdict {}
+    }
+}

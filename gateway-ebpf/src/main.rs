@@ -9,6 +9,7 @@
 #![no_main]
 
 mod checksum;
+mod clienthello;
 mod counters;
 mod flow;
 mod headers;
@@ -25,6 +26,17 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn gateway_ingress(ctx: TcContext) -> i32 {
     ingress::run(&ctx)
+}
+
+/// Diagnostics entry point, run only through BPF_PROG_TEST_RUN: parses the ClientHello the agent put in
+/// `HELLO_INPUT` with the kernel's parser and leaves the verdict in `HELLO_VERDICT`, so the kernel's parser can be
+/// checked against the userspace one on the same bytes.
+#[classifier]
+pub fn clienthello_probe(_ctx: TcContext) -> i32 {
+    if let (Some(input), Some(verdict)) = (maps::HELLO_INPUT.get_ptr(0), maps::HELLO_VERDICT.get_ptr_mut(0)) {
+        clienthello::parse(input, verdict);
+    }
+    aya_ebpf::bindings::TC_ACT_OK as i32
 }
 
 #[cfg(not(test))]

@@ -5,6 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use gateway_common::{
+    clienthello::{Capture, Verdict},
     counter, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable,
     RouteKey,
 };
@@ -37,3 +38,11 @@ pub static FLOWS: HashMap<FlowKey, Flow> = HashMap::pinned(262144, 0);
 /// Packet counters by reason (see `gateway_common::counter`).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+/// Input of the `clienthello_probe` diagnostics program.
+#[map]
+pub static HELLO_INPUT: Array<Capture> = Array::with_max_entries(1, 0);
+
+/// Output of the `clienthello_probe` diagnostics program.
+#[map]
+pub static HELLO_VERDICT: Array<Verdict> = Array::with_max_entries(1, 0);

@@ -157,9 +157,11 @@ impl Dataplane {
         bpffs::ensure_dir(&pin_dir)?;
         std::fs::create_dir_all(pin_dir.join("links"))
             .map_err(|e| DataplaneError::Bpffs(format!("creating {}: {e}", pin_dir.display())))?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::Load(format!("{what}: {e}")))? as u32;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries("FLOWS", settings.conntrack_entries)
+            .map_max_entries("HELLO_SCRATCH", cpus)
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
         let program: &mut SchedClassifier = ebpf
@@ -171,7 +173,7 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Load(format!("{e}")))?;
         program
             .load()
-            .map_err(|e| DataplaneError::Load(verifier_message(&e)))?;
+            .map_err(|e| DataplaneError::Load(verifier_message(PROGRAM, &e)))?;
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
@@ -590,6 +592,41 @@ impl Dataplane {
         Ok((result.return_value as i32, out))
     }
 
+    /// Parses `hello` (a connection's first bytes) with the kernel's ClientHello parser, through the
+    /// `clienthello_probe` program and BPF_PROG_TEST_RUN. For tests and diagnostics: it is how the kernel parser
+    /// is checked against the userspace one.
+    pub fn parse_clienthello_in_kernel(&mut self, hello: &[u8]) -> Result<KernelVerdict, DataplaneError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        use gateway_common::clienthello::{Capture, Verdict, CAPTURE_BUF};
+        let mut capture = Box::new(Capture { len: 0, _pad: 0, data: [0; CAPTURE_BUF] });
+        let n = hello.len().min(CAPTURE_BUF);
+        capture.data[..n].copy_from_slice(&hello[..n]);
+        capture.len = hello.len().min(u32::MAX as usize) as u32;
+        {
+            let map = self.ebpf.map_mut("HELLO_INPUT").ok_or_else(|| DataplaneError::Load("HELLO_INPUT missing".into()))?;
+            let mut input: Array<&mut MapData, Capture> = Array::try_from(map).map_err(map_err("HELLO_INPUT"))?;
+            input.set(0, *capture, 0).map_err(map_err("HELLO_INPUT"))?;
+        }
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut("clienthello_probe")
+            .ok_or_else(|| DataplaneError::Load("clienthello_probe missing".into()))?
+            .try_into()
+            .map_err(|e| DataplaneError::Load(format!("{e}")))?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| DataplaneError::Load(verifier_message("clienthello_probe", &e)))?;
+        }
+        let frame = [0u8; 64];
+        program
+            .test_run(TestRunOptions { data_in: Some(&frame), ..Default::default() })
+            .map_err(|e| DataplaneError::Load(format!("BPF_PROG_TEST_RUN: {e}")))?;
+        let map = self.ebpf.map("HELLO_VERDICT").ok_or_else(|| DataplaneError::Load("HELLO_VERDICT missing".into()))?;
+        let verdict: Array<&MapData, Verdict> = Array::try_from(map).map_err(map_err("HELLO_VERDICT"))?;
+        let v = verdict.get(&0, 0).map_err(map_err("HELLO_VERDICT"))?;
+        let name = String::from_utf8_lossy(&v.name[..(v.name_len as usize).min(v.name.len())]).into_owned();
+        Ok(KernelVerdict { outcome: v.outcome, name, records_len: v.records_len })
+    }
+
     /// Every conntrack entry (for tests, diagnostics and the admin endpoint).
     pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
         self.flows.iter().filter_map(Result::ok).collect()
@@ -603,6 +640,34 @@ impl Dataplane {
     /// Where the maps and links are pinned.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+}
+
+/// The kernel ClientHello parser's verdict (see `gateway_common::clienthello::outcome`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelVerdict {
+    pub outcome: u32,
+    /// The normalised host_name when `outcome` is `SNI`.
+    pub name: String,
+    pub records_len: u32,
+}
+
+impl KernelVerdict {
+    /// The verdict in the corpus's words: `sni:<name>` or `reject:<reason>`.
+    pub fn describe(&self) -> String {
+        use gateway_common::clienthello::outcome;
+        match self.outcome {
+            outcome::SNI => format!("sni:{}", self.name),
+            outcome::INCOMPLETE => "reject:truncated".into(),
+            outcome::NOT_TLS => "reject:not_tls".into(),
+            outcome::SSLV2 => "reject:sslv2".into(),
+            outcome::MALFORMED => "reject:malformed".into(),
+            outcome::OVERSIZED => "reject:oversized".into(),
+            outcome::NO_SNI => "reject:no_sni".into(),
+            outcome::AMBIGUOUS_SNI => "reject:ambiguous_sni".into(),
+            outcome::INVALID_SNI => "reject:invalid_sni".into(),
+            other => format!("reject:unknown-{other}"),
+        }
     }
 }
 
@@ -630,13 +695,13 @@ fn read_counters(
 }
 
 /// Formats a program load error with the verifier's log, which says why a program was rejected.
-fn verifier_message(e: &aya::programs::ProgramError) -> String {
+fn verifier_message(program: &str, e: &aya::programs::ProgramError) -> String {
     match e {
         aya::programs::ProgramError::LoadError {
             io_error,
             verifier_log,
         } => {
-            format!("the verifier rejected {PROGRAM}: {io_error}\n{verifier_log}")
+            format!("the verifier rejected {program}: {io_error}\n{verifier_log}")
         }
         other => other.to_string(),
     }
