@@ -203,6 +203,8 @@ pub mod counter {
     pub const FRAG_NEEDED_SENT: u32 = 12;
     /// Packets too big for their egress interface without DF, dropped (the gateway does not fragment).
     pub const TOO_BIG_DROPPED: u32 = 13;
+    /// SNAT ports taken back from closed (or long idle UDP) flows to admit a new flow.
+    pub const SNAT_RECLAIMED: u32 = 14;
     /// Number of counters.
     pub const COUNT: u32 = 16;
 }

@@ -12,7 +12,12 @@ use crate::{
 /// `bpf_map_update_elem` flag: fail if the key exists.
 const BPF_NOEXIST: u64 = 1;
 /// Attempts at a free SNAT port before the flow is refused.
-const SNAT_ATTEMPTS: u32 = 8;
+const SNAT_ATTEMPTS: u32 = 16;
+/// A closed TCP flow's SNAT port may be reused once the flow has been quiet this long (its last FIN/ACK
+/// retransmissions are over); after a RST at once.
+const RECLAIM_CLOSED_NS: u64 = 1_000_000_000;
+/// A UDP flow's SNAT port may be reused for a new flow once it has been idle this long.
+const RECLAIM_UDP_NS: u64 = 5_000_000_000;
 /// Timestamps are refreshed at most this often, to keep the shared cache line quiet under load.
 const LAST_SEEN_GRANULARITY_NS: u64 = 500_000_000;
 
@@ -86,6 +91,40 @@ pub fn track(pkt: &Packet, len: u32) -> Option<Flow> {
     Some(*flow)
 }
 
+/// Frees the SNAT port held by the flow whose reply entry is `reply_key`, if that flow is over: TCP closed by a
+/// RST, or by FINs both ways and quiet for a second; UDP idle for five seconds. Without this, a closed flow would
+/// hold its port until the agent's expiry (seconds later), which caps new connections per backend endpoint.
+#[inline(always)]
+fn reclaim(reply_key: &FlowKey, now: u64) -> bool {
+    // SAFETY: a plain read of a map value returned by a successful lookup.
+    let Some(old_reply) = (unsafe { FLOWS.get(reply_key) }).copied() else {
+        return false;
+    };
+    let original_key = peer_key(&old_reply, reply_key.proto);
+    // SAFETY: as above.
+    let original = unsafe { FLOWS.get(original_key) }.copied();
+    let last_seen = match original {
+        Some(o) => o.last_seen_ns.max(old_reply.last_seen_ns),
+        None => old_reply.last_seen_ns,
+    };
+    let idle = now.saturating_sub(last_seen);
+    let over = if reply_key.proto == PROTO_TCP {
+        let both = original.map(|o| o.tcp_flags).unwrap_or(0);
+        let rst = (both | old_reply.tcp_flags) & tcp_seen::RST != 0;
+        let fins = both & tcp_seen::FIN != 0 && old_reply.tcp_flags & tcp_seen::FIN != 0;
+        rst || (fins && idle > RECLAIM_CLOSED_NS) || (original.is_none() && idle > RECLAIM_CLOSED_NS)
+    } else {
+        idle > RECLAIM_UDP_NS
+    };
+    if !over {
+        return false;
+    }
+    let _ = FLOWS.remove(original_key);
+    let _ = FLOWS.remove(reply_key);
+    count(counter::SNAT_RECLAIMED);
+    true
+}
+
 /// Why a new flow could not be admitted.
 pub enum AdmitError {
     /// No SNAT port free for this backend, or the conntrack table is full.
@@ -152,7 +191,9 @@ pub fn admit(
     while attempt < SNAT_ATTEMPTS {
         let port = min + (hash.wrapping_add(attempt.wrapping_mul(7919)) % span);
         reply_key.dport = (port as u16).to_be();
-        if FLOWS.insert(reply_key, reply, BPF_NOEXIST).is_ok() {
+        if FLOWS.insert(reply_key, reply, BPF_NOEXIST).is_ok()
+            || (reclaim(&reply_key, now) && FLOWS.insert(reply_key, reply, BPF_NOEXIST).is_ok())
+        {
             claimed = true;
             break;
         }

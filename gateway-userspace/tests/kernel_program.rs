@@ -160,6 +160,11 @@ fn inspect(frame: &[u8]) -> Seen {
 
 /// Runs `body` with a freshly loaded and programmed data plane inside a new namespace.
 fn with_dataplane(body: impl FnOnce(&mut Dataplane) + Send) {
+    with_dataplane_settings(|_| {}, body)
+}
+
+/// [`with_dataplane`] with adjusted settings.
+fn with_dataplane_settings(adjust: impl FnOnce(&mut Settings) + Send, body: impl FnOnce(&mut Dataplane) + Send) {
     let ns = Netns::with_role("prog").expect("namespace");
     // This kernel has no dummy driver: a veth pair whose far end stays in the namespace serves as the link
     // towards the backends.
@@ -173,10 +178,11 @@ fn with_dataplane(body: impl FnOnce(&mut Dataplane) + Send) {
     let cleanup_root = root.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ns.run(move || {
-            let settings = Settings {
+            let mut settings = Settings {
                 bpffs_root: root,
                 ..Settings::default()
             };
+            adjust(&mut settings);
             let mut dp =
                 Dataplane::load(settings).expect("the eBPF object loads and passes the verifier");
             let report = dp.apply(&ir()).expect("apply");
@@ -587,4 +593,46 @@ fn flows_count_packets_and_bytes_per_direction() {
             ([2, 1], 1, 1)
         );
     });
+}
+
+fn tcp_flags_frame(sport: u16, flags: &str) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(CLIENT, VIP, 64)
+        .tcp(sport, 9000, 2000, 64240);
+    for f in flags.chars() {
+        b = match f {
+            'S' => b.syn(),
+            'A' => b.ack(1),
+            'R' => b.rst(),
+            'F' => b.fin(),
+            _ => b,
+        };
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+#[test]
+fn a_closed_flow_gives_its_snat_port_to_the_next_flow() {
+    with_dataplane_settings(
+        |s| s.snat_ports = (20000, 20000),
+        |dp| {
+            let (action, out) = dp.run_frame(&tcp_flags_frame(41000, "S")).unwrap();
+            assert_eq!((action, inspect(&out).sport), (TC_ACT_REDIRECT, 20000));
+            // The client resets the connection: the flow is over.
+            let (action, _) = dp.run_frame(&tcp_flags_frame(41000, "RA")).unwrap();
+            assert_eq!(action, TC_ACT_REDIRECT, "the RST is forwarded to the backend");
+            // The only SNAT port is taken back for the next connection at once.
+            let (action, out) = dp.run_frame(&tcp_flags_frame(41001, "S")).unwrap();
+            assert_eq!((action, inspect(&out).sport), (TC_ACT_REDIRECT, 20000));
+            assert_eq!(dp.counters().unwrap()[counter::SNAT_RECLAIMED as usize], 1);
+            assert_eq!(dp.flows().len(), 2, "the old flow's entries are gone");
+            // While that flow is open, there is no port for a third: refused with a RST, counted.
+            let (action, out) = dp.run_frame(&tcp_flags_frame(41002, "S")).unwrap();
+            assert_eq!(action, TC_ACT_REDIRECT);
+            assert!(inspect(&out).tcp_rst);
+            assert_eq!(dp.counters().unwrap()[counter::TABLE_FULL as usize], 1);
+        },
+    );
 }

@@ -24,6 +24,7 @@ pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::ICMP_TRANSLATED, "icmp_translated"),
     (counter::FRAG_NEEDED_SENT, "frag_needed_sent"),
     (counter::TOO_BIG_DROPPED, "too_big_dropped"),
+    (counter::SNAT_RECLAIMED, "snat_reclaimed"),
 ];
 
 type Labels = Vec<(String, String)>;
