@@ -1,0 +1,554 @@
+//! The Gateway API conformance HTTPRoute core cases, with traffic, through the userspace HTTP proxy: each test
+//! loads the official manifest (plus base manifests), runs its Deployments as echo backends in namespaces and
+//! checks what the conformance suite checks (3 consecutive matching answers, 30 s at most), with real clients
+//! in the client namespace. Also: weights, ReferenceGrant deletion, and 100 route changes under load.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use gateway_tests::{
+    clients::{self, deployment_of, HttpResponse},
+    conformance::{ConformanceRun, Plan},
+    pki::Pki,
+};
+
+const INFRA: &str = "gateway-conformance-infra";
+const WEB: &str = "gateway-conformance-web-backend";
+
+fn request(
+    run: &ConformanceRun,
+    target: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse> {
+    let host = host.to_string();
+    let path = path.to_string();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    run.topology().client().run(move || {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        clients::http_request(target, "GET", &host, &path, &h)
+    })
+}
+
+/// Retries `check` until it succeeds 3 times in a row (30 s at most), like the conformance suite.
+fn eventually(what: &str, mut check: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut streak = 0;
+    loop {
+        match check() {
+            Ok(()) => {
+                streak += 1;
+                if streak == 3 {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                streak = 0;
+                if Instant::now() > deadline {
+                    return Err(e.context(format!("{what}: not consistent within 30 s")));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// `GET host path` answers 200 from a pod of `backend` (in `namespace`) that saw `path`.
+fn expect_backend(
+    run: &ConformanceRun,
+    target: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    backend: &str,
+    namespace: &str,
+) -> Result<()> {
+    eventually(&format!("{host}{path} {headers:?} -> {backend}"), || {
+        let r = request(run, target, host, path, headers)?;
+        ensure!(r.status == 200, "status {} ({})", r.status, r.text());
+        let echo = r.echo()?;
+        ensure!(
+            echo.pod.starts_with(&format!("{backend}-")),
+            "answered by {}, expected {backend}",
+            echo.pod
+        );
+        ensure!(echo.namespace == namespace, "namespace {}", echo.namespace);
+        ensure!(echo.path == path, "backend saw path {}", echo.path);
+        Ok(())
+    })
+}
+
+fn expect_status(
+    run: &ConformanceRun,
+    target: SocketAddr,
+    host: &str,
+    path: &str,
+    status: u16,
+) -> Result<()> {
+    eventually(&format!("{host}{path} -> {status}"), || {
+        let r = request(run, target, host, path, &[])?;
+        ensure!(r.status == status, "status {} ({})", r.status, r.text());
+        Ok(())
+    })
+}
+
+fn accepted(run: &ConformanceRun, namespace: &str, name: &str) -> Result<()> {
+    let t = Duration::from_secs(30);
+    run.wait_route_condition("HTTPRoute", namespace, name, "Accepted", "Accepted", t)?;
+    run.wait_route_condition("HTTPRoute", namespace, name, "ResolvedRefs", "ResolvedRefs", t)
+}
+
+fn start(file: &str) -> Result<Plan> {
+    Plan::load(file)
+}
+
+macro_rules! conformance {
+    ($file:expr, |$run:ident| $body:block) => {{
+        let plan = start($file)?;
+        let topo = plan.topology()?;
+        #[allow(unused_mut)]
+        let mut $run = plan.start(&topo)?;
+        let result: Result<()> = (|| $body)();
+        if result.is_err() {
+            eprintln!("gateway log:\n{}", $run.gateway().log());
+        }
+        result
+    }};
+}
+
+#[test]
+fn http_simple_same_namespace() -> Result<()> {
+    conformance!("httproute-simple-same-namespace.yaml", |run| {
+        accepted(&run, INFRA, "gateway-conformance-infra-test")?;
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)
+    })
+}
+
+#[test]
+fn http_cross_namespace() -> Result<()> {
+    conformance!("httproute-cross-namespace.yaml", |run| {
+        accepted(&run, WEB, "cross-namespace")?;
+        let gw = run.target(INFRA, "backend-namespaces", 80);
+        expect_backend(&run, gw, "example.com", "/", &[], "web-backend", WEB)
+    })
+}
+
+#[test]
+fn http_invalid_cross_namespace_parent_ref_and_disallowed_kind() -> Result<()> {
+    let t = Duration::from_secs(30);
+    conformance!("httproute-invalid-cross-namespace-parent-ref.yaml", |run| {
+        let name = "invalid-cross-namespace-parent-ref";
+        run.wait_route_condition("HTTPRoute", WEB, name, "Accepted", "NotAllowedByListeners", t)?;
+        run.wait_route_condition("HTTPRoute", WEB, name, "ResolvedRefs", "ResolvedRefs", t)?;
+        expect_status(&run, run.target(INFRA, "same-namespace", 80), "example.com", "/", 404)
+    })?;
+    conformance!("httproute-disallowed-kind.yaml", |run| {
+        run.wait_route_condition("HTTPRoute", INFRA, "disallowed-kind", "Accepted", "NotAllowedByListeners", t)?;
+        run.wait_route_condition("HTTPRoute", INFRA, "disallowed-kind", "ResolvedRefs", "ResolvedRefs", t)
+    })
+}
+
+#[test]
+fn http_hostname_intersection() -> Result<()> {
+    conformance!("httproute-hostname-intersection.yaml", |run| {
+        let gw = run.target(INFRA, "httproute-hostname-intersection", 80);
+        let v = |n| format!("infra-backend-v{n}");
+        expect_backend(&run, gw, "very.specific.com", "/s1", &[], &v(1), INFRA)?;
+        expect_backend(&run, gw, "very.specific.com:1234", "/s1", &[], &v(1), INFRA)?;
+        for host in ["foo.wildcard.io", "bar.wildcard.io", "foo.bar.wildcard.io"] {
+            expect_backend(&run, gw, host, "/s2", &[], &v(2), INFRA)?;
+        }
+        expect_backend(&run, gw, "very.specific.com", "/s3", &[], &v(3), INFRA)?;
+        expect_backend(&run, gw, "foo.anotherwildcard.io", "/s4", &[], &v(1), INFRA)?;
+        for (host, path) in [
+            ("non.matching.com", "/s1"),
+            ("foo.nonmatchingwildcard.io", "/s1"),
+            ("foo.wildcard.io", "/s1"),
+            ("very.specific.com", "/s2"),
+            ("wildcard.io", "/s2"),
+            ("specific.but.wrong.com", "/s5"),
+            ("wildcard.io", "/s5"),
+        ] {
+            expect_status(&run, gw, host, path, 404)?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn http_listener_hostname_matching() -> Result<()> {
+    conformance!("httproute-listener-hostname-matching.yaml", |run| {
+        let gw = run.target(INFRA, "httproute-listener-hostname-matching", 80);
+        let v = |n| format!("infra-backend-v{n}");
+        expect_backend(&run, gw, "bar.com", "/", &[], &v(1), INFRA)?;
+        expect_backend(&run, gw, "foo.bar.com", "/", &[], &v(2), INFRA)?;
+        for host in ["baz.bar.com", "boo.bar.com", "multiple.prefixes.bar.com", "multiple.prefixes.foo.com"] {
+            expect_backend(&run, gw, host, "/", &[], &v(3), INFRA)?;
+        }
+        expect_status(&run, gw, "foo.com", "/", 404)?;
+        expect_status(&run, gw, "no.matching.host", "/", 404)
+    })
+}
+
+#[test]
+fn http_https_listener() -> Result<()> {
+    let pki = Pki::new("conformance test CA")?;
+    let cert = pki.issue(
+        "tls-validity-checks-certificate",
+        &["example.org", "second-example.org", "unknown-example.org"],
+    )?;
+    conformance!("httproute-https-listener.yaml", |run| {
+        run.apply(&cert.tls_secret_yaml("tls-validity-checks-certificate", INFRA))?;
+        let gw = run.target(INFRA, "same-namespace-with-https-listener", 443);
+        let ca = pki.ca_pem().to_string();
+        let https = |host: &str, backend: Option<&str>| -> Result<()> {
+            eventually(&format!("https {host}"), || {
+                let (h, ca) = (host.to_string(), ca.clone());
+                let r = run
+                    .topology()
+                    .client()
+                    .run(move || clients::https_request(gw, &h, &ca, &h, "/"))?;
+                match backend {
+                    Some(b) => {
+                        ensure!(r.status == 200, "status {} ({})", r.status, r.text());
+                        let echo = r.echo()?;
+                        ensure!(echo.pod.starts_with(b), "answered by {}", echo.pod);
+                    }
+                    None => ensure!(r.status == 404, "status {}", r.status),
+                }
+                Ok(())
+            })
+        };
+        https("example.org", Some("infra-backend-v1"))?;
+        https("second-example.org", Some("infra-backend-v2"))?;
+        https("unknown-example.org", None)?;
+        // A new certificate is served to new connections without a restart.
+        let other = Pki::new("second CA")?;
+        let cert2 = other.issue("rotated", &["example.org", "second-example.org", "unknown-example.org"])?;
+        run.apply(&cert2.tls_secret_yaml("tls-validity-checks-certificate", INFRA))?;
+        let ca2 = other.ca_pem().to_string();
+        eventually("rotated certificate", || {
+            let ca = ca2.clone();
+            let r = run
+                .topology()
+                .client()
+                .run(move || clients::https_request(gw, "example.org", &ca, "example.org", "/"))?;
+            ensure!(r.status == 200, "status {}", r.status);
+            Ok(())
+        })
+    })
+}
+
+#[test]
+fn http_multiple_gateways() -> Result<()> {
+    conformance!("httproute-multiple-gateways.yaml", |run| {
+        let a = run.target(INFRA, "same-namespace", 80);
+        let b = run.target(INFRA, "all-namespaces", 80);
+        let v = |n| format!("infra-backend-v{n}");
+        expect_backend(&run, a, "example.com", "/shared", &[], &v(1), INFRA)?;
+        expect_backend(&run, b, "example.com", "/shared", &[], &v(1), INFRA)?;
+        expect_backend(&run, a, "example.com", "/", &[], &v(2), INFRA)?;
+        expect_backend(&run, b, "example.com", "/", &[], &v(3), INFRA)
+    })
+}
+
+#[test]
+fn http_matching_and_matching_across_routes() -> Result<()> {
+    let v = |n| format!("infra-backend-v{n}");
+    conformance!("httproute-matching.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        for (path, headers, backend) in [
+            ("/", vec![], 1),
+            ("/example", vec![], 1),
+            ("/", vec![("Version", "one")], 1),
+            ("/v2", vec![], 2),
+            ("/v2/example", vec![], 2),
+            ("/v2/", vec![], 2),
+            ("/", vec![("Version", "two")], 2),
+            ("/v2example", vec![], 1),
+            ("/foo/v2/example", vec![], 1),
+        ] {
+            expect_backend(&run, gw, "example.com", path, &headers, &v(backend), INFRA)?;
+        }
+        Ok(())
+    })?;
+    conformance!("httproute-matching-across-routes.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        for (host, path, headers, backend) in [
+            ("example.com", "/", vec![], 1),
+            ("example.com", "/example", vec![], 1),
+            ("example.net", "/example", vec![], 1),
+            ("example.com", "/v2", vec![], 2),
+            ("example.com", "/v2/example", vec![], 2),
+            ("example.com", "/", vec![("Version", "two")], 2),
+            ("example.net", "/v2", vec![], 1),
+            ("example.com", "/v2example", vec![], 1),
+        ] {
+            expect_backend(&run, gw, host, path, &headers, &v(backend), INFRA)?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn http_exact_path_and_path_match_order() -> Result<()> {
+    let v = |n| format!("infra-backend-v{n}");
+    conformance!("httproute-exact-path-matching.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_backend(&run, gw, "example.com", "/one", &[], &v(1), INFRA)?;
+        expect_backend(&run, gw, "example.com", "/two", &[], &v(2), INFRA)?;
+        for path in ["/", "/one/example", "/two/", "/Two"] {
+            expect_status(&run, gw, "example.com", path, 404)?;
+        }
+        Ok(())
+    })?;
+    conformance!("httproute-path-match-order.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        for (path, backend) in [
+            ("/match/exact/one", 3),
+            ("/match/exact", 2),
+            ("/match", 1),
+            ("/match/prefix/one/any", 2),
+            ("/match/prefix/any", 1),
+            ("/match/any", 3),
+        ] {
+            expect_backend(&run, gw, "example.com", path, &[], &v(backend), INFRA)?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn http_header_matching() -> Result<()> {
+    let v = |n| format!("infra-backend-v{n}");
+    conformance!("httproute-header-matching.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        for (headers, backend) in [
+            (vec![("Version", "one")], 1),
+            (vec![("Version", "two")], 2),
+            (vec![("Version", "two"), ("Color", "orange")], 1),
+            (vec![("Version", "two"), ("Color", "blue")], 2),
+            (vec![("Color", "blue")], 1),
+            (vec![("Color", "green")], 1),
+            (vec![("Color", "red")], 2),
+            (vec![("Color", "yellow")], 2),
+        ] {
+            expect_backend(&run, gw, "example.com", "/", &headers, &v(backend), INFRA)?;
+        }
+        for headers in [vec![("Color", "orange")], vec![("Some-Other-Header", "one")], vec![("Color", "purple")]] {
+            eventually("header 404", || {
+                let r = request(&run, gw, "example.com", "/", &headers)?;
+                ensure!(r.status == 404, "status {}", r.status);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn http_request_header_modifier() -> Result<()> {
+    conformance!("httproute-request-header-modifier.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        let seen = |path: &str, headers: &[(&str, &str)]| -> Result<BTreeMap<String, Vec<String>>> {
+            let r = request(&run, gw, "example.com", path, headers)?;
+            ensure!(r.status == 200, "status {}", r.status);
+            Ok(r.echo()?.headers)
+        };
+        eventually("set", || {
+            let h = seen("/set", &[("Some-Other-Header", "val")])?;
+            ensure!(h.get("X-Header-Set") == Some(&vec!["set-overwrites-values".to_string()]), "{h:?}");
+            Ok(())
+        })?;
+        eventually("set overwrites", || {
+            let h = seen("/set", &[("X-Header-Set", "some-other-value")])?;
+            ensure!(h.get("X-Header-Set") == Some(&vec!["set-overwrites-values".to_string()]), "{h:?}");
+            Ok(())
+        })?;
+        eventually("add", || {
+            let h = seen("/add", &[("X-Header-Add", "some-other-value")])?;
+            let values = h.get("X-Header-Add").cloned().unwrap_or_default().join(",");
+            ensure!(values == "some-other-value,add-appends-values", "{h:?}");
+            Ok(())
+        })?;
+        eventually("remove", || {
+            let h = seen("/remove", &[("X-Header-Remove", "val")])?;
+            ensure!(!h.contains_key("X-Header-Remove"), "{h:?}");
+            Ok(())
+        })
+    })
+}
+
+#[test]
+fn http_redirects() -> Result<()> {
+    conformance!("httproute-redirect-host-and-status.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        for (path, status) in [("/hostname-redirect", 302), ("/host-and-status", 301)] {
+            eventually(path, || {
+                let r = request(&run, gw, "example.com", path, &[])?;
+                ensure!(r.status == status, "status {}", r.status);
+                let location = r.header("location").context("no Location")?;
+                ensure!(location.starts_with("http://example.org"), "Location {location}");
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn http_service_types() -> Result<()> {
+    conformance!("httproute-service-types.yaml", |run| {
+        accepted(&run, INFRA, "service-types")?;
+        let gw = run.target(INFRA, "same-namespace", 80);
+        for path in ["/", "/headless", "/manual-endpointslices"] {
+            eventually(path, || {
+                let r = request(&run, gw, "example.com", path, &[])?;
+                ensure!(r.status == 200, "{path}: status {} ({})", r.status, r.text());
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn http_weights_70_30_0() -> Result<()> {
+    conformance!("httproute-weight.yaml", |run| {
+        accepted(&run, INFRA, "weighted-backends")?;
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_status(&run, gw, "example.com", "/", 200)?;
+        let handles: Vec<_> = (0..10)
+            .map(|_| {
+                run.topology().client().spawn_thread(move || -> Result<Vec<String>> {
+                    (0..50)
+                        .map(|_| {
+                            let r = clients::http_request(gw, "GET", "example.com", "/", &[])?;
+                            ensure!(r.status == 200, "status {}", r.status);
+                            Ok(r.echo()?.pod)
+                        })
+                        .collect()
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for h in handles {
+            for pod in h.join().expect("client thread")? {
+                *seen.entry(deployment_of(&pod).to_string()).or_default() += 1;
+            }
+        }
+        let total: usize = seen.values().sum();
+        ensure!(total == 500, "{seen:?}");
+        for (d, expected) in [("infra-backend-v1", 0.7), ("infra-backend-v2", 0.3)] {
+            let share = *seen.get(d).unwrap_or(&0) as f64 / total as f64;
+            ensure!((share - expected).abs() <= 0.05, "{d}: {share} ({seen:?})");
+        }
+        ensure!(!seen.contains_key("infra-backend-v3"), "weight 0 got traffic: {seen:?}");
+        Ok(())
+    })
+}
+
+#[test]
+fn http_no_backend_refs_and_invalid_backends_500() -> Result<()> {
+    conformance!("httproute-omitted-backendrefs.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_backend(&run, gw, "example.com", "/forward", &[], "infra-backend-v1", INFRA)?;
+        expect_status(&run, gw, "example.com", "/omitted-no-forward", 500)?;
+        expect_status(&run, gw, "example.com", "/empty-no-forward", 500)
+    })?;
+    conformance!("httproute-invalid-nonexistent-backendref.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_status(&run, gw, "example.com", "/", 500)
+    })
+}
+
+#[test]
+fn http_reference_grant_and_deletion() -> Result<()> {
+    conformance!("httproute-reference-grant.yaml", |run| {
+        accepted(&run, INFRA, "reference-grant")?;
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_backend(&run, gw, "example.com", "/", &[], "web-backend", WEB)?;
+        run.delete("ReferenceGrant", WEB, "reference-grant")?;
+        run.wait_route_condition(
+            "HTTPRoute",
+            INFRA,
+            "reference-grant",
+            "ResolvedRefs",
+            "RefNotPermitted",
+            Duration::from_secs(30),
+        )?;
+        expect_status(&run, gw, "example.com", "/", 500)
+    })
+}
+
+/// Under a steady request load, 100 route changes (a second route added and removed) give only 200s (the
+/// stable route, and the changing one while present) and 404s (the changing one while absent): no 5xx, no
+/// connection errors.
+#[test]
+fn http_100_route_changes_under_load() -> Result<()> {
+    conformance!("httproute-simple-same-namespace.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
+        let extra = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: changing, namespace: gateway-conformance-infra}\nspec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [changing.example.com]\n  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..4)
+            .map(|i| {
+                let stop = stop.clone();
+                run.topology().client().spawn_thread(move || -> Result<BTreeMap<String, usize>> {
+                    let mut counts = BTreeMap::new();
+                    let host = if i % 2 == 0 { "example.com" } else { "changing.example.com" };
+                    while !stop.load(Ordering::Relaxed) {
+                        let outcome = match clients::http_request(gw, "GET", host, "/", &[]) {
+                            Ok(r) => format!("{host} {}", r.status),
+                            Err(e) => format!("{host} error {e:#}"),
+                        };
+                        *counts.entry(outcome).or_default() += 1;
+                    }
+                    Ok(counts)
+                })
+            })
+            .collect::<Result<_>>()?;
+        for i in 0..100 {
+            if i % 2 == 0 {
+                run.apply(extra)?;
+            } else {
+                run.delete("HTTPRoute", INFRA, "changing")?;
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut total: BTreeMap<String, usize> = BTreeMap::new();
+        for c in clients {
+            for (k, v) in c.join().expect("client thread")? {
+                *total.entry(k).or_default() += v;
+            }
+        }
+        eprintln!("outcomes: {total:?}");
+        for k in total.keys() {
+            let ok = k == "example.com 200" || k == "changing.example.com 200" || k == "changing.example.com 404";
+            if !ok {
+                bail!("unexpected outcome {k:?}: {total:?}");
+            }
+        }
+        ensure!(total.get("example.com 200").copied().unwrap_or(0) > 100, "{total:?}");
+        ensure!(total.get("changing.example.com 200").copied().unwrap_or(0) > 0, "{total:?}");
+        let metrics = run.gateway().admin_get("/metrics")?.1;
+        ensure!(metrics.contains("gateway_http_requests_total"), "no HTTP metrics");
+        Ok(())
+    })
+}
