@@ -87,6 +87,12 @@ pub struct Plan {
 impl Plan {
     /// Loads `test_file` (a file name under `conformance/tests/`) with the base manifests.
     pub fn load(test_file: &str) -> Result<Self> {
+        Self::load_with_backends(test_file, &[])
+    }
+
+    /// Like [`Plan::load`], also running the base Deployments named in `extra` (for tests whose Services
+    /// select pods the routes do not name, e.g. HTTPRouteServiceTypes' headless and manual-EndpointSlice ones).
+    pub fn load_with_backends(test_file: &str, extra: &[&str]) -> Result<Self> {
         let dir = conformance_dir();
         let base = load_docs(&dir.join("base/manifests.yaml"))?;
         let test = load_docs(&dir.join("tests").join(test_file))?;
@@ -108,6 +114,7 @@ impl Plan {
                 })
             })
             .filter_map(|b| s(&b, &["name"]).map(str::to_string))
+            .chain(extra.iter().map(|e| e.to_string()))
             .collect();
         let deployments: Vec<&Value> = test
             .iter()

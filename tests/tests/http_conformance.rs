@@ -109,7 +109,14 @@ fn expect_status(
 fn accepted(run: &ConformanceRun, namespace: &str, name: &str) -> Result<()> {
     let t = Duration::from_secs(30);
     run.wait_route_condition("HTTPRoute", namespace, name, "Accepted", "Accepted", t)?;
-    run.wait_route_condition("HTTPRoute", namespace, name, "ResolvedRefs", "ResolvedRefs", t)
+    run.wait_route_condition(
+        "HTTPRoute",
+        namespace,
+        name,
+        "ResolvedRefs",
+        "ResolvedRefs",
+        t,
+    )
 }
 
 fn start(file: &str) -> Result<Plan> {
@@ -153,13 +160,40 @@ fn http_invalid_cross_namespace_parent_ref_and_disallowed_kind() -> Result<()> {
     let t = Duration::from_secs(30);
     conformance!("httproute-invalid-cross-namespace-parent-ref.yaml", |run| {
         let name = "invalid-cross-namespace-parent-ref";
-        run.wait_route_condition("HTTPRoute", WEB, name, "Accepted", "NotAllowedByListeners", t)?;
+        run.wait_route_condition(
+            "HTTPRoute",
+            WEB,
+            name,
+            "Accepted",
+            "NotAllowedByListeners",
+            t,
+        )?;
         run.wait_route_condition("HTTPRoute", WEB, name, "ResolvedRefs", "ResolvedRefs", t)?;
-        expect_status(&run, run.target(INFRA, "same-namespace", 80), "example.com", "/", 404)
+        expect_status(
+            &run,
+            run.target(INFRA, "same-namespace", 80),
+            "example.com",
+            "/",
+            404,
+        )
     })?;
     conformance!("httproute-disallowed-kind.yaml", |run| {
-        run.wait_route_condition("HTTPRoute", INFRA, "disallowed-kind", "Accepted", "NotAllowedByListeners", t)?;
-        run.wait_route_condition("HTTPRoute", INFRA, "disallowed-kind", "ResolvedRefs", "ResolvedRefs", t)
+        run.wait_route_condition(
+            "HTTPRoute",
+            INFRA,
+            "disallowed-kind",
+            "Accepted",
+            "NotAllowedByListeners",
+            t,
+        )?;
+        run.wait_route_condition(
+            "HTTPRoute",
+            INFRA,
+            "disallowed-kind",
+            "ResolvedRefs",
+            "ResolvedRefs",
+            t,
+        )
     })
 }
 
@@ -197,7 +231,12 @@ fn http_listener_hostname_matching() -> Result<()> {
         let v = |n| format!("infra-backend-v{n}");
         expect_backend(&run, gw, "bar.com", "/", &[], &v(1), INFRA)?;
         expect_backend(&run, gw, "foo.bar.com", "/", &[], &v(2), INFRA)?;
-        for host in ["baz.bar.com", "boo.bar.com", "multiple.prefixes.bar.com", "multiple.prefixes.foo.com"] {
+        for host in [
+            "baz.bar.com",
+            "boo.bar.com",
+            "multiple.prefixes.bar.com",
+            "multiple.prefixes.foo.com",
+        ] {
             expect_backend(&run, gw, host, "/", &[], &v(3), INFRA)?;
         }
         expect_status(&run, gw, "foo.com", "/", 404)?;
@@ -239,7 +278,10 @@ fn http_https_listener() -> Result<()> {
         https("unknown-example.org", None)?;
         // A new certificate is served to new connections without a restart.
         let other = Pki::new("second CA")?;
-        let cert2 = other.issue("rotated", &["example.org", "second-example.org", "unknown-example.org"])?;
+        let cert2 = other.issue(
+            "rotated",
+            &["example.org", "second-example.org", "unknown-example.org"],
+        )?;
         run.apply(&cert2.tls_secret_yaml("tls-validity-checks-certificate", INFRA))?;
         let ca2 = other.ca_pem().to_string();
         eventually("rotated certificate", || {
@@ -350,7 +392,11 @@ fn http_header_matching() -> Result<()> {
         ] {
             expect_backend(&run, gw, "example.com", "/", &headers, &v(backend), INFRA)?;
         }
-        for headers in [vec![("Color", "orange")], vec![("Some-Other-Header", "one")], vec![("Color", "purple")]] {
+        for headers in [
+            vec![("Color", "orange")],
+            vec![("Some-Other-Header", "one")],
+            vec![("Color", "purple")],
+        ] {
             eventually("header 404", || {
                 let r = request(&run, gw, "example.com", "/", &headers)?;
                 ensure!(r.status == 404, "status {}", r.status);
@@ -365,19 +411,26 @@ fn http_header_matching() -> Result<()> {
 fn http_request_header_modifier() -> Result<()> {
     conformance!("httproute-request-header-modifier.yaml", |run| {
         let gw = run.target(INFRA, "same-namespace", 80);
-        let seen = |path: &str, headers: &[(&str, &str)]| -> Result<BTreeMap<String, Vec<String>>> {
-            let r = request(&run, gw, "example.com", path, headers)?;
-            ensure!(r.status == 200, "status {}", r.status);
-            Ok(r.echo()?.headers)
-        };
+        let seen =
+            |path: &str, headers: &[(&str, &str)]| -> Result<BTreeMap<String, Vec<String>>> {
+                let r = request(&run, gw, "example.com", path, headers)?;
+                ensure!(r.status == 200, "status {}", r.status);
+                Ok(r.echo()?.headers)
+            };
         eventually("set", || {
             let h = seen("/set", &[("Some-Other-Header", "val")])?;
-            ensure!(h.get("X-Header-Set") == Some(&vec!["set-overwrites-values".to_string()]), "{h:?}");
+            ensure!(
+                h.get("X-Header-Set") == Some(&vec!["set-overwrites-values".to_string()]),
+                "{h:?}"
+            );
             Ok(())
         })?;
         eventually("set overwrites", || {
             let h = seen("/set", &[("X-Header-Set", "some-other-value")])?;
-            ensure!(h.get("X-Header-Set") == Some(&vec!["set-overwrites-values".to_string()]), "{h:?}");
+            ensure!(
+                h.get("X-Header-Set") == Some(&vec!["set-overwrites-values".to_string()]),
+                "{h:?}"
+            );
             Ok(())
         })?;
         eventually("add", || {
@@ -403,7 +456,10 @@ fn http_redirects() -> Result<()> {
                 let r = request(&run, gw, "example.com", path, &[])?;
                 ensure!(r.status == status, "status {}", r.status);
                 let location = r.header("location").context("no Location")?;
-                ensure!(location.starts_with("http://example.org"), "Location {location}");
+                ensure!(
+                    location.starts_with("http://example.org"),
+                    "Location {location}"
+                );
                 Ok(())
             })?;
         }
@@ -413,18 +469,45 @@ fn http_redirects() -> Result<()> {
 
 #[test]
 fn http_service_types() -> Result<()> {
-    conformance!("httproute-service-types.yaml", |run| {
-        accepted(&run, INFRA, "service-types")?;
-        let gw = run.target(INFRA, "same-namespace", 80);
-        for path in ["/", "/headless", "/manual-endpointslices"] {
-            eventually(path, || {
-                let r = request(&run, gw, "example.com", path, &[])?;
-                ensure!(r.status == 200, "{path}: status {} ({})", r.status, r.text());
-                Ok(())
-            })?;
-        }
-        Ok(())
-    })
+    let plan = Plan::load_with_backends("httproute-service-types.yaml", &["infra-backend-v1"])?;
+    let topo = plan.topology()?;
+    let mut run = plan.start(&topo)?;
+    // As the conformance test does: fill the manual EndpointSlices with infra-backend-v1's pods.
+    let pods: Vec<String> = run
+        .pods()
+        .iter()
+        .filter(|p| p.deployment == "infra-backend-v1")
+        .map(|p| p.addr.to_string())
+        .collect();
+    ensure!(!pods.is_empty(), "no infra-backend-v1 pod");
+    for service in ["manual-endpointslices", "headless-manual-endpointslices"] {
+        let endpoints: String = pods
+            .iter()
+            .map(|a| format!("- addresses: [\"{a}\"]\n  conditions: {{ready: true}}\n"))
+            .collect();
+        run.apply(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-ip4\n  namespace: {INFRA}\n  \
+             labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: first-port, port: 3000, protocol: TCP}}]\nendpoints:\n{endpoints}"
+        ))?;
+    }
+    accepted(&run, INFRA, "service-types")?;
+    let gw = run.target(INFRA, "same-namespace", 80);
+    for path in [
+        "/headless",
+        "/manual-endpointslices",
+        "/headless-manual-endpointslices",
+    ] {
+        expect_backend(
+            &run,
+            gw,
+            "example.com",
+            path,
+            &[],
+            "infra-backend-v1",
+            INFRA,
+        )?;
+    }
+    Ok(())
 }
 
 #[test]
@@ -435,15 +518,17 @@ fn http_weights_70_30_0() -> Result<()> {
         expect_status(&run, gw, "example.com", "/", 200)?;
         let handles: Vec<_> = (0..10)
             .map(|_| {
-                run.topology().client().spawn_thread(move || -> Result<Vec<String>> {
-                    (0..50)
-                        .map(|_| {
-                            let r = clients::http_request(gw, "GET", "example.com", "/", &[])?;
-                            ensure!(r.status == 200, "status {}", r.status);
-                            Ok(r.echo()?.pod)
-                        })
-                        .collect()
-                })
+                run.topology()
+                    .client()
+                    .spawn_thread(move || -> Result<Vec<String>> {
+                        (0..50)
+                            .map(|_| {
+                                let r = clients::http_request(gw, "GET", "example.com", "/", &[])?;
+                                ensure!(r.status == 200, "status {}", r.status);
+                                Ok(r.echo()?.pod)
+                            })
+                            .collect()
+                    })
             })
             .collect::<Result<_>>()?;
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -458,7 +543,10 @@ fn http_weights_70_30_0() -> Result<()> {
             let share = *seen.get(d).unwrap_or(&0) as f64 / total as f64;
             ensure!((share - expected).abs() <= 0.05, "{d}: {share} ({seen:?})");
         }
-        ensure!(!seen.contains_key("infra-backend-v3"), "weight 0 got traffic: {seen:?}");
+        ensure!(
+            !seen.contains_key("infra-backend-v3"),
+            "weight 0 got traffic: {seen:?}"
+        );
         Ok(())
     })
 }
@@ -467,7 +555,15 @@ fn http_weights_70_30_0() -> Result<()> {
 fn http_no_backend_refs_and_invalid_backends_500() -> Result<()> {
     conformance!("httproute-omitted-backendrefs.yaml", |run| {
         let gw = run.target(INFRA, "same-namespace", 80);
-        expect_backend(&run, gw, "example.com", "/forward", &[], "infra-backend-v1", INFRA)?;
+        expect_backend(
+            &run,
+            gw,
+            "example.com",
+            "/forward",
+            &[],
+            "infra-backend-v1",
+            INFRA,
+        )?;
         expect_status(&run, gw, "example.com", "/omitted-no-forward", 500)?;
         expect_status(&run, gw, "example.com", "/empty-no-forward", 500)
     })?;
@@ -509,18 +605,24 @@ fn http_100_route_changes_under_load() -> Result<()> {
         let clients: Vec<_> = (0..4)
             .map(|i| {
                 let stop = stop.clone();
-                run.topology().client().spawn_thread(move || -> Result<BTreeMap<String, usize>> {
-                    let mut counts = BTreeMap::new();
-                    let host = if i % 2 == 0 { "example.com" } else { "changing.example.com" };
-                    while !stop.load(Ordering::Relaxed) {
-                        let outcome = match clients::http_request(gw, "GET", host, "/", &[]) {
-                            Ok(r) => format!("{host} {}", r.status),
-                            Err(e) => format!("{host} error {e:#}"),
+                run.topology()
+                    .client()
+                    .spawn_thread(move || -> Result<BTreeMap<String, usize>> {
+                        let mut counts = BTreeMap::new();
+                        let host = if i % 2 == 0 {
+                            "example.com"
+                        } else {
+                            "changing.example.com"
                         };
-                        *counts.entry(outcome).or_default() += 1;
-                    }
-                    Ok(counts)
-                })
+                        while !stop.load(Ordering::Relaxed) {
+                            let outcome = match clients::http_request(gw, "GET", host, "/", &[]) {
+                                Ok(r) => format!("{host} {}", r.status),
+                                Err(e) => format!("{host} error {e:#}"),
+                            };
+                            *counts.entry(outcome).or_default() += 1;
+                        }
+                        Ok(counts)
+                    })
             })
             .collect::<Result<_>>()?;
         for i in 0..100 {
@@ -540,15 +642,26 @@ fn http_100_route_changes_under_load() -> Result<()> {
         }
         eprintln!("outcomes: {total:?}");
         for k in total.keys() {
-            let ok = k == "example.com 200" || k == "changing.example.com 200" || k == "changing.example.com 404";
+            let ok = k == "example.com 200"
+                || k == "changing.example.com 200"
+                || k == "changing.example.com 404";
             if !ok {
                 bail!("unexpected outcome {k:?}: {total:?}");
             }
         }
-        ensure!(total.get("example.com 200").copied().unwrap_or(0) > 100, "{total:?}");
-        ensure!(total.get("changing.example.com 200").copied().unwrap_or(0) > 0, "{total:?}");
+        ensure!(
+            total.get("example.com 200").copied().unwrap_or(0) > 100,
+            "{total:?}"
+        );
+        ensure!(
+            total.get("changing.example.com 200").copied().unwrap_or(0) > 0,
+            "{total:?}"
+        );
         let metrics = run.gateway().admin_get("/metrics")?.1;
-        ensure!(metrics.contains("gateway_http_requests_total"), "no HTTP metrics");
+        ensure!(
+            metrics.contains("gateway_http_requests_total"),
+            "no HTTP metrics"
+        );
         Ok(())
     })
 }
