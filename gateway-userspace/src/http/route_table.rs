@@ -455,7 +455,7 @@ mod tests {
         t
     }
 
-    fn get<'a>(t: &'a ListenerRoutes, host: &str, path_and_query: &str) -> Option<(String, usize)> {
+    fn get(t: &ListenerRoutes, host: &str, path_and_query: &str) -> Option<(String, usize)> {
         get_with(t, host, path_and_query, "GET", &HeaderMap::new())
     }
 
