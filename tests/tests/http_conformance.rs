@@ -665,3 +665,63 @@ fn http_100_route_changes_under_load() -> Result<()> {
         Ok(())
     })
 }
+
+/// curl (HTTP/1.1 and h2c prior knowledge) and, when installed, h2load (h2c, many streams) against the
+/// HTTPRouteSimpleSameNamespace gateway: every answer is a 200.
+#[test]
+fn http_curl_and_h2load_clients() -> Result<()> {
+    conformance!("httproute-simple-same-namespace.yaml", |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
+        let url = format!("http://{gw}/curl");
+        for flag in ["--http1.1", "--http2-prior-knowledge"] {
+            let url = url.clone();
+            let out = run.topology().client().run(move || {
+                std::process::Command::new("curl")
+                    .args([
+                        "-sS",
+                        flag,
+                        "-H",
+                        "Host: example.com",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code} %{http_version}",
+                        &url,
+                    ])
+                    .output()
+            })?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            ensure!(
+                text.starts_with("200 "),
+                "curl {flag}: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if std::path::Path::new("/usr/bin/h2load").exists() {
+            let out = run.topology().client().run(move || {
+                std::process::Command::new("h2load")
+                    .args([
+                        "-n",
+                        "500",
+                        "-c",
+                        "4",
+                        "-m",
+                        "10",
+                        "-H",
+                        "Host: example.com",
+                        &url,
+                    ])
+                    .output()
+            })?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            ensure!(
+                text.contains("500 succeeded") && text.contains("status codes: 500 2xx"),
+                "h2load: {text}"
+            );
+        } else {
+            eprintln!("h2load not installed (Debian nghttp2-client): skipped that client");
+        }
+        Ok(())
+    })
+}
