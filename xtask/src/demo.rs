@@ -124,10 +124,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         Ok(s)
     })?;
     let gateway_sockets = sockets::sockets_on_port(topo.gateway(), 9000)?;
-    println!(
-        "  {:<5} {:<24} {:<10} {}",
-        "conn", "answered by", "backend", "round trip"
-    );
+    println!("  {:<5} {:<24} {:<10} round trip", "conn", "answered by", "backend");
     let mut tally: BTreeMap<String, usize> = BTreeMap::new();
     for n in 1..=TCP_CONNECTIONS {
         let t = Instant::now();

@@ -69,7 +69,7 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
         },
         Step {
             name: "rust-src for the stable toolchain (-Z build-std=core)",
-            done: Box::new(|| has_rust_src()),
+            done: Box::new(has_rust_src),
             install: Box::new(|| {
                 cmd::run(Command::new("rustup").args([
                     "component",
