@@ -26,8 +26,8 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, Limited};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -762,18 +762,4 @@ async fn route(
         }
     };
     outcome(backend_name, response)
-}
-
-#[allow(dead_code)]
-fn empty() -> ProxyBody {
-    Empty::new().map_err(|e| match e {}).boxed()
-}
-
-#[allow(dead_code)]
-fn is_grpc(method: &Method, headers: &HeaderMap) -> bool {
-    method == Method::POST
-        && headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"))
 }
