@@ -132,15 +132,20 @@ fn live_rustls_hello_gives_its_sni() {
     );
 }
 
-/// Writes `rustls.bin` (run with `--ignored record_rustls_hello` when the rustls version changes).
+/// The recorded `rustls.bin` routes exactly like a hello recorded now; `UPDATE_CORPUS=1` rewrites it (when the
+/// rustls version changes).
 #[test]
-#[ignore = "rewrites a corpus file"]
-fn record_rustls_hello() {
-    std::fs::write(
-        corpus_dir().join("rustls.bin"),
-        rustls_hello("rustls.example.com"),
-    )
-    .unwrap();
+fn recorded_rustls_hello_matches_a_live_one() {
+    let live = rustls_hello("rustls.example.com");
+    let path = corpus_dir().join("rustls.bin");
+    if std::env::var_os("UPDATE_CORPUS").is_some() {
+        std::fs::write(&path, &live).unwrap();
+    }
+    let recorded = std::fs::read(&path).unwrap();
+    assert_eq!(
+        outcome(clienthello::parse_complete(&recorded)),
+        outcome(clienthello::parse_complete(&live))
+    );
 }
 
 /// A small deterministic PRNG (xorshift64*), so failures reproduce.
