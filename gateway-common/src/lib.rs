@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`/sys/fs/bpf/ebpf-gateway/v{ABI_VERSION}/...`).
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -262,8 +262,31 @@ pub mod clienthello {
     #[derive(Clone, Copy)]
     pub struct Capture {
         pub len: u32,
-        pub _pad: u32,
+        /// The TLS passthrough listener the connection came to (selects its SNI table).
+        pub listener_id: u32,
         pub data: [u8; CAPTURE_BUF],
+    }
+
+    /// Kinds of [`SniKey`] entries, looked up in this order: the exact name, wildcard suffixes from the longest
+    /// (`a.b.example.com` tries `b.example.com`, then `example.com`, then `com`), then the catch-all.
+    pub mod sni_kind {
+        pub const EXACT: u32 = 0;
+        /// `*.suffix`: `name` holds the suffix without `*.`.
+        pub const WILDCARD: u32 = 1;
+        /// `*`: any name (only from TLSRoutes without hostnames).
+        pub const ANY: u32 = 2;
+    }
+
+    /// Key of the `SNI_ROUTES` map. Names are lower-case, zero-padded to `MAX_NAME`.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct SniKey {
+        pub generation: u32,
+        pub listener_id: u32,
+        /// One of [`sni_kind`].
+        pub kind: u32,
+        pub len: u32,
+        pub name: [u8; MAX_NAME],
     }
 
     /// What the kernel's parser concluded.
@@ -276,7 +299,8 @@ pub mod clienthello {
         pub name_len: u32,
         /// Bytes of the capture the ClientHello's records occupy.
         pub records_len: u32,
-        pub _pad: u32,
+        /// The route the name selects in the listener's SNI table (0: none).
+        pub route_id: u32,
         pub name: [u8; MAX_NAME],
     }
 
@@ -300,5 +324,6 @@ pub mod clienthello {
         // SAFETY: #[repr(C)] integers and byte arrays with explicit padding: every bit pattern is valid.
         unsafe impl aya::Pod for super::Capture {}
         unsafe impl aya::Pod for super::Verdict {}
+        unsafe impl aya::Pod for super::SniKey {}
     }
 }

@@ -14,9 +14,15 @@ use aya_ebpf::{
     maps::Array,
 };
 use core::ffi::c_void;
-use gateway_common::clienthello::{
-    outcome, Capture, Verdict, CAPTURE_BUF, HANDSHAKE_BUF, MAX_BUFFERED, MAX_NAME,
+use gateway_common::{
+    clienthello::{
+        outcome, sni_kind, Capture, SniKey, Verdict, CAPTURE_BUF, HANDSHAKE_BUF, MAX_BUFFERED,
+        MAX_NAME,
+    },
+    CONFIG_KEY,
 };
+
+use crate::maps::{CONFIG, SNI_ROUTES};
 
 /// Handshake bytes ever needed: a 16 KiB ClientHello body and its 4-byte header.
 const HANDSHAKE_LIMIT: u32 = 16 * 1024 + 4;
@@ -36,6 +42,10 @@ pub struct Scratch {
     /// clearing the table).
     seen: [u32; 65536],
     name: [u8; MAX_NAME],
+    /// Never written: a source of zeros for clearing names.
+    zeros: [u8; MAX_NAME],
+    /// The SNI table key being looked up (too large for the stack).
+    key: SniKey,
     walk: Walk,
 }
 
@@ -60,6 +70,8 @@ struct Walk {
     label: u32,
     label_digits: u32,
     all_digits: u32,
+    /// Route found by the SNI table walk (0: none yet).
+    route: u32,
 }
 
 /// One slot per CPU (set to the number of CPUs at load); a TC program runs to completion on its CPU, so a slot
@@ -166,7 +178,14 @@ extern "C" fn record_step(_index: u64, ctx: *mut c_void) -> i64 {
         return finish(w, outcome::MALFORMED);
     }
     if raw(s, at + 1) != 3 {
-        return finish(w, if at == 0 { outcome::NOT_TLS } else { outcome::MALFORMED });
+        return finish(
+            w,
+            if at == 0 {
+                outcome::NOT_TLS
+            } else {
+                outcome::MALFORMED
+            },
+        );
     }
     let rlen = ((raw(s, at + 3) as u32) << 8) | raw(s, at + 4) as u32;
     if rlen > MAX_RECORD {
@@ -300,32 +319,140 @@ extern "C" fn name_step(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Parses `capture` into `out`.
+/// Parses `capture` into `out` and, for a valid name, looks up its route in the listener's SNI table.
 #[inline(always)]
 pub fn parse(capture: *const Capture, out: *mut Verdict) {
+    // SAFETY: `out` points to a map value.
+    unsafe { (*out).route_id = 0 };
     let o = parse_into(capture, out);
+    if o == outcome::SNI {
+        // SAFETY: `capture` and `out` point to map values.
+        unsafe { (*out).route_id = route((*capture).listener_id, (*out).name_len) };
+    }
     // SAFETY: `out` points to a map value.
     unsafe { (*out).outcome = o };
+}
+
+/// Looks up `key` as it stands in the scratch value.
+#[inline(always)]
+fn lookup_key(s: *mut Scratch) -> u32 {
+    // SAFETY: the key lives in a map value; the result is a plain read of a map value.
+    unsafe { SNI_ROUTES.get(&(*s).key).copied().unwrap_or(0) }
+}
+
+/// The route for the normalised name in the scratch value (`len` bytes): exact, then wildcard suffixes from
+/// the longest, then the catch-all; 0 when none matches.
+#[inline(always)]
+fn route(listener_id: u32, len: u32) -> u32 {
+    // SAFETY: a helper with no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(s) = scratch(cpu) else { return 0 };
+    let Some(config) = CONFIG.get(CONFIG_KEY) else {
+        return 0;
+    };
+    // SAFETY: `s` points to this CPU's scratch value.
+    unsafe {
+        (*s).key.generation = config.generation;
+        (*s).key.listener_id = listener_id;
+        (*s).key.kind = sni_kind::EXACT;
+        (*s).key.len = len;
+        (*s).key.name = (*s).name;
+    }
+    let found = lookup_key(s);
+    if found != 0 {
+        return found;
+    }
+    // SAFETY: as above.
+    let w = unsafe { &mut (*s).walk };
+    w.route = 0;
+    w.len = len;
+    let mut slot = Slot { cpu };
+    run(MAX_NAME as u32, suffix_step, &mut slot);
+    // SAFETY: as above.
+    let found = unsafe { (*s).walk.route };
+    if found != 0 {
+        return found;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*s).key.kind = sni_kind::ANY;
+        (*s).key.len = 0;
+        (*s).key.name = (*s).zeros;
+    }
+    lookup_key(s)
+}
+
+/// At each dot of the name, looks up the wildcard entry for the suffix after it.
+#[inline(never)]
+extern "C" fn suffix_step(index: u64, ctx: *mut c_void) -> i64 {
+    let Some((s, w)) = slot(ctx) else { return 1 };
+    let i = index as u32;
+    if i >= w.len || i >= MAX_NAME as u32 - 1 {
+        return 1;
+    }
+    // SAFETY: the index is masked into the array.
+    if unsafe { (*s).name[(i & 0xff) as usize] } != b'.' {
+        return 0;
+    }
+    let suffix = w.len - i - 1;
+    if suffix == 0 || suffix >= MAX_NAME as u32 {
+        return 0;
+    }
+    // The check above keeps the mask an identity, but LLVM would drop it as redundant; the volatile read keeps
+    // it, and the mask is what proves the size's bounds to the verifier.
+    // SAFETY: reading a local.
+    let suffix = unsafe { core::ptr::read_volatile(&suffix) } & 0xff;
+    if suffix == 0 {
+        return 0;
+    }
+    // SAFETY: the key's name is cleared, then `suffix` (< MAX_NAME) bytes from inside `name` are copied to its
+    // start; `i + 1 + suffix == len <= MAX_NAME` keeps the source inside `name` too.
+    unsafe {
+        (*s).key.kind = sni_kind::WILDCARD;
+        (*s).key.len = suffix;
+        (*s).key.name = (*s).zeros;
+        let src = (*s).name.as_ptr().add(((i + 1) & 0xff) as usize) as *const c_void;
+        bpf_probe_read_kernel((*s).key.name.as_mut_ptr() as *mut c_void, suffix, src);
+    }
+    let found = lookup_key(s);
+    if found != 0 {
+        w.route = found;
+        return 1;
+    }
+    0
 }
 
 #[inline(always)]
 fn run(steps: u32, callback: extern "C" fn(u64, *mut c_void) -> i64, slot: &mut Slot) {
     // SAFETY: a bounded bpf_loop over a static callback with a pointer to a local.
-    unsafe { bpf_loop(steps, callback as *mut c_void, slot as *mut Slot as *mut c_void, 0) };
+    unsafe {
+        bpf_loop(
+            steps,
+            callback as *mut c_void,
+            slot as *mut Slot as *mut c_void,
+            0,
+        )
+    };
 }
 
 #[inline(always)]
 fn parse_into(capture: *const Capture, out: *mut Verdict) -> u32 {
     // SAFETY: a helper with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(s) = scratch(cpu) else { return outcome::MALFORMED };
+    let Some(s) = scratch(cpu) else {
+        return outcome::MALFORMED;
+    };
     let mut slot = Slot { cpu };
     // SAFETY: `capture` points to a map value.
     let len = unsafe { (*capture).len };
     if len == 0 {
         return outcome::INCOMPLETE;
     }
-    let len = if len as usize > MAX_BUFFERED { MAX_BUFFERED as u32 } else { len };
+    let len = if len as usize > MAX_BUFFERED {
+        MAX_BUFFERED as u32
+    } else {
+        len
+    };
     // SAFETY: both ranges lie inside their map values (len <= MAX_BUFFERED < CAPTURE_BUF).
     unsafe {
         let dst = (*s).raw.as_mut_ptr() as *mut c_void;
@@ -337,7 +464,11 @@ fn parse_into(capture: *const Capture, out: *mut Verdict) -> u32 {
     let first = raw(s, 0);
     if first != RECORD_HANDSHAKE {
         // SSLv2 CLIENT-HELLO: a 2-byte length with the high bit set, then msg_type 1.
-        return if first & 0x80 != 0 && (len < 3 || raw(s, 2) == CLIENT_HELLO) { outcome::SSLV2 } else { outcome::NOT_TLS };
+        return if first & 0x80 != 0 && (len < 3 || raw(s, 2) == CLIENT_HELLO) {
+            outcome::SSLV2
+        } else {
+            outcome::NOT_TLS
+        };
     }
     // SAFETY: `s` points to this CPU's scratch value.
     let w = unsafe { &mut (*s).walk };
@@ -392,7 +523,11 @@ fn parse_into(capture: *const Capture, out: *mut Verdict) -> u32 {
     w.list_end = 0;
     w.has_name = 0;
     // Steps: every extension header, plus every name entry and the list end of server_name.
-    run(MAX_EXTENSIONS as u32 + MAX_NAMES + 3, extension_step, &mut slot);
+    run(
+        MAX_EXTENSIONS as u32 + MAX_NAMES + 3,
+        extension_step,
+        &mut slot,
+    );
     // SAFETY: as above.
     let w = unsafe { &mut (*s).walk };
     if w.done != 0 {
@@ -416,10 +551,21 @@ fn normalize(s: *mut Scratch, slot: &mut Slot, out: *mut Verdict) -> u32 {
     if len == 0 {
         return outcome::INVALID_SNI;
     }
-    let n = if hs(s, off + len - 1) == b'.' { len - 1 } else { len };
+    let n = if hs(s, off + len - 1) == b'.' {
+        len - 1
+    } else {
+        len
+    };
     if n == 0 || n > 253 {
         return outcome::INVALID_SNI;
     }
+    // Clear the name first: SNI table keys are zero-padded.
+    // SAFETY: both ranges are whole MAX_NAME arrays inside this CPU's scratch value.
+    unsafe {
+        let dst = (*s).name.as_mut_ptr() as *mut c_void;
+        bpf_probe_read_kernel(dst, MAX_NAME as u32, (*s).zeros.as_ptr() as *const c_void);
+    }
+    let w = unsafe { &mut (*s).walk };
     w.done = 0;
     w.len = n;
     w.label = 0;

@@ -112,7 +112,8 @@ fn reclaim(reply_key: &FlowKey, now: u64) -> bool {
         let both = original.map(|o| o.tcp_flags).unwrap_or(0);
         let rst = (both | old_reply.tcp_flags) & tcp_seen::RST != 0;
         let fins = both & tcp_seen::FIN != 0 && old_reply.tcp_flags & tcp_seen::FIN != 0;
-        rst || (fins && idle > RECLAIM_CLOSED_NS) || (original.is_none() && idle > RECLAIM_CLOSED_NS)
+        rst || (fins && idle > RECLAIM_CLOSED_NS)
+            || (original.is_none() && idle > RECLAIM_CLOSED_NS)
     } else {
         idle > RECLAIM_UDP_NS
     };

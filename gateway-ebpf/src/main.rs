@@ -33,7 +33,10 @@ pub fn gateway_ingress(ctx: TcContext) -> i32 {
 /// checked against the userspace one on the same bytes.
 #[classifier]
 pub fn clienthello_probe(_ctx: TcContext) -> i32 {
-    if let (Some(input), Some(verdict)) = (maps::HELLO_INPUT.get_ptr(0), maps::HELLO_VERDICT.get_ptr_mut(0)) {
+    if let (Some(input), Some(verdict)) = (
+        maps::HELLO_INPUT.get_ptr(0),
+        maps::HELLO_VERDICT.get_ptr_mut(0),
+    ) {
         clienthello::parse(input, verdict);
     }
     aya_ebpf::bindings::TC_ACT_OK as i32

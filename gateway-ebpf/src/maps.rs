@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use gateway_common::{
-    clienthello::{Capture, Verdict},
+    clienthello::{Capture, SniKey, Verdict},
     counter, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable,
     RouteKey,
 };
@@ -46,3 +46,7 @@ pub static HELLO_INPUT: Array<Capture> = Array::with_max_entries(1, 0);
 /// Output of the `clienthello_probe` diagnostics program.
 #[map]
 pub static HELLO_VERDICT: Array<Verdict> = Array::with_max_entries(1, 0);
+
+/// (generation, listener, kind, name) -> route id: the SNI tables of TLS passthrough listeners.
+#[map]
+pub static SNI_ROUTES: HashMap<SniKey, u32> = HashMap::pinned(16384, 0);

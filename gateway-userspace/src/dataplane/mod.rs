@@ -25,8 +25,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
-    counter, listener_kind, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue,
-    MaglevTable, RouteKey, ABI_VERSION, CONFIG_KEY, PROTO_TCP, PROTO_UDP,
+    clienthello::SniKey, counter, listener_kind, Backend, BackendKey, Config, Flow, FlowKey,
+    ListenerKey, ListenerValue, MaglevTable, RouteKey, ABI_VERSION, CONFIG_KEY, PROTO_TCP,
+    PROTO_UDP,
 };
 use tracing::{debug, info, warn};
 
@@ -129,6 +130,8 @@ pub struct Dataplane {
     listeners: HashMap<MapData, ListenerKey, ListenerValue>,
     maglev: HashMap<MapData, RouteKey, MaglevTable>,
     backends: HashMap<MapData, BackendKey, Backend>,
+    /// SNI tables of TLS passthrough listeners (used by the in-kernel passthrough path and its probe).
+    sni_routes: HashMap<MapData, SniKey, u32>,
     flows: HashMap<MapData, FlowKey, Flow>,
     counters: PerCpuArray<MapData, u64>,
     generation: u32,
@@ -157,7 +160,9 @@ impl Dataplane {
         bpffs::ensure_dir(&pin_dir)?;
         std::fs::create_dir_all(pin_dir.join("links"))
             .map_err(|e| DataplaneError::Bpffs(format!("creating {}: {e}", pin_dir.display())))?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::Load(format!("{what}: {e}")))? as u32;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, e)| DataplaneError::Load(format!("{what}: {e}")))?
+            as u32;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .map_max_entries("FLOWS", settings.conntrack_entries)
@@ -188,6 +193,9 @@ impl Dataplane {
         let maglev = take(&mut ebpf, "MAGLEV")?
             .try_into()
             .map_err(map_err("MAGLEV"))?;
+        let sni_routes = take(&mut ebpf, "SNI_ROUTES")?
+            .try_into()
+            .map_err(map_err("SNI_ROUTES"))?;
         let backends = take(&mut ebpf, "BACKENDS")?
             .try_into()
             .map_err(map_err("BACKENDS"))?;
@@ -210,6 +218,7 @@ impl Dataplane {
             listeners,
             maglev,
             backends,
+            sni_routes,
             flows,
             counters,
             generation,
@@ -330,8 +339,12 @@ impl Dataplane {
                 let (proto, route) = match &listener.kind {
                     ListenerKind::Tcp(route) => (PROTO_TCP, route),
                     ListenerKind::Udp(route) => (PROTO_UDP, route),
-                    // TLS passthrough and HTTP listeners are served by the local stack for now.
-                    ListenerKind::TlsPassthrough(_) | ListenerKind::Http(_) => continue,
+                    ListenerKind::TlsPassthrough(table) => {
+                        self.write_sni_table(next, &gw_name, &listener.name, table)?;
+                        continue;
+                    }
+                    // HTTP listeners are served by the local stack.
+                    ListenerKind::Http(_) => continue,
                 };
                 let listener_id = self
                     .listener_ids
@@ -495,6 +508,60 @@ impl Dataplane {
         Ok(table)
     }
 
+    /// Writes a TLS passthrough listener's SNI table for generation `generation`. The IR lists routes in lookup
+    /// order, so the first entry for a name wins, as in the userspace table.
+    fn write_sni_table(
+        &mut self,
+        generation: u32,
+        gw_name: &str,
+        listener: &str,
+        table: &ir::TlsPassthrough,
+    ) -> Result<(), DataplaneError> {
+        use gateway_common::clienthello::{sni_kind, MAX_NAME};
+        let listener_id = self.listener_ids.get(format!("{gw_name}/{listener}"));
+        for entry in &table.routes {
+            let r = &entry.route;
+            let route_id = self.route_ids.get(format!(
+                "{gw_name}/{listener}/{}/{}/{}",
+                r.kind, r.namespace, r.name
+            ));
+            let host = entry.hostname.to_ascii_lowercase();
+            let (kind, name) = match host.strip_prefix("*.") {
+                _ if host == "*" => (sni_kind::ANY, ""),
+                Some(suffix) => (sni_kind::WILDCARD, suffix),
+                None => (sni_kind::EXACT, host.as_str()),
+            };
+            if name.len() >= MAX_NAME {
+                continue;
+            }
+            let mut key = SniKey {
+                generation,
+                listener_id,
+                kind,
+                len: name.len() as u32,
+                name: [0; MAX_NAME],
+            };
+            key.name[..name.len()].copy_from_slice(name.as_bytes());
+            if self.sni_routes.get(&key, 0).is_err() {
+                self.sni_routes
+                    .insert(key, route_id, 0)
+                    .map_err(map_err("SNI_ROUTES"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The id of listener `listener` of Gateway `namespace/name`, once it has been programmed.
+    pub fn listener_id(&self, gateway: &ir::ObjectRef, listener: &str) -> Option<u32> {
+        self.listener_ids
+            .by_name
+            .get(&format!(
+                "{}/{}/{listener}",
+                gateway.namespace, gateway.name
+            ))
+            .copied()
+    }
+
     /// Removes configuration entries of generations other than the current one. Call it a moment after
     /// [`apply`](Self::apply), once packets that read the previous generation have finished.
     pub fn collect_old_generations(&mut self) -> Result<usize, DataplaneError> {
@@ -528,6 +595,16 @@ impl Dataplane {
             .collect();
         for k in old {
             self.backends.remove(&k).map_err(map_err("BACKENDS"))?;
+            removed += 1;
+        }
+        let old: Vec<SniKey> = self
+            .sni_routes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation != current)
+            .collect();
+        for k in old {
+            self.sni_routes.remove(&k).map_err(map_err("SNI_ROUTES"))?;
             removed += 1;
         }
         debug!(removed, "old generations collected");
@@ -595,16 +672,29 @@ impl Dataplane {
     /// Parses `hello` (a connection's first bytes) with the kernel's ClientHello parser, through the
     /// `clienthello_probe` program and BPF_PROG_TEST_RUN. For tests and diagnostics: it is how the kernel parser
     /// is checked against the userspace one.
-    pub fn parse_clienthello_in_kernel(&mut self, hello: &[u8]) -> Result<KernelVerdict, DataplaneError> {
+    pub fn parse_clienthello_in_kernel(
+        &mut self,
+        hello: &[u8],
+        listener_id: u32,
+    ) -> Result<KernelVerdict, DataplaneError> {
         use aya::programs::{TestRun, TestRunOptions};
         use gateway_common::clienthello::{Capture, Verdict, CAPTURE_BUF};
-        let mut capture = Box::new(Capture { len: 0, _pad: 0, data: [0; CAPTURE_BUF] });
+        let mut capture = Box::new(Capture {
+            len: 0,
+            listener_id: 0,
+            data: [0; CAPTURE_BUF],
+        });
         let n = hello.len().min(CAPTURE_BUF);
         capture.data[..n].copy_from_slice(&hello[..n]);
         capture.len = hello.len().min(u32::MAX as usize) as u32;
+        capture.listener_id = listener_id;
         {
-            let map = self.ebpf.map_mut("HELLO_INPUT").ok_or_else(|| DataplaneError::Load("HELLO_INPUT missing".into()))?;
-            let mut input: Array<&mut MapData, Capture> = Array::try_from(map).map_err(map_err("HELLO_INPUT"))?;
+            let map = self
+                .ebpf
+                .map_mut("HELLO_INPUT")
+                .ok_or_else(|| DataplaneError::Load("HELLO_INPUT missing".into()))?;
+            let mut input: Array<&mut MapData, Capture> =
+                Array::try_from(map).map_err(map_err("HELLO_INPUT"))?;
             input.set(0, *capture, 0).map_err(map_err("HELLO_INPUT"))?;
         }
         let program: &mut SchedClassifier = self
@@ -614,17 +704,33 @@ impl Dataplane {
             .try_into()
             .map_err(|e| DataplaneError::Load(format!("{e}")))?;
         if program.fd().is_err() {
-            program.load().map_err(|e| DataplaneError::Load(verifier_message("clienthello_probe", &e)))?;
+            program
+                .load()
+                .map_err(|e| DataplaneError::Load(verifier_message("clienthello_probe", &e)))?;
         }
         let frame = [0u8; 64];
         program
-            .test_run(TestRunOptions { data_in: Some(&frame), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ..Default::default()
+            })
             .map_err(|e| DataplaneError::Load(format!("BPF_PROG_TEST_RUN: {e}")))?;
-        let map = self.ebpf.map("HELLO_VERDICT").ok_or_else(|| DataplaneError::Load("HELLO_VERDICT missing".into()))?;
-        let verdict: Array<&MapData, Verdict> = Array::try_from(map).map_err(map_err("HELLO_VERDICT"))?;
+        let map = self
+            .ebpf
+            .map("HELLO_VERDICT")
+            .ok_or_else(|| DataplaneError::Load("HELLO_VERDICT missing".into()))?;
+        let verdict: Array<&MapData, Verdict> =
+            Array::try_from(map).map_err(map_err("HELLO_VERDICT"))?;
         let v = verdict.get(&0, 0).map_err(map_err("HELLO_VERDICT"))?;
-        let name = String::from_utf8_lossy(&v.name[..(v.name_len as usize).min(v.name.len())]).into_owned();
-        Ok(KernelVerdict { outcome: v.outcome, name, records_len: v.records_len })
+        let name = String::from_utf8_lossy(&v.name[..(v.name_len as usize).min(v.name.len())])
+            .into_owned();
+        let route = self.id_names().routes.get(&v.route_id).cloned();
+        Ok(KernelVerdict {
+            outcome: v.outcome,
+            name,
+            records_len: v.records_len,
+            route,
+        })
     }
 
     /// Every conntrack entry (for tests, diagnostics and the admin endpoint).
@@ -650,6 +756,8 @@ pub struct KernelVerdict {
     /// The normalised host_name when `outcome` is `SNI`.
     pub name: String,
     pub records_len: u32,
+    /// The route the name selected in the listener's SNI table (`gateway/listener/Kind/namespace/name`).
+    pub route: Option<String>,
 }
 
 impl KernelVerdict {
