@@ -39,7 +39,7 @@ pub fn clienthello_probe(_ctx: TcContext) -> i32 {
     ) {
         clienthello::parse(input, verdict);
     }
-    aya_ebpf::bindings::TC_ACT_OK as i32
+    aya_ebpf::bindings::TC_ACT_OK
 }
 
 #[cfg(not(test))]
