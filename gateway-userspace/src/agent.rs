@@ -11,7 +11,9 @@ use crate::{
     http,
     ir::Ir,
     local_address::LocalAddresses,
-    passthrough, provider, snapshot::Snapshot, status, translate,
+    passthrough, provider,
+    snapshot::Snapshot,
+    status, translate,
 };
 
 /// How long packets may still be using the previous generation after a swap (far longer than any program run).
@@ -44,19 +46,28 @@ pub enum AgentError {
 
 /// Runs until `shutdown` completes. Pinned maps and links stay in place on exit, so forwarding and established
 /// flows continue until the next agent adopts them.
-pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    options: AgentOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let state = Arc::new(AdminState::default());
     let server = admin::bind(options.admin, state.clone()).await?;
     info!(address = %options.admin, "admin endpoint listening");
     let admin_task = tokio::spawn(server);
 
     let mut dataplane = Dataplane::load(options.dataplane.clone())?;
-    state.metrics.conntrack_capacity.set(options.dataplane.conntrack_entries as i64);
+    state
+        .metrics
+        .conntrack_capacity
+        .set(options.dataplane.conntrack_entries as i64);
     state.metrics.set_kernel_source(dataplane.open_counters()?);
     for name in dataplane.sync_interfaces()? {
         info!(interface = %name, "attached");
     }
-    state.metrics.interfaces.set(dataplane.interfaces().len() as i64);
+    state
+        .metrics
+        .interfaces
+        .set(dataplane.interfaces().len() as i64);
 
     let (mut snapshots, _watcher) = provider::file::watch(options.config.clone());
 
@@ -68,9 +79,21 @@ pub async fn run(options: AgentOptions, shutdown: impl Future<Output = ()>) -> R
         state.metrics.passthrough.clone(),
         local.clone().into(),
     );
-    let http = http::Proxy::new(http::Settings::default(), state.metrics.http.clone(), local.claim("http"));
-    let mut agent =
-        Agent { dataplane, passthrough, http, state: state.clone(), options, last_ir: None, last_status: None };
+    let http = http::Proxy::new(
+        http::Settings::default(),
+        state.metrics.http.clone(),
+        local.claim("http"),
+    );
+    let mut agent = Agent {
+        dataplane,
+        passthrough,
+        http,
+        state: state.clone(),
+        options,
+        last_ir: None,
+        last_status: None,
+        next_sweep: std::time::Instant::now(),
+    };
     let snapshot = snapshots.borrow_and_update().clone();
     agent.reconcile(&snapshot).await;
 
@@ -108,6 +131,17 @@ struct Agent {
     options: AgentOptions,
     last_ir: Option<Ir>,
     last_status: Option<status::Status>,
+    /// When the next conntrack sweep is due (see [`sweep_interval`]).
+    next_sweep: std::time::Instant,
+}
+
+/// Conntrack entries the agent reads per second at most: a sweep reads every entry with two syscalls, so a large
+/// table is swept less often (up to every 10 s) rather than costing the node a core. Expiry is only about
+/// freeing memory; SNAT ports of finished flows are reclaimed by the kernel itself at admission.
+const SWEEP_ENTRIES_PER_SECOND: u64 = 20_000;
+
+fn sweep_interval(entries: u64) -> Duration {
+    Duration::from_secs((entries / SWEEP_ENTRIES_PER_SECOND).clamp(1, 10))
 }
 
 impl Agent {
@@ -116,11 +150,14 @@ impl Agent {
         // Translation is pure: the clock is read here, so unchanged conditions keep their lastTransitionTime and
         // changed ones get the current time.
         let options = self.options.translate.at(status::Timestamp::now());
-        let (ir, status) = translate::translate_with_previous(snapshot, &options, self.last_status.as_ref());
-        *self.state.status.write().expect("status lock") = status::objects_with_status(snapshot, &status);
+        let (ir, status) =
+            translate::translate_with_previous(snapshot, &options, self.last_status.as_ref());
+        *self.state.status.write().expect("status lock") =
+            status::objects_with_status(snapshot, &status);
         self.last_status = Some(status);
         // PROXY protocol is chosen by a TLSRoute annotation, which the IR does not carry.
-        self.passthrough.set_proxy_protocol_routes(passthrough::proxy_protocol::routes_from_snapshot(snapshot));
+        self.passthrough
+            .set_proxy_protocol_routes(passthrough::proxy_protocol::routes_from_snapshot(snapshot));
         if self.last_ir.as_ref() == Some(&ir) {
             return;
         }
@@ -134,7 +171,11 @@ impl Agent {
         self.http.update(&ir);
         match self.dataplane.apply(&ir) {
             Ok(report) => {
-                self.state.metrics.config_applies.get_or_create(&labels("ok")).inc();
+                self.state
+                    .metrics
+                    .config_applies
+                    .get_or_create(&labels("ok"))
+                    .inc();
                 self.state.metrics.generation.set(report.generation as i64);
                 tokio::time::sleep(GENERATION_GRACE).await;
                 if let Err(e) = self.dataplane.collect_old_generations() {
@@ -145,7 +186,11 @@ impl Agent {
             }
             Err(e) => {
                 // The previous generation keeps serving: it is only replaced by a complete new one.
-                self.state.metrics.config_applies.get_or_create(&labels("error")).inc();
+                self.state
+                    .metrics
+                    .config_applies
+                    .get_or_create(&labels("error"))
+                    .inc();
                 error!(error = %e, "programming the kernel failed; the previous configuration keeps serving");
             }
         }
@@ -154,7 +199,10 @@ impl Agent {
     async fn tick(&mut self) {
         match self.dataplane.sync_interfaces() {
             Ok(new) if !new.is_empty() => {
-                self.state.metrics.interfaces.set(self.dataplane.interfaces().len() as i64);
+                self.state
+                    .metrics
+                    .interfaces
+                    .set(self.dataplane.interfaces().len() as i64);
                 // Paths to backends may have changed with the interfaces: program again.
                 if let Some(ir) = self.last_ir.take() {
                     self.program(ir).await;
@@ -163,13 +211,35 @@ impl Agent {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "scanning interfaces failed"),
         }
+        if std::time::Instant::now() < self.next_sweep {
+            return;
+        }
         match self.dataplane.expire_flows() {
             Ok(sweep) => {
-                self.state.metrics.conntrack_entries.set(sweep.entries as i64);
+                self.next_sweep = std::time::Instant::now() + sweep_interval(sweep.entries);
+                self.state
+                    .metrics
+                    .conntrack_entries
+                    .set(sweep.entries as i64);
                 self.state.metrics.flows_expired.inc_by(sweep.expired_flows);
-                self.state.metrics.observe_flows(&sweep.totals, &self.dataplane.id_names());
+                self.state
+                    .metrics
+                    .observe_flows(&sweep.totals, &self.dataplane.id_names());
             }
             Err(e) => warn!(error = %e, "conntrack expiry failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_tables_are_swept_less_often() {
+        assert_eq!(sweep_interval(0), Duration::from_secs(1));
+        assert_eq!(sweep_interval(30_000), Duration::from_secs(1));
+        assert_eq!(sweep_interval(100_000), Duration::from_secs(5));
+        assert_eq!(sweep_interval(10_000_000), Duration::from_secs(10));
     }
 }
