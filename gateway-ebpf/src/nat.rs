@@ -20,54 +20,44 @@ pub fn rewrite(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Result<(), i64> {
     } else {
         (pkt.l4_off + 16, 0)
     };
-    let csum_off = csum_off as usize;
-    if flow.new_src != key.src {
-        ctx.l4_csum_replace(
-            csum_off,
-            key.src as u64,
-            flow.new_src as u64,
-            l4_flags | BPF_F_PSEUDO_HDR | 4,
-        )?;
-        ctx.l3_csum_replace(
-            IP_CHECK_OFF as usize,
-            key.src as u64,
-            flow.new_src as u64,
-            4,
-        )?;
-        ctx.store(IP_SRC_OFF as usize, &flow.new_src, 0)?;
+    let l4 = L4Checksum {
+        off: csum_off as usize,
+        flags: l4_flags,
+    };
+    rewrite_addr(ctx, &l4, IP_SRC_OFF, key.src, flow.new_src)?;
+    rewrite_addr(ctx, &l4, IP_DST_OFF, key.dst, flow.new_dst)?;
+    rewrite_port(ctx, &l4, pkt.l4_off, key.sport, flow.new_sport)?;
+    rewrite_port(ctx, &l4, pkt.l4_off + 2, key.dport, flow.new_dport)
+}
+
+/// Where the L4 checksum is and how `bpf_l4_csum_replace` must treat it.
+struct L4Checksum {
+    off: usize,
+    flags: u64,
+}
+
+/// Replaces an IPv4 address at `at`, updating the IP checksum and the L4 checksum's pseudo-header.
+#[inline(always)]
+fn rewrite_addr(ctx: &TcContext, l4: &L4Checksum, at: u32, old: u32, new: u32) -> Result<(), i64> {
+    if old == new {
+        return Ok(());
     }
-    if flow.new_dst != key.dst {
-        ctx.l4_csum_replace(
-            csum_off,
-            key.dst as u64,
-            flow.new_dst as u64,
-            l4_flags | BPF_F_PSEUDO_HDR | 4,
-        )?;
-        ctx.l3_csum_replace(
-            IP_CHECK_OFF as usize,
-            key.dst as u64,
-            flow.new_dst as u64,
-            4,
-        )?;
-        ctx.store(IP_DST_OFF as usize, &flow.new_dst, 0)?;
+    ctx.l4_csum_replace(
+        l4.off,
+        old as u64,
+        new as u64,
+        l4.flags | BPF_F_PSEUDO_HDR | 4,
+    )?;
+    ctx.l3_csum_replace(IP_CHECK_OFF as usize, old as u64, new as u64, 4)?;
+    ctx.store(at as usize, &new, 0)
+}
+
+/// Replaces a port at `at`, updating the L4 checksum.
+#[inline(always)]
+fn rewrite_port(ctx: &TcContext, l4: &L4Checksum, at: u32, old: u16, new: u16) -> Result<(), i64> {
+    if old == new {
+        return Ok(());
     }
-    if flow.new_sport != key.sport {
-        ctx.l4_csum_replace(
-            csum_off,
-            key.sport as u64,
-            flow.new_sport as u64,
-            l4_flags | 2,
-        )?;
-        ctx.store(pkt.l4_off as usize, &flow.new_sport, 0)?;
-    }
-    if flow.new_dport != key.dport {
-        ctx.l4_csum_replace(
-            csum_off,
-            key.dport as u64,
-            flow.new_dport as u64,
-            l4_flags | 2,
-        )?;
-        ctx.store(pkt.l4_off as usize + 2, &flow.new_dport, 0)?;
-    }
-    Ok(())
+    ctx.l4_csum_replace(l4.off, old as u64, new as u64, l4.flags | 2)?;
+    ctx.store(at as usize, &new, 0)
 }

@@ -286,6 +286,29 @@ impl<'ns> GatewayProcess<'ns> {
         Ok((r.status, r.text()))
     }
 
+    /// The value of one Prometheus sample from `GET /metrics`, by its full series name with labels, e.g.
+    /// `gateway_kernel_packets_total{outcome="forwarded"}`; 0 when the series does not exist (yet).
+    pub fn metric(&self, series: &str) -> Result<u64> {
+        let (status, body) = self.admin_get("/metrics")?;
+        anyhow::ensure!(status == 200, "GET /metrics answered {status}");
+        Ok(body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0))
+    }
+
+    /// A kernel packet counter by outcome (`gateway_kernel_packets_total{outcome=...}`).
+    pub fn kernel_packets(&self, outcome: &str) -> Result<u64> {
+        self.metric(&format!(
+            "gateway_kernel_packets_total{{outcome=\"{outcome}\"}}"
+        ))
+    }
+
     /// The whole log (stdout+stderr of every run, restarts appended).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

@@ -15,16 +15,6 @@ use gateway_tests::{
     topology, GatewayProcess, Topology,
 };
 
-fn counter(gw: &GatewayProcess, outcome: &str) -> Result<u64> {
-    let (_, body) = gw.admin_get("/metrics")?;
-    let prefix = format!("gateway_kernel_packets_total{{outcome=\"{outcome}\"}} ");
-    Ok(body
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|v| v.trim().parse().unwrap_or(0))
-        .unwrap_or(0))
-}
-
 #[test]
 fn udp_port_unreachable_from_a_backend_reaches_the_client() -> Result<()> {
     let topo = Topology::builder().backends(1).build()?;
@@ -52,7 +42,7 @@ fn udp_port_unreachable_from_a_backend_reaches_the_client() -> Result<()> {
         std::io::ErrorKind::ConnectionRefused,
         "the translated ICMP reached the socket: {err}"
     );
-    assert!(counter(&gw, "icmp_translated")? >= 1);
+    assert!(gw.kernel_packets("icmp_translated")? >= 1);
     Ok(())
 }
 
@@ -112,7 +102,7 @@ fn udp_path_mtu_is_discovered_through_the_gateway() -> Result<()> {
         after, 1400,
         "the client learnt the gateway's narrower egress link"
     );
-    assert!(counter(&gw, "frag_needed_sent")? >= 1);
+    assert!(gw.kernel_packets("frag_needed_sent")? >= 1);
     Ok(())
 }
 
@@ -170,7 +160,7 @@ fn tcp_upload_crosses_a_narrower_link_with_pmtud() -> Result<()> {
     assert_eq!((acked, received), (SIZE, SIZE));
     assert_eq!(sum, expected, "content intact");
     assert!(
-        counter(&gw, "frag_needed_sent")? >= 1,
+        gw.kernel_packets("frag_needed_sent")? >= 1,
         "the gateway told the client about the narrower link"
     );
     Ok(())

@@ -91,17 +91,6 @@ fn spread(topo: &Topology, n: usize) -> Result<BTreeMap<String, usize>> {
     Ok(seen)
 }
 
-fn kernel_counter(gw: &GatewayProcess, outcome: &str) -> Result<u64> {
-    let (status, body) = gw.admin_get("/metrics")?;
-    ensure!(status == 200);
-    let prefix = format!("gateway_kernel_packets_total{{outcome=\"{outcome}\"}} ");
-    Ok(body
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|v| v.trim().parse().unwrap_or(0))
-        .unwrap_or(0))
-}
-
 #[test]
 fn tcp_route_is_forwarded_by_the_kernel_with_no_gateway_socket() -> Result<()> {
     let topo = Topology::builder().backends(2).build()?;
@@ -125,7 +114,7 @@ fn tcp_route_is_forwarded_by_the_kernel_with_no_gateway_socket() -> Result<()> {
     let seen = spread(&topo, 40)?;
     assert_eq!(seen.len(), 2, "both backends answer: {seen:?}");
     assert!(seen.keys().all(|p| p.starts_with("tcp-backend-")));
-    assert!(kernel_counter(&gw, "forwarded")? > 0 && kernel_counter(&gw, "replied")? > 0);
+    assert!(gw.kernel_packets("forwarded")? > 0 && gw.kernel_packets("replied")? > 0);
     ping(&mut held)?;
     // Per-listener and per-backend traffic, from the conntrack sweep (once a second).
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -174,7 +163,7 @@ fn a_listener_without_route_refuses_connections_at_once() -> Result<()> {
         started.elapsed() < Duration::from_secs(1),
         "a RST, not a timeout"
     );
-    assert_eq!(kernel_counter(&gw, "no_backend_reset")?, 1);
+    assert_eq!(gw.kernel_packets("no_backend_reset")?, 1);
     Ok(())
 }
 

@@ -56,15 +56,6 @@ fn ping(s: &mut TcpStream, greeted: bool) -> Result<()> {
     Ok(())
 }
 
-fn metric(gw: &GatewayProcess, name: &str) -> Result<u64> {
-    let (_, body) = gw.admin_get("/metrics")?;
-    Ok(body
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap_or(0))
-        .unwrap_or(0))
-}
-
 #[test]
 fn a_full_conntrack_table_refuses_new_flows_and_keeps_established_ones() -> Result<()> {
     let topo = Topology::builder().backends(1).build()?;
@@ -92,7 +83,7 @@ fn a_full_conntrack_table_refuses_new_flows_and_keeps_established_ones() -> Resu
         "{refused:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(1), "fails fast");
-    assert!(metric(&gw, "gateway_kernel_packets_total{outcome=\"table_full\"}")? >= 1);
+    assert!(gw.kernel_packets("table_full")? >= 1);
     for s in &mut held {
         ping(s, true)?;
     }
@@ -142,7 +133,7 @@ fn a_thousand_flows_survive_a_hundred_configuration_changes() -> Result<()> {
     // Backends removed and added back, and another route edited, a hundred times; each change applied before
     // the next.
     for change in 0..CHANGES {
-        let generation = metric(&gw, "gateway_config_generation")?;
+        let generation = gw.metric("gateway_config_generation")?;
         let endpoints: Vec<Ipv4Addr> = match change % 3 {
             0 => all[..1].to_vec(),
             1 => all[1..].to_vec(),
@@ -150,7 +141,7 @@ fn a_thousand_flows_survive_a_hundred_configuration_changes() -> Result<()> {
         };
         write(&endpoints, 9100 + (change % 7) as u16)?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while metric(&gw, "gateway_config_generation")? == generation {
+        while gw.metric("gateway_config_generation")? == generation {
             ensure!(
                 Instant::now() < deadline,
                 "change {change} was not applied within 5 s"
@@ -168,13 +159,7 @@ fn a_thousand_flows_survive_a_hundred_configuration_changes() -> Result<()> {
         failures, 0,
         "established flows broken by configuration changes"
     );
-    assert_eq!(
-        metric(
-            &gw,
-            "gateway_kernel_packets_total{outcome=\"no_flow_reset\"}"
-        )?,
-        0
-    );
+    assert_eq!(gw.kernel_packets("no_flow_reset")?, 0);
     Ok(())
 }
 
