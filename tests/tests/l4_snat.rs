@@ -42,7 +42,13 @@ fn churn(server_closes_first: bool) -> Result<(usize, usize, usize)> {
         }
     });
     let dir = tempfile::tempdir()?;
-    let config = write_manifests(dir.path(), &l4_gateway(topology::vip(1), &[L4Listener::tcp("tcp", 9000, 5000, &[topo.backend_addr(1)])]))?;
+    let config = write_manifests(
+        dir.path(),
+        &l4_gateway(
+            topology::vip(1),
+            &[L4Listener::tcp("tcp", 9000, 5000, &[topo.backend_addr(1)])],
+        ),
+    )?;
     let _gw = GatewayProcess::start(topo.gateway(), &[&config], &["--snat-ports", "20000-20499"])?;
     let target = SocketAddr::from((topology::vip(1), 9000));
     let (slow, refused) = topo.client().run(move || {
