@@ -8,6 +8,7 @@ pub mod agent;
 pub mod dataplane;
 pub mod http;
 pub mod ir;
+pub mod loadtest;
 pub mod local_address;
 pub mod model;
 pub mod passthrough;

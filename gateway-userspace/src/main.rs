@@ -40,6 +40,8 @@ enum Command {
     Run(RunArgs),
     /// Translate configuration offline and print every object with its computed status.
     Validate(validate::ValidateArgs),
+    /// Drive load at a target (TCP, TLS, canned ClientHellos, UDP, HTTP) and report latencies and errors.
+    Loadtest(gateway_userspace::loadtest::LoadtestArgs),
 }
 
 #[derive(clap::Args)]
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => validate::run(&args),
+        Command::Loadtest(args) => gateway_userspace::loadtest::run(&args),
     };
     match result {
         Ok(code) => code,
