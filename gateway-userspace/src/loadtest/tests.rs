@@ -427,6 +427,31 @@ async fn http_keep_alive_and_close() {
     let s = execute(&a, false).await.unwrap();
     assert_views_match(&s, &seen).await;
     assert_eq!((s.connections, s.exchanges), (50, 50));
+
+    // The same over TLS (https): keep-alive inside one handshake per connection.
+    let t = tls();
+    let (addr, seen) = server(Some(t.acceptor.clone()), Behaviour::Http).await;
+    let a = args(&[
+        &addr.to_string(),
+        "--protocol",
+        "https",
+        "--sni",
+        "b.example.com",
+        "--ca",
+        &t.ca,
+        "--mode",
+        "concurrent",
+        "--connections",
+        "2",
+        "--interval",
+        "20ms",
+        "--duration",
+        "500ms",
+    ]);
+    let s = execute(&a, false).await.unwrap();
+    assert_views_match(&s, &seen).await;
+    assert_eq!((s.connections, s.latency_us["handshake"].count), (2, 2));
+    assert!(s.exchanges >= 40, "exchanges {}", s.exchanges);
 }
 
 /// 500 new connections per second for 2 s: the server sees 1000 connections spread over 2 s, i.e. 500/s within
