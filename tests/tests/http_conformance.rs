@@ -625,13 +625,20 @@ fn http_100_route_changes_under_load() -> Result<()> {
                     })
             })
             .collect::<Result<_>>()?;
+        // Each change is applied (a new configuration generation) before the next one is made, so these are
+        // 100 distinct route-table swaps under load, not a few merged ones.
         for i in 0..100 {
+            let generation = run.gateway().metric("gateway_config_generation")?;
             if i % 2 == 0 {
                 run.apply(extra)?;
             } else {
                 run.delete("HTTPRoute", INFRA, "changing")?;
             }
-            std::thread::sleep(Duration::from_millis(150));
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while run.gateway().metric("gateway_config_generation")? == generation {
+                ensure!(std::time::Instant::now() < deadline, "change {i} not applied within 5 s");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         stop.store(true, Ordering::Relaxed);
         let mut total: BTreeMap<String, usize> = BTreeMap::new();
