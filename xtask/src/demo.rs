@@ -47,7 +47,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     build::ebpf(true)?;
     build::binaries()?;
     // The harness finds the binaries next to the test executables; point it at the workspace's dev builds.
-    let bin_dir = cmd::root().join("target/debug");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cmd::root().join("target"));
+    let bin_dir = target.join("debug");
     std::env::set_var("GATEWAY_BIN", bin_dir.join("gateway"));
     std::env::set_var("ECHO_BACKEND_BIN", bin_dir.join("echo-backend"));
 
@@ -124,7 +127,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         Ok(s)
     })?;
     let gateway_sockets = sockets::sockets_on_port(topo.gateway(), 9000)?;
-    println!("  {:<5} {:<24} {:<10} round trip", "conn", "answered by", "backend");
+    println!(
+        "  {:<5} {:<24} {:<10} round trip",
+        "conn", "answered by", "backend"
+    );
     let mut tally: BTreeMap<String, usize> = BTreeMap::new();
     for n in 1..=TCP_CONNECTIONS {
         let t = Instant::now();
