@@ -243,3 +243,122 @@ async fn snapshot_is_not_republished_when_nothing_changed() {
     assert!(waited.is_err(), "no new snapshot for an unchanged object");
     assert_eq!(*rx.borrow(), first);
 }
+
+/// A request as the mock API server saw it.
+struct Seen {
+    method: String,
+    uri: String,
+    content_type: String,
+    body: Value,
+}
+
+/// A client whose every request is recorded and answered with `status` and the request's body (or a Status).
+fn recording_client(status: StatusCode) -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let content_type = parts
+                .headers
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            record.lock().unwrap().push(Seen {
+                method: parts.method.to_string(),
+                uri: parts.uri.to_string(),
+                content_type,
+                body: body.clone(),
+            });
+            let reply = if status.is_success() {
+                if body.is_null() {
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})
+                } else {
+                    body
+                }
+            } else {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "not found",
+                       "reason": "NotFound", "code": status.as_u16()})
+            };
+            send.send_response(full(status, reply));
+        }
+    });
+    (kube::Client::new(service, "default"), seen)
+}
+
+const CONTROLLER: &str = "ebpf-gateway.dev/gatewayclass-controller";
+
+#[tokio::test]
+async fn status_is_written_with_server_side_apply_under_the_controller_name() {
+    use gateway_userspace::provider::kubernetes::{apply_status, StatusPatch};
+    let (client, seen) = recording_client(StatusCode::OK);
+    let body = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TLSRoute",
+        "metadata": {"name": "echo", "namespace": "default"},
+        "status": {"parents": [{"parentRef": {"name": "tls"}, "controllerName": CONTROLLER, "conditions": []}]}});
+    let patch = StatusPatch {
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "TLSRoute".into(),
+        namespace: Some("default".into()),
+        name: "echo".into(),
+        body: body.clone(),
+    };
+    apply_status(&client, &patch, CONTROLLER).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    let r = &seen[0];
+    assert_eq!(r.method, "PATCH");
+    assert!(
+        r.uri.starts_with(
+            "/apis/gateway.networking.k8s.io/v1/namespaces/default/tlsroutes/echo/status?"
+        ),
+        "{}",
+        r.uri
+    );
+    assert!(
+        r.uri
+            .contains("fieldManager=ebpf-gateway.dev%2Fgatewayclass-controller"),
+        "{}",
+        r.uri
+    );
+    assert!(r.uri.contains("force=true"), "{}", r.uri);
+    assert_eq!(r.content_type, "application/apply-patch+yaml");
+    assert_eq!(r.body, body);
+}
+
+#[tokio::test]
+async fn services_are_applied_and_deleted() {
+    use gateway_userspace::provider::kubernetes::{
+        apply_service, delete_service, load_balancer_service,
+    };
+    let gateway = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "tls", "namespace": "web", "uid": "u-1"},
+        "spec": {"gatewayClassName": "ebpf-gateway", "listeners": [{"name": "p", "protocol": "TLS", "port": 443}]}});
+    let service = load_balancer_service(&gateway).unwrap();
+    let (client, seen) = recording_client(StatusCode::OK);
+    apply_service(&client, &service, CONTROLLER).await.unwrap();
+    delete_service(&client, "web", "ebpf-gw-tls").await.unwrap();
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].method, "PATCH");
+        assert!(
+            seen[0]
+                .uri
+                .starts_with("/api/v1/namespaces/web/services/ebpf-gw-tls?"),
+            "{}",
+            seen[0].uri
+        );
+        assert_eq!(seen[0].content_type, "application/apply-patch+yaml");
+        assert_eq!(seen[0].body, service);
+        assert_eq!(seen[1].method, "DELETE");
+        assert_eq!(seen[1].uri, "/api/v1/namespaces/web/services/ebpf-gw-tls?");
+    }
+    // Deleting a Service that is already gone is fine; other errors are reported.
+    let (gone, _) = recording_client(StatusCode::NOT_FOUND);
+    delete_service(&gone, "web", "ebpf-gw-tls").await.unwrap();
+    let (broken, _) = recording_client(StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(delete_service(&broken, "web", "ebpf-gw-tls").await.is_err());
+    assert!(apply_service(&broken, &service, CONTROLLER).await.is_err());
+}
