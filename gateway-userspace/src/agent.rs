@@ -31,6 +31,8 @@ pub struct AgentOptions {
     pub admin: SocketAddr,
     pub dataplane: dataplane::Settings,
     pub translate: translate::TranslateOptions,
+    /// Limits of the TLS passthrough proxy.
+    pub passthrough: passthrough::Settings,
 }
 
 /// Errors that stop the agent.
@@ -72,10 +74,10 @@ pub async fn run(
     let (mut snapshots, _watcher) = provider::file::watch(options.config.clone());
 
     // TLS passthrough and HTTP listeners are served in userspace; both make Gateway addresses local through one
-    // shared set of local routes. Passthrough settings come from GATEWAY_TLS_* variables for now.
+    // shared set of local routes.
     let local = LocalAddresses::adopt();
     let passthrough = passthrough::Proxy::with_local_routes(
-        passthrough::Settings::from_env(),
+        options.passthrough.clone(),
         state.metrics.passthrough.clone(),
         local.clone().into(),
     );

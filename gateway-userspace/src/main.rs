@@ -46,8 +46,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Where Gateway API objects come from: `file` (YAML given with --config, watched) or `kubernetes`.
+    #[arg(long, value_enum, default_value_t = Provider::File)]
+    provider: Provider,
     /// Gateway API YAML files or directories to serve (standalone mode); watched for changes.
-    #[arg(long, short, required = true, value_name = "PATH")]
+    #[arg(long, short, value_name = "PATH")]
     config: Vec<PathBuf>,
     /// Address of the admin endpoint (/healthz, /readyz, /metrics, /status).
     #[arg(long, default_value = "0.0.0.0:9902", value_name = "ADDR")]
@@ -74,6 +77,8 @@ struct RunArgs {
     /// Idle timeout of UDP flows, in seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     udp_idle_timeout: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -121,8 +126,69 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Provider {
+    File,
+    Kubernetes,
+}
+
+/// TLS passthrough limits (the environment variables are the older way to set them and still work).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Seconds a client may take to send a complete ClientHello.
+    #[arg(
+        long,
+        env = "GATEWAY_TLS_HANDSHAKE_TIMEOUT",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    tls_handshake_timeout: f64,
+    /// Seconds connecting to a TLS passthrough backend may take.
+    #[arg(
+        long,
+        env = "GATEWAY_TLS_CONNECT_TIMEOUT",
+        default_value_t = 5.0,
+        value_name = "SECONDS"
+    )]
+    tls_connect_timeout: f64,
+    /// Connections still sending their ClientHello, in total; more are reset.
+    #[arg(long, env = "GATEWAY_TLS_MAX_PENDING", default_value_t = 4096)]
+    tls_max_pending: usize,
+    /// Connections still sending their ClientHello, per client address; more are reset.
+    #[arg(
+        long,
+        env = "GATEWAY_TLS_MAX_PENDING_PER_SOURCE",
+        default_value_t = 256
+    )]
+    tls_max_pending_per_source: usize,
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Checked here, before anything is loaded or attached (clap's conditional `required` ignores defaults).
+    if args.provider == Provider::File && args.config.is_empty() {
+        anyhow::bail!("standalone mode needs the configuration to serve: --config <file-or-directory> (repeatable)");
+    }
+    if args.provider == Provider::Kubernetes {
+        anyhow::bail!(
+            "the Kubernetes provider is not wired into `gateway run` yet (its watch, status and Service code is in \
+             provider::kubernetes behind the `kubernetes` feature); run standalone with --config <dir>"
+        );
+    }
+    let seconds = |s: f64, flag: &str| {
+        anyhow::ensure!(
+            s.is_finite() && s > 0.0,
+            "{flag} must be a positive number of seconds"
+        );
+        Ok(Duration::from_secs_f64(s))
+    };
+    let passthrough = gateway_userspace::passthrough::Settings {
+        handshake_timeout: seconds(args.tls.tls_handshake_timeout, "--tls-handshake-timeout")?,
+        connect_timeout: seconds(args.tls.tls_connect_timeout, "--tls-connect-timeout")?,
+        max_pending: args.tls.tls_max_pending.max(1),
+        max_pending_per_source: args.tls.tls_max_pending_per_source.max(1),
+    };
     let options = AgentOptions {
+        passthrough,
         config: args.config,
         admin: args.admin,
         dataplane: dataplane::Settings {
