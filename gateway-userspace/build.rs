@@ -7,7 +7,10 @@ fn main() {
     let target = manifest.join("../gateway-ebpf/target/bpfel-unknown-none");
     let candidates = match std::env::var_os("GATEWAY_EBPF_OBJECT") {
         Some(path) => vec![PathBuf::from(path)],
-        None => vec![target.join("release/gateway-ebpf"), target.join("debug/gateway-ebpf")],
+        None => vec![
+            target.join("release/gateway-ebpf"),
+            target.join("debug/gateway-ebpf"),
+        ],
     };
     for path in &candidates {
         println!("cargo:rerun-if-changed={}", path.display());

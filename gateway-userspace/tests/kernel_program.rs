@@ -164,7 +164,10 @@ fn with_dataplane(body: impl FnOnce(&mut Dataplane) + Send) {
 }
 
 /// [`with_dataplane`] with adjusted settings.
-fn with_dataplane_settings(adjust: impl FnOnce(&mut Settings) + Send, body: impl FnOnce(&mut Dataplane) + Send) {
+fn with_dataplane_settings(
+    adjust: impl FnOnce(&mut Settings) + Send,
+    body: impl FnOnce(&mut Dataplane) + Send,
+) {
     let ns = Netns::with_role("prog").expect("namespace");
     // This kernel has no dummy driver: a veth pair whose far end stays in the namespace serves as the link
     // towards the backends.
@@ -622,7 +625,10 @@ fn a_closed_flow_gives_its_snat_port_to_the_next_flow() {
             assert_eq!((action, inspect(&out).sport), (TC_ACT_REDIRECT, 20000));
             // The client resets the connection: the flow is over.
             let (action, _) = dp.run_frame(&tcp_flags_frame(41000, "RA")).unwrap();
-            assert_eq!(action, TC_ACT_REDIRECT, "the RST is forwarded to the backend");
+            assert_eq!(
+                action, TC_ACT_REDIRECT,
+                "the RST is forwarded to the backend"
+            );
             // The only SNAT port is taken back for the next connection at once.
             let (action, out) = dp.run_frame(&tcp_flags_frame(41001, "S")).unwrap();
             assert_eq!((action, inspect(&out).sport), (TC_ACT_REDIRECT, 20000));

@@ -129,6 +129,8 @@ macro_rules! conformance {
         let topo = plan.topology()?;
         #[allow(unused_mut)]
         let mut $run = plan.start(&topo)?;
+        // A closure, so `?` inside the body ends the body, not the test, and the log is printed on failure.
+        #[allow(clippy::redundant_closure_call)]
         let result: Result<()> = (|| $body)();
         if result.is_err() {
             eprintln!("gateway log:\n{}", $run.gateway().log());
@@ -636,7 +638,10 @@ fn http_100_route_changes_under_load() -> Result<()> {
             }
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while run.gateway().metric("gateway_config_generation")? == generation {
-                ensure!(std::time::Instant::now() < deadline, "change {i} not applied within 5 s");
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "change {i} not applied within 5 s"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }

@@ -347,7 +347,9 @@ impl Default for HttpMetrics {
         Self {
             requests: Family::default(),
             // 100 µs .. ~26 s
-            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 4.0, 10))),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+            }),
             connections: Gauge::default(),
         }
     }
@@ -356,13 +358,21 @@ impl Default for HttpMetrics {
 impl HttpMetrics {
     fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("http");
-        r.register("requests", "HTTP requests by listener, route, backend and status class", self.requests.clone());
+        r.register(
+            "requests",
+            "HTTP requests by listener, route, backend and status class",
+            self.requests.clone(),
+        );
         r.register(
             "request_duration_seconds",
             "HTTP request latency until the response head, by route and status class",
             self.duration.clone(),
         );
-        r.register("active_connections", "Downstream HTTP connections open now", self.connections.clone());
+        r.register(
+            "active_connections",
+            "Downstream HTTP connections open now",
+            self.connections.clone(),
+        );
     }
 
     /// Counts one finished request.
@@ -375,7 +385,10 @@ impl HttpMetrics {
             ("code".to_string(), class.clone()),
         ];
         self.requests.get_or_create(&labels).inc();
-        let labels = vec![("route".to_string(), route.to_string()), ("code".to_string(), class)];
+        let labels = vec![
+            ("route".to_string(), route.to_string()),
+            ("code".to_string(), class),
+        ];
         self.duration.get_or_create(&labels).observe(seconds);
     }
 }
