@@ -55,8 +55,18 @@ pub fn path_with_cargo_bin() -> String {
     format!("{home}/bin:{}", std::env::var("PATH").unwrap_or_default())
 }
 
-/// Builds every binary of the workspace (the `gateway` agent and the test helpers) in the dev profile.
-pub fn binaries() -> anyhow::Result<()> {
-    cmd::run(cmd::cargo().args(["build", "--workspace", "--bins"]))
-        .context("building the workspace binaries")
+/// Features every test build enables: the Kubernetes provider is behind a cargo feature (it pulls in kube-rs),
+/// and its tests (against a mock API server) run with all the others. Binaries are built with the same features
+/// so the test run reuses them.
+pub const TEST_FEATURES: &[&str] = &["--features", "gateway-userspace/kubernetes"];
+
+/// Builds every binary of the workspace (the `gateway` agent and the test helpers) in the dev profile, with
+/// `features` (e.g. [`TEST_FEATURES`]).
+pub fn binaries(features: &[&str]) -> anyhow::Result<()> {
+    cmd::run(
+        cmd::cargo()
+            .args(["build", "--workspace", "--bins"])
+            .args(features),
+    )
+    .context("building the workspace binaries")
 }

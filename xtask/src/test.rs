@@ -23,7 +23,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         setup::run(&setup::SetupArgs::default())?;
     }
     build::ebpf(true)?;
-    build::binaries()?;
+    build::binaries(build::TEST_FEATURES)?;
     let nextest = cmd::succeeds(cmd::cargo().args(["nextest", "--version"]));
     let mut runner = cmd::cargo();
     if nextest {
@@ -39,40 +39,10 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     } else {
         eprintln!("cargo-nextest not found; using cargo test");
         runner.args(["test", "--workspace", "--no-fail-fast"]);
+        runner.args(build::TEST_FEATURES);
     }
     runner.args(&args.runner_args);
     cmd::run(&mut runner).context("tests failed")?;
-    // The Kubernetes provider is behind a cargo feature (it pulls in kube-rs); its tests run against a mock API
-    // server and must run here too.
-    if args.runner_args.is_empty() {
-        let mut k8s = cmd::cargo();
-        if nextest {
-            k8s.args([
-                "nextest",
-                "run",
-                "--no-fail-fast",
-                "-p",
-                "gateway-userspace",
-                "--features",
-                "kubernetes",
-            ]);
-            k8s.args([
-                "-E",
-                "test(/provider::kubernetes/) | binary(kubernetes_provider)",
-            ]);
-        } else {
-            k8s.args([
-                "test",
-                "-p",
-                "gateway-userspace",
-                "--features",
-                "kubernetes",
-                "--test",
-                "kubernetes_provider",
-            ]);
-        }
-        cmd::run(&mut k8s).context("Kubernetes provider tests failed")?;
-    }
     eprintln!(
         "all tests passed ({:.0?} including set-up and builds)",
         started.elapsed()
