@@ -36,6 +36,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             "--failure-output",
             "final",
         ]);
+        runner.args(build::TEST_FEATURES);
     } else {
         eprintln!("cargo-nextest not found; using cargo test");
         runner.args(["test", "--workspace", "--no-fail-fast"]);
