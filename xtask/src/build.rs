@@ -55,9 +55,9 @@ pub fn path_with_cargo_bin() -> String {
     format!("{home}/bin:{}", std::env::var("PATH").unwrap_or_default())
 }
 
-/// Features every test build enables: the Kubernetes provider is behind a cargo feature (it pulls in kube-rs),
-/// and its tests (against a mock API server) run with all the others. Binaries are built with the same features
-/// so the test run reuses them.
+/// Features the test and demo builds enable: the Kubernetes provider is behind a cargo feature (it pulls in
+/// kube-rs), and its tests (against a mock API server) run with all the others. The demo builds with the same
+/// features so `cargo xtask demo` and `cargo xtask test` share one build.
 pub const TEST_FEATURES: &[&str] = &["--features", "gateway-userspace/kubernetes"];
 
 /// Builds every binary of the workspace (the `gateway` agent and the test helpers) in the dev profile, with

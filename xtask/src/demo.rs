@@ -45,7 +45,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         setup::run(&setup::SetupArgs::default())?;
     }
     build::ebpf(true)?;
-    build::binaries(&[])?;
+    build::binaries(build::TEST_FEATURES)?;
     // The harness finds the binaries next to the test executables; point it at the workspace's dev builds.
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
