@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "socat",
     "tcpdump",
     "bpftool",
+    // h2load: HTTP/2 load in the HTTP end-to-end tests.
+    "nghttp2-client",
 ];
 
 /// Extra packages for `cargo xtask bench` (the peers measured side by side).
@@ -32,7 +34,6 @@ const BENCH_PACKAGES: &[&str] = &[
     "nginx",
     "libnginx-mod-stream",
     "wrk",
-    "nghttp2-client",
 ];
 
 #[derive(clap::Args, Default)]
