@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`/sys/fs/bpf/ebpf-gateway/v{ABI_VERSION}/...`).
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -42,6 +42,9 @@ pub struct Config {
 pub mod listener_kind {
     /// Forwarded by the L4 path: NAT to a backend chosen by Maglev.
     pub const L4: u8 = 1;
+    /// TLS passthrough served in the kernel: handshake answered, ClientHello captured and routed by SNI, then
+    /// spliced to a backend ([`crate::tls`]). `route_id` is unused: the SNI table gives the route.
+    pub const TLS_KERNEL: u8 = 2;
 }
 
 /// Key of the `LISTENERS` map: one entry per (generation, address, port, protocol) the gateway serves.
@@ -165,7 +168,15 @@ pub struct Flow {
     pub direction: u8,
     /// Bits of [`tcp_seen`] seen in this direction.
     pub tcp_flags: u8,
-    pub _pad: [u8; 2],
+    /// One of [`tls::splice`]: 0 for plain L4 flows.
+    pub splice: u8,
+    /// Window rescaling of a spliced flow: `(in << 4) | out`; the window field is multiplied by `2^in` (the
+    /// sender's scale) and divided by `2^out` (the scale the receiver applies). 0 for plain flows.
+    pub win_shift: u8,
+    /// Added (wrapping) to the sequence and acknowledgement numbers of a spliced flow's segments: the two TCP
+    /// connections of a splice have different initial sequence numbers in one direction. 0 for plain flows.
+    pub seq_delta: u32,
+    pub ack_delta: u32,
     /// Packets and bytes (as seen at ingress, L2 included) in this direction. Each direction has its own entry,
     /// usually handled by one CPU, so the counts live here at no extra lookup; the agent sums them per listener,
     /// route and backend.
@@ -205,8 +216,27 @@ pub mod counter {
     pub const TOO_BIG_DROPPED: u32 = 13;
     /// SNAT ports taken back from closed (or long idle UDP) flows to admit a new flow.
     pub const SNAT_RECLAIMED: u32 = 14;
+    /// Kernel TLS passthrough: client SYNs answered with a SYN-ACK by the gateway (new handshakes).
+    pub const TLS_HANDSHAKES: u32 = 15;
+    /// Kernel TLS passthrough: connections whose ClientHello reached the backend (spliced from then on).
+    pub const TLS_SPLICED: u32 = 16;
+    /// Kernel TLS passthrough: SYNs reset because the table of pending handshakes was full.
+    pub const TLS_PENDING_FULL: u32 = 17;
+    /// Kernel TLS passthrough: ClientHellos whose SNI matched no route (or no valid backend), reset.
+    pub const TLS_NO_ROUTE: u32 = 18;
+    /// Kernel TLS passthrough: first flights rejected by the parser (not TLS, malformed, no SNI, ...), reset;
+    /// the reason is counted in `TLS_REJECTS`.
+    pub const TLS_REJECTED: u32 = 19;
+    /// Kernel TLS passthrough: backend SYNs sent again (the client retransmitted while the backend was silent).
+    pub const TLS_SYN_RETRANSMITS: u32 = 20;
+    /// Kernel TLS passthrough: captured ClientHello segments sent to the backend again.
+    pub const TLS_REPLAY_RETRANSMITS: u32 = 21;
+    /// Kernel TLS passthrough: client segments out of order during capture, dropped (the client resends them).
+    pub const TLS_OUT_OF_ORDER: u32 = 22;
+    /// Kernel TLS passthrough: segments the handshake could not use (unexpected flags or numbers), dropped.
+    pub const TLS_UNEXPECTED: u32 = 23;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 32;
 }
 
 #[cfg(feature = "user")]
@@ -223,6 +253,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for tls::Handshake {}
 }
 
 #[cfg(test)]
@@ -240,7 +271,8 @@ mod tests {
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 56);
+        assert_eq!(size_of::<Flow>(), 64);
+        assert_eq!(size_of::<tls::Handshake>(), 64 + size_of::<clienthello::Capture>());
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_TABLE_SIZE);
     }
 }
@@ -325,5 +357,68 @@ pub mod clienthello {
         unsafe impl aya::Pod for super::Capture {}
         unsafe impl aya::Pod for super::Verdict {}
         unsafe impl aya::Pod for super::SniKey {}
+    }
+}
+
+/// The in-kernel TLS passthrough ("splice"): the gateway answers the client's TCP handshake itself, captures the
+/// ClientHello, routes it by SNI, opens the backend connection with the client's initial sequence number, replays
+/// the captured bytes and from then on forwards both directions with translated sequence numbers and windows.
+pub mod tls {
+    use super::clienthello::Capture;
+
+    /// States of a spliced flow's conntrack entries ([`crate::Flow::splice`]).
+    pub mod splice {
+        /// Not spliced: a plain L4 flow.
+        pub const NONE: u8 = 0;
+        /// The backend SYN is out; the client's last ClientHello segment is held (unacknowledged) meanwhile.
+        pub const SYN_SENT: u8 = 1;
+        /// The backend answered; the captured bytes are being delivered until the backend acknowledges them all.
+        pub const REPLAYING: u8 = 2;
+        /// Both halves joined: segments are translated and forwarded.
+        pub const SPLICED: u8 = 3;
+    }
+
+    /// Window scale the gateway announces to clients (RFC 7323); windows relayed from backends are rescaled to
+    /// it. 2^9 keeps 512-byte precision and windows up to 32 MiB.
+    pub const CLIENT_WINDOW_SCALE: u8 = 9;
+
+    /// Value of the `TLS_HANDSHAKES` map, keyed by the client's 5-tuple: a connection between its SYN and the
+    /// backend's acknowledgement of the whole ClientHello. Removed once spliced, so an established passthrough
+    /// connection holds only its two conntrack entries.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Handshake {
+        /// When the client's SYN arrived (`bpf_ktime_get_ns`); the agent expires stale handshakes.
+        pub created_ns: u64,
+        /// The client's initial sequence number (also the gateway's towards the backend).
+        pub client_isn: u32,
+        /// The gateway's initial sequence number towards the client.
+        pub gateway_isn: u32,
+        /// The backend's initial sequence number (once its SYN-ACK arrived).
+        pub backend_isn: u32,
+        /// Configuration generation the listener was found in.
+        pub generation: u32,
+        /// Interface the client's packets arrive on (answers go back out of it).
+        pub client_ifindex: u32,
+        /// Bytes the backend has acknowledged of the capture, and bytes sent to it.
+        pub acked: u32,
+        pub sent: u32,
+        /// Bytes of the capture that complete the ClientHello (the last segment, held unacknowledged).
+        pub hello_end: u32,
+        /// The client's MSS option (536 when absent) and the MSS the backend announced.
+        pub client_mss: u16,
+        pub backend_mss: u16,
+        /// The client's SYN window (unscaled) and its latest window field.
+        pub client_syn_window: u16,
+        pub client_window: u16,
+        /// The client's window scale option, or 0xff when it sent none.
+        pub client_wscale: u8,
+        /// 1 when the client sent SACK-permitted.
+        pub client_sack: u8,
+        /// One of [`crate::tls::splice`] (mirrors the conntrack entries once they exist).
+        pub state: u8,
+        pub _pad: [u8; 13],
+        /// The captured first flight: `capture.len` bytes from sequence number `client_isn + 1`.
+        pub capture: Capture,
     }
 }

@@ -140,6 +140,7 @@ pub struct FlowIds {
 }
 
 /// Creates both conntrack entries for a new flow to `backend` and returns the original-direction entry.
+/// `splice` is the entries' [`gateway_common::tls::splice`] state (`NONE` for plain L4 flows).
 ///
 /// The reply entry is inserted first with NOEXIST: that claims the SNAT port atomically. If another CPU admitted
 /// the same flow meanwhile (a retransmitted SYN), its entry wins and ours is withdrawn.
@@ -152,6 +153,7 @@ pub fn admit(
     ids: FlowIds,
     config: &Config,
     hash: u32,
+    splice: u8,
 ) -> Result<Flow, AdmitError> {
     let key = &pkt.key;
     // SAFETY: a helper with no arguments.
@@ -173,7 +175,10 @@ pub fn admit(
         backend_id: ids.backend_id,
         direction: direction::REPLY,
         tcp_flags: 0,
-        _pad: [0; 2],
+        splice,
+        win_shift: 0,
+        seq_delta: 0,
+        ack_delta: 0,
         packets: 0,
         bytes: 0,
     };
@@ -215,7 +220,10 @@ pub fn admit(
         backend_id: reply.backend_id,
         direction: direction::ORIGINAL,
         tcp_flags: bits,
-        _pad: [0; 2],
+        splice,
+        win_shift: 0,
+        seq_delta: 0,
+        ack_delta: 0,
         packets: 1,
         bytes: len as u64,
     };

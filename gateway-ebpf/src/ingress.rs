@@ -5,7 +5,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
     programs::TcContext,
 };
-use gateway_common::{counter, direction, Flow, ListenerKey, CONFIG_KEY, PROTO_TCP};
+use gateway_common::{
+    counter, direction, listener_kind, tls::splice, Flow, ListenerKey, CONFIG_KEY, PROTO_TCP,
+};
 
 use crate::{
     counters::count,
@@ -14,7 +16,7 @@ use crate::{
     icmp,
     maglev::{self, Pick},
     maps::{CONFIG, FLOWS, LISTENERS},
-    nat, reset,
+    nat, reset, tls,
 };
 
 #[inline(always)]
@@ -33,6 +35,14 @@ pub fn run(ctx: &TcContext) -> i32 {
         if pkt.first_fragment {
             count(counter::UNSUPPORTED_IP);
             return TC_ACT_SHOT;
+        }
+        if flow.splice == splice::SPLICED {
+            if tls::translate(ctx, &pkt, &flow).is_err() {
+                count(counter::MALFORMED);
+                return TC_ACT_SHOT;
+            }
+        } else if flow.splice != splice::NONE {
+            return tls::enter(ctx, tls::FLOW_PROGRAM);
         }
         return forward(ctx, &pkt, &flow);
     }
@@ -56,6 +66,9 @@ pub fn run(ctx: &TcContext) -> i32 {
         // Fragmented datagrams are not forwarded: later fragments carry no ports (see docs/l4.md).
         count(counter::UNSUPPORTED_IP);
         return TC_ACT_SHOT;
+    }
+    if listener.kind == listener_kind::TLS_KERNEL {
+        return tls::enter(ctx, tls::LISTENER_PROGRAM);
     }
     let is_tcp = pkt.key.proto == PROTO_TCP;
     if is_tcp && (pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN {
@@ -81,7 +94,16 @@ pub fn run(ctx: &TcContext) -> i32 {
         route_id: listener.route_id,
         backend_id,
     };
-    match flow::admit(&pkt, len, ingress_ifindex, &backend, ids, config, hash) {
+    match flow::admit(
+        &pkt,
+        len,
+        ingress_ifindex,
+        &backend,
+        ids,
+        config,
+        hash,
+        splice::NONE,
+    ) {
         Ok(flow) => forward(ctx, &pkt, &flow),
         Err(AdmitError::TableFull) => {
             count(counter::TABLE_FULL);
@@ -137,7 +159,7 @@ fn icmp_error(ctx: &TcContext, err: &IcmpError) -> i32 {
 /// enabled in the gateway's namespace. A packet too big for the egress interface is answered like a router
 /// would: ICMP "fragmentation needed" (DF set) or dropped and counted (the gateway does not fragment).
 #[inline(always)]
-fn forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> i32 {
+pub fn forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> i32 {
     let mut mtu: u32 = 0;
     // SAFETY: helper call on the program's own skb with a pointer to a local.
     let too_big =

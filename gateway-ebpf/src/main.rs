@@ -3,8 +3,9 @@
 //!
 //! Trace a packet in [`ingress`]: parse ([`headers`]) -> existing flow? ([`flow`]) -> else listener lookup and
 //! admission: Maglev pick ([`maglev`]), SNAT port and conntrack entries ([`flow`]) -> NAT rewrite ([`nat`]) ->
-//! redirect to the egress interface, where the kernel resolves the next hop. Anything not addressed to a listener
-//! or a flow goes on to the local stack untouched.
+//! redirect to the egress interface, where the kernel resolves the next hop. Kernel TLS passthrough listeners
+//! take the [`tls`] path (handshake, ClientHello capture, SNI routing, splice). Anything not addressed to a
+//! listener or a flow goes on to the local stack untouched.
 #![no_std]
 #![no_main]
 
@@ -19,6 +20,7 @@ mod maglev;
 mod maps;
 mod nat;
 mod reset;
+mod tls;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
@@ -26,6 +28,20 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn gateway_ingress(ctx: TcContext) -> i32 {
     ingress::run(&ctx)
+}
+
+/// Kernel TLS passthrough, entered by tail call from `gateway_ingress`: a segment to a listener with no flow yet
+/// (SYN, ClientHello capture, routing, backend SYN).
+#[classifier]
+pub fn tls_listener(ctx: TcContext) -> i32 {
+    tls::listener_program(&ctx)
+}
+
+/// Kernel TLS passthrough, entered by tail call from `gateway_ingress`: a segment of a flow whose splice is
+/// being set up (backend SYN-ACK, replay of the ClientHello, retransmissions).
+#[classifier]
+pub fn tls_flow(ctx: TcContext) -> i32 {
+    tls::flow_program(&ctx)
 }
 
 /// Diagnostics entry point, run only through BPF_PROG_TEST_RUN: parses the ClientHello the agent put in

@@ -78,6 +78,10 @@ pub struct Backend {
 pub struct TlsPassthrough {
     /// The listener's hostname, if any.
     pub hostname: Option<String>,
+    /// Served in the kernel (handshake, SNI routing and splice by the eBPF program) instead of by the userspace
+    /// proxy: see [`crate::translate::PassthroughMode`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kernel: bool,
     /// One entry per (route, effective hostname): the hostname is the intersection of the route's and the
     /// listener's hostnames, exact or `*.suffix`. Ordered: exact names first, then wildcards by descending number of
     /// labels, then route age. Lookup picks the first match.

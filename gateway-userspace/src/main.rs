@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gateway_userspace::{
     agent::{self, AgentOptions},
     dataplane::{self, conntrack::Timeouts},
-    translate::{TranslateOptions, DEFAULT_CONTROLLER_NAME},
+    translate::{PassthroughMode, TranslateOptions, DEFAULT_CONTROLLER_NAME},
     validate,
 };
 
@@ -161,6 +161,16 @@ struct TlsArgs {
         default_value_t = 256
     )]
     tls_max_pending_per_source: usize,
+    /// Which path serves TLS passthrough listeners: `kernel` (the eBPF program answers the handshake, routes by
+    /// SNI and splices — no socket per connection) or `userspace` (the proxy). A Gateway overrides it with the
+    /// annotation `gateway.ebpf.dev/tls-passthrough: kernel|userspace`.
+    #[arg(
+        long,
+        env = "GATEWAY_TLS_PASSTHROUGH",
+        value_enum,
+        default_value_t = PassthroughMode::Userspace
+    )]
+    tls_passthrough: PassthroughMode,
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -196,6 +206,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             interfaces: args.interfaces,
             snat_ports: args.snat_ports,
             conntrack_entries: args.conntrack_entries,
+            tls_pending: args.tls.tls_max_pending.clamp(1, u32::MAX as usize) as u32,
             timeouts: Timeouts {
                 tcp_established: Duration::from_secs(args.tcp_idle_timeout),
                 udp: Duration::from_secs(args.udp_idle_timeout),
@@ -204,6 +215,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         translate: TranslateOptions {
             controller_name: args.controller_name,
+            tls_passthrough: args.tls.tls_passthrough,
             ..TranslateOptions::default()
         },
     };

@@ -171,6 +171,7 @@ fn kernel_and_userspace_sni_tables_pick_the_same_route() {
     // In lookup order, as the translation emits them: exact names, then wildcards by more labels, then `*`.
     let table = TlsPassthrough {
         hostname: None,
+        kernel: false,
         routes: vec![
             entry("abc.example.com", "exact"),
             entry("other.example.org", "exact-org"),

@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, ProgramArray},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -35,6 +35,17 @@ use crate::ir::{self, Ir, ListenerKind};
 
 /// The compiled eBPF object, embedded so that one file deploys (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GATEWAY_EBPF_OBJECT"));
+
+/// The TLS handshake programs, in the order of their slots in `TLS_PROGRAMS` (see gateway-ebpf/src/tls).
+const TLS_PROGRAMS: [&str; 2] = ["tls_listener", "tls_flow"];
+
+/// A TC program of the object by name.
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| DataplaneError::Load(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e| DataplaneError::Load(format!("{name}: {e}")))
+}
 
 /// Name of the TC program in the object.
 const PROGRAM: &str = "gateway_ingress";
@@ -82,6 +93,9 @@ pub struct Settings {
     /// Capacity of the conntrack map (entries; each flow takes two).
     pub conntrack_entries: u32,
     pub timeouts: conntrack::Timeouts,
+    /// Capacity of the kernel TLS passthrough's table of connections between SYN and splice (each entry holds
+    /// a 32 KiB ClientHello capture while it exists).
+    pub tls_pending: u32,
 }
 
 impl Default for Settings {
@@ -92,6 +106,7 @@ impl Default for Settings {
             snat_ports: (10000, 32767),
             conntrack_entries: 262_144,
             timeouts: conntrack::Timeouts::default(),
+            tls_pending: 4096,
         }
     }
 }
@@ -167,16 +182,33 @@ impl Dataplane {
             .default_map_pin_directory(&pin_dir)
             .map_max_entries("FLOWS", settings.conntrack_entries)
             .map_max_entries("HELLO_SCRATCH", cpus)
+            .map_max_entries("TLS_HANDSHAKES", settings.tls_pending.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| {
-                DataplaneError::Load(format!("program {PROGRAM} missing from the object"))
-            })?
-            .try_into()
-            .map_err(|e| DataplaneError::Load(format!("{e}")))?;
-        program
+        // The TLS handshake programs are entered by tail call from the ingress program: load them and put them
+        // in its program array first, so the ingress program never runs with an empty slot.
+        for (slot, name) in TLS_PROGRAMS.iter().enumerate() {
+            let fd = {
+                let program = classifier(&mut ebpf, name)?;
+                program
+                    .load()
+                    .map_err(|e| DataplaneError::Load(verifier_message(name, &e)))?;
+                program
+                    .fd()
+                    .map_err(|e| DataplaneError::Load(format!("{name}: {e}")))?
+                    .try_clone()
+                    .map_err(|e| DataplaneError::Load(format!("{name}: {e}")))?
+            };
+            let mut slots: ProgramArray<&mut MapData> = ebpf
+                .map_mut("TLS_PROGRAMS")
+                .ok_or_else(|| DataplaneError::Load("map TLS_PROGRAMS missing".into()))?
+                .try_into()
+                .map_err(map_err("TLS_PROGRAMS"))?;
+            slots
+                .set(slot as u32, &fd, 0)
+                .map_err(map_err("TLS_PROGRAMS"))?;
+        }
+        classifier(&mut ebpf, PROGRAM)?
             .load()
             .map_err(|e| DataplaneError::Load(verifier_message(PROGRAM, &e)))?;
 
@@ -336,12 +368,16 @@ impl Dataplane {
         for gateway in &ir.gateways {
             let gw_name = format!("{}/{}", gateway.gateway.namespace, gateway.gateway.name);
             for listener in &gateway.listeners {
-                let (proto, route) = match &listener.kind {
-                    ListenerKind::Tcp(route) => (PROTO_TCP, route),
-                    ListenerKind::Udp(route) => (PROTO_UDP, route),
+                let (proto, route, kind) = match &listener.kind {
+                    ListenerKind::Tcp(route) => (PROTO_TCP, route, listener_kind::L4),
+                    ListenerKind::Udp(route) => (PROTO_UDP, route, listener_kind::L4),
                     ListenerKind::TlsPassthrough(table) => {
-                        self.write_sni_table(next, &gw_name, &listener.name, table)?;
-                        continue;
+                        self.write_sni_table(next, &gw_name, &listener.name, table, &mut report)?;
+                        if !table.kernel {
+                            // Served by the userspace proxy through the local stack.
+                            continue;
+                        }
+                        (PROTO_TCP, &None, listener_kind::TLS_KERNEL)
                     }
                     // HTTP listeners are served by the local stack.
                     ListenerKind::Http(_) => continue,
@@ -389,7 +425,7 @@ impl Dataplane {
                     let value = ListenerValue {
                         listener_id,
                         route_id,
-                        kind: listener_kind::L4,
+                        kind,
                         _pad: [0; 3],
                     };
                     self.listeners
@@ -432,8 +468,18 @@ impl Dataplane {
         route: &ir::L4Route,
         report: &mut ApplyReport,
     ) -> Result<MaglevTable, DataplaneError> {
+        self.maglev_table_for(generation, &route.backends, report)
+    }
+
+    /// Builds the Maglev table over `backends` for generation `generation`, writing their endpoints.
+    fn maglev_table_for(
+        &mut self,
+        generation: u32,
+        backends: &[ir::Backend],
+        report: &mut ApplyReport,
+    ) -> Result<MaglevTable, DataplaneError> {
         let mut entries = Vec::new();
-        for backend in &route.backends {
+        for backend in backends {
             // Weights are split evenly over a backend's endpoints; integer scaling keeps the ratios exact enough.
             let scaled = backend.weight as u64 * 1_000_000;
             let reachable: Vec<(SocketAddr, netif::Path)> = if backend.valid {
@@ -508,14 +554,16 @@ impl Dataplane {
         Ok(table)
     }
 
-    /// Writes a TLS passthrough listener's SNI table for generation `generation`. The IR lists routes in lookup
-    /// order, so the first entry for a name wins, as in the userspace table.
+    /// Writes a TLS passthrough listener's SNI table for generation `generation`, and for a kernel-served
+    /// listener each route's Maglev table. The IR lists routes in lookup order, so the first entry for a name
+    /// wins, as in the userspace table.
     fn write_sni_table(
         &mut self,
         generation: u32,
         gw_name: &str,
         listener: &str,
         table: &ir::TlsPassthrough,
+        report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
         use gateway_common::clienthello::{sni_kind, MAX_NAME};
         let listener_id = self.listener_ids.get(format!("{gw_name}/{listener}"));
@@ -525,6 +573,17 @@ impl Dataplane {
                 "{gw_name}/{listener}/{}/{}/{}",
                 r.kind, r.namespace, r.name
             ));
+            let key = RouteKey {
+                generation,
+                route_id,
+            };
+            if table.kernel && self.maglev.get(&key, 0).is_err() {
+                let maglev = self.maglev_table_for(generation, &entry.backends, report)?;
+                self.maglev
+                    .insert(key, maglev, 0)
+                    .map_err(map_err("MAGLEV"))?;
+                report.routes += 1;
+            }
             let host = entry.hostname.to_ascii_lowercase();
             let (kind, name) = match host.strip_prefix("*.") {
                 _ if host == "*" => (sni_kind::ANY, ""),

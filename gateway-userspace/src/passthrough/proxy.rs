@@ -231,6 +231,10 @@ impl Proxy {
                 let ListenerKind::TlsPassthrough(tls) = &listener.kind else {
                     continue;
                 };
+                if tls.kernel {
+                    // Served by the eBPF program: no socket, no local route.
+                    continue;
+                }
                 let name = format!(
                     "{}/{}/{}",
                     gateway.gateway.namespace, gateway.gateway.name, listener.name

@@ -214,6 +214,7 @@ mod tests {
         SniTable::new(
             &TlsPassthrough {
                 hostname: None,
+                kernel: false,
                 routes,
             },
             |_| ProxyProtocol::None,

@@ -92,6 +92,45 @@ pub struct TranslateOptions {
     /// The time written as `lastTransitionTime` on conditions that changed. The caller sets it for every
     /// translation (e.g. `options.at(Timestamp::now())`); the default is the Unix epoch.
     pub now: Timestamp,
+    /// Which path serves TLS passthrough listeners unless a Gateway annotation says otherwise.
+    pub tls_passthrough: PassthroughMode,
+}
+
+/// The path that serves a TLS passthrough listener.
+///
+/// The agent's `--tls-passthrough` sets the default; a Gateway chooses for all its passthrough listeners with the
+/// annotation [`PASSTHROUGH_ANNOTATION`] (`kernel` or `userspace`), and for one listener with
+/// `gateway.ebpf.dev/tls-passthrough.<listener name>`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PassthroughMode {
+    /// The userspace proxy: a socket pair per connection, bytes moved with splice(2).
+    #[default]
+    Userspace,
+    /// The eBPF program: handshake, ClientHello capture, SNI routing and splicing in the kernel; no socket.
+    Kernel,
+}
+
+/// Gateway annotation choosing the TLS passthrough path (see [`PassthroughMode`]).
+pub const PASSTHROUGH_ANNOTATION: &str = "gateway.ebpf.dev/tls-passthrough";
+
+impl PassthroughMode {
+    /// The mode for `listener` of a Gateway with these annotations; unknown values fall back to `default`.
+    pub fn for_listener(
+        annotations: &std::collections::BTreeMap<String, String>,
+        listener: &str,
+        default: PassthroughMode,
+    ) -> PassthroughMode {
+        let parse = |v: &String| match v.trim() {
+            "kernel" => Some(PassthroughMode::Kernel),
+            "userspace" => Some(PassthroughMode::Userspace),
+            _ => None,
+        };
+        annotations
+            .get(&format!("{PASSTHROUGH_ANNOTATION}.{listener}"))
+            .and_then(parse)
+            .or_else(|| annotations.get(PASSTHROUGH_ANNOTATION).and_then(parse))
+            .unwrap_or(default)
+    }
 }
 
 impl TranslateOptions {
@@ -110,6 +149,7 @@ impl Default for TranslateOptions {
             controller_name: DEFAULT_CONTROLLER_NAME.into(),
             address_policy: AddressPolicy::default(),
             now: Timestamp::default(),
+            tls_passthrough: PassthroughMode::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::gateway::GatewayPlan;
 use super::hostname;
 use super::listener::{ListenerPlan, Protocol};
 use super::route::{RouteKind, RouteView};
-use super::Context;
+use super::{Context, PassthroughMode};
 use crate::ir::{
     self, Backend, HttpListener, Ir, L4Route, ListenerKind, SniRoute, TlsCertificate,
     TlsPassthrough,
@@ -62,12 +62,14 @@ pub fn build(
                     let kind = match l.protocol {
                         Protocol::Tcp => ListenerKind::Tcp(oldest()),
                         Protocol::Udp => ListenerKind::Udp(oldest()),
-                        Protocol::TlsPassthrough => ListenerKind::TlsPassthrough(sni_table(
-                            l.hostname.clone(),
-                            attached,
-                            routes,
-                            backends,
-                        )),
+                        Protocol::TlsPassthrough => ListenerKind::TlsPassthrough(TlsPassthrough {
+                            kernel: PassthroughMode::for_listener(
+                                &plan.gateway.metadata.annotations,
+                                l.name,
+                                ctx.options.tls_passthrough,
+                            ) == PassthroughMode::Kernel,
+                            ..sni_table(l.hostname.clone(), attached, routes, backends)
+                        }),
                         Protocol::Http | Protocol::Https => ListenerKind::Http(http_listener(
                             ctx, plan, l, attached, routes, backends, &age_rank,
                         )),
@@ -109,6 +111,7 @@ fn sni_table(
     entries.dedup();
     TlsPassthrough {
         hostname: listener_hostname,
+        kernel: false,
         routes: entries
             .into_iter()
             .map(|(r, h)| SniRoute {

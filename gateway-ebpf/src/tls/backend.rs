@@ -1,0 +1,333 @@
+//! The backend's half until the splice is complete: the backend's SYN-ACK fixes the translation (its initial
+//! sequence number, its window scale), the captured ClientHello is replayed to it in segments of its MSS, and
+//! once it has acknowledged all of it both conntrack entries switch to spliced forwarding. Retransmission is
+//! clocked by packets: a repeated SYN-ACK or a duplicate ACK from the backend, or the client resending the
+//! segment the gateway holds, sends the unacknowledged part of the capture again.
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    helpers::generated::{bpf_clone_redirect, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use gateway_common::{
+    counter,
+    tls::{splice as state, Handshake, CLIENT_WINDOW_SCALE},
+    Flow, FlowKey,
+};
+
+use super::{
+    client_key, handshake, ifindex,
+    options::{self, NO_WSCALE},
+    reply_macs,
+    segment::{self, Segment, MAX_PAYLOAD},
+    splice, Tcp, TLS_HANDSHAKES,
+};
+use crate::{
+    counters::count,
+    flow::peer_key,
+    headers::{Packet, TCP_ACK, TCP_RST, TCP_SYN},
+    maps::FLOWS,
+};
+
+/// Segments replayed per packet that triggers a replay (bounded loop; more follow on the backend's ACKs).
+const REPLAY_BURST: u32 = 8;
+/// Smallest MSS accepted from a backend (RFC 9293's IPv4 default is 536).
+const MIN_MSS: u32 = 88;
+
+/// A client segment while the backend connection is being set up: the held last ClientHello segment coming
+/// again means the backend has not answered (SYN again) or not acknowledged the replay (replay again). Anything
+/// else is dropped: the client resends it once the splice is up.
+#[inline(always)]
+pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> Option<i32> {
+    let Some(hs) = TLS_HANDSHAKES.get_ptr_mut(pkt.key) else {
+        count(counter::TLS_UNEXPECTED);
+        return Some(TC_ACT_SHOT);
+    };
+    // SAFETY: pointer from a successful lookup of this flow's handshake.
+    let h = unsafe { &mut *hs };
+    if pkt.tcp_flags & TCP_RST != 0 {
+        let _ = TLS_HANDSHAKES.remove(pkt.key);
+        if flow.splice == state::REPLAYING {
+            // The backend connection is established: pass the reset on (numbers are translated by now).
+            return splice_forward(ctx, pkt, flow);
+        }
+        remove_flows(&pkt.key, flow);
+        return Some(TC_ACT_SHOT);
+    }
+    if t.payload == 0 {
+        h.client_window = t.window;
+        return Some(TC_ACT_SHOT);
+    }
+    let end = t
+        .seq
+        .wrapping_add(t.payload)
+        .wrapping_sub(h.client_isn.wrapping_add(1));
+    if end != h.hello_end {
+        return Some(TC_ACT_SHOT);
+    }
+    if flow.splice == state::SYN_SENT {
+        count(counter::TLS_SYN_RETRANSMITS);
+        return Some(handshake::send_backend_syn(ctx, h, flow));
+    }
+    count(counter::TLS_REPLAY_RETRANSMITS);
+    Some(replay_one(ctx, h, flow))
+}
+
+/// A backend segment while the splice is being set up.
+#[inline(always)]
+pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Option<i32> {
+    let ckey = client_key(reply);
+    let Some(hs) = TLS_HANDSHAKES.get_ptr_mut(ckey) else {
+        count(counter::TLS_UNEXPECTED);
+        return Some(TC_ACT_SHOT);
+    };
+    // SAFETY: pointer from a successful lookup of this flow's handshake.
+    let h = unsafe { &mut *hs };
+    if reply.splice == state::SYN_SENT {
+        return Some(synack(ctx, pkt, t, reply, &ckey, h));
+    }
+    // REPLAYING.
+    if pkt.tcp_flags & TCP_RST != 0 {
+        let _ = TLS_HANDSHAKES.remove(ckey);
+        return splice_forward(ctx, pkt, reply);
+    }
+    if pkt.tcp_flags & TCP_SYN != 0 {
+        // The SYN-ACK again: the first replayed segment was lost.
+        count(counter::TLS_REPLAY_RETRANSMITS);
+        h.sent = h.acked;
+        let window = window_for_backend(h, &ckey);
+        return Some(replay(ctx, h, h.acked, window));
+    }
+    if pkt.tcp_flags & TCP_ACK == 0 {
+        return Some(TC_ACT_SHOT);
+    }
+    let acked = t.ack.wrapping_sub(h.client_isn.wrapping_add(1));
+    if acked > h.capture.len {
+        // Acknowledges more than was sent: not ours to believe.
+        count(counter::TLS_UNEXPECTED);
+        return Some(TC_ACT_SHOT);
+    }
+    if acked == h.capture.len {
+        // Everything delivered: join the halves. This segment acknowledges the client's held segment (and may
+        // already carry the ServerHello), so it goes on to the client translated.
+        set_state(&ckey, state::SPLICED);
+        set_state(&pkt.key, state::SPLICED);
+        let _ = TLS_HANDSHAKES.remove(ckey);
+        count(counter::TLS_SPLICED);
+        return splice_forward(ctx, pkt, reply);
+    }
+    let duplicate = acked == h.acked && t.payload == 0;
+    if acked > h.acked {
+        h.acked = acked;
+    }
+    let window = window_for_backend(h, &ckey);
+    if h.sent < h.capture.len {
+        return Some(replay(ctx, h, h.sent, window));
+    }
+    if duplicate {
+        count(counter::TLS_REPLAY_RETRANSMITS);
+        return Some(replay(ctx, h, h.acked, window));
+    }
+    Some(TC_ACT_SHOT)
+}
+
+/// The backend accepted: fix the translation in both conntrack entries and start the replay.
+#[inline(always)]
+fn synack(
+    ctx: &TcContext,
+    pkt: &Packet,
+    t: &Tcp,
+    reply: &Flow,
+    ckey: &FlowKey,
+    h: &mut Handshake,
+) -> i32 {
+    if pkt.tcp_flags & TCP_RST != 0 {
+        // Refused: the client learns it the same way.
+        let _ = TLS_HANDSHAKES.remove(*ckey);
+        let seg = Segment {
+            macs: [0; 12],
+            saddr: reply.new_src,
+            daddr: reply.new_dst,
+            sport: reply.new_sport,
+            dport: reply.new_dport,
+            seq: h.gateway_isn.wrapping_add(1),
+            ack: 0,
+            flags: segment::RST,
+            window: 0,
+            syn_options: None,
+        };
+        let out = reply.out_ifindex;
+        remove_flows(&pkt.key, reply);
+        return handshake::send_to(ctx, &seg, out);
+    }
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) != (TCP_SYN | TCP_ACK)
+        || t.ack != h.client_isn.wrapping_add(1)
+    {
+        count(counter::TLS_UNEXPECTED);
+        return TC_ACT_SHOT;
+    }
+    let Some(opts) = options::read(ctx, pkt.l4_off, t.doff) else {
+        count(counter::MALFORMED);
+        return TC_ACT_SHOT;
+    };
+    h.backend_isn = t.seq;
+    h.backend_mss = opts.mss;
+    let client_scaled = h.client_wscale != NO_WSCALE;
+    let backend_scaled = client_scaled && opts.wscale != NO_WSCALE;
+    // Backend -> client: the backend's windows are in its scale; the client applies the gateway's.
+    let to_client_in = if backend_scaled { opts.wscale } else { 0 };
+    let to_client_out = if client_scaled { CLIENT_WINDOW_SCALE } else { 0 };
+    // Client -> backend: the backend applies the client's scale when it accepted scaling, none otherwise.
+    let to_backend_in = if client_scaled { h.client_wscale } else { 0 };
+    let to_backend_out = if backend_scaled { h.client_wscale } else { 0 };
+    // SAFETY: pointers from successful lookups; the entries are this flow's.
+    if let Some(r) = FLOWS.get_ptr_mut(pkt.key) {
+        unsafe {
+            (*r).seq_delta = h.gateway_isn.wrapping_sub(h.backend_isn);
+            (*r).ack_delta = 0;
+            (*r).win_shift = (to_client_in << 4) | to_client_out;
+            (*r).splice = state::REPLAYING;
+        }
+    }
+    if let Some(o) = FLOWS.get_ptr_mut(*ckey) {
+        // SAFETY: as above.
+        unsafe {
+            (*o).seq_delta = 0;
+            (*o).ack_delta = h.backend_isn.wrapping_sub(h.gateway_isn);
+            (*o).win_shift = (to_backend_in << 4) | to_backend_out;
+            (*o).splice = state::REPLAYING;
+        }
+    }
+    h.state = state::REPLAYING;
+    h.acked = 0;
+    h.sent = 0;
+    let window = splice::rescale(h.client_window, (to_backend_in << 4) | to_backend_out);
+    replay(ctx, h, 0, window)
+}
+
+/// The client's latest window, as the backend must read it (the client-direction entry knows the scales).
+#[inline(always)]
+fn window_for_backend(h: &Handshake, ckey: &FlowKey) -> u16 {
+    // SAFETY: a plain read of a map value returned by a successful lookup.
+    match unsafe { FLOWS.get(ckey) } {
+        Some(o) => splice::rescale(h.client_window, o.win_shift),
+        None => h.client_window,
+    }
+}
+
+/// Replays the capture from `from` as up to [`REPLAY_BURST`] segments back out of the interface the backend's
+/// segment came in on (all but the last as clones of the skb).
+#[inline(always)]
+fn replay(ctx: &TcContext, h: &mut Handshake, from: u32, window: u16) -> i32 {
+    let Some(macs) = reply_macs(ctx) else {
+        return TC_ACT_SHOT;
+    };
+    let Ok(addrs) = ctx.load::<[u32; 2]>(crate::headers::IP_SRC_OFF as usize) else {
+        return TC_ACT_SHOT;
+    };
+    let Ok(ports) = ctx.load::<[u16; 2]>(crate::headers::ETH_HLEN as usize + 20) else {
+        return TC_ACT_SHOT;
+    };
+    let mss = (h.backend_mss as u32).clamp(MIN_MSS, MAX_PAYLOAD);
+    let mut seg = Segment {
+        macs,
+        saddr: addrs[1],
+        daddr: addrs[0],
+        sport: ports[1],
+        dport: ports[0],
+        seq: 0,
+        ack: h.backend_isn.wrapping_add(1),
+        flags: segment::ACK,
+        window,
+        syn_options: None,
+    };
+    let out = ifindex(ctx);
+    let mut off = from;
+    let mut i = 0;
+    while i < REPLAY_BURST {
+        let len = h.capture.len;
+        if off >= len {
+            break;
+        }
+        let n = (len - off).min(mss);
+        let last = off + n >= len || i + 1 == REPLAY_BURST;
+        seg.seq = h.client_isn.wrapping_add(1).wrapping_add(off);
+        seg.flags = if off + n >= len {
+            segment::ACK | segment::PSH
+        } else {
+            segment::ACK
+        };
+        if segment::write_with_payload(ctx, &seg, &h.capture, off, n).is_err() {
+            return TC_ACT_SHOT;
+        }
+        off += n;
+        if off > h.sent {
+            h.sent = off;
+        }
+        if last {
+            // SAFETY: plain helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
+            return unsafe { bpf_redirect(out, 0) as i32 };
+        }
+        // SAFETY: helper call on the program's own skb: a copy goes out now, the skb is rewritten next.
+        if unsafe { bpf_clone_redirect(ctx.skb.skb.cast(), out, 0) } != 0 {
+            return TC_ACT_SHOT;
+        }
+        i += 1;
+    }
+    TC_ACT_SHOT
+}
+
+/// Sends the first unacknowledged segment of the capture towards the backend from a client skb (the client's
+/// retransmission is the timer).
+#[inline(always)]
+fn replay_one(ctx: &TcContext, h: &mut Handshake, original: &Flow) -> i32 {
+    let mss = (h.backend_mss as u32).clamp(MIN_MSS, MAX_PAYLOAD);
+    let off = h.acked;
+    if off >= h.capture.len {
+        return TC_ACT_SHOT;
+    }
+    let n = (h.capture.len - off).min(mss);
+    let seg = Segment {
+        macs: [0; 12],
+        saddr: original.new_src,
+        daddr: original.new_dst,
+        sport: original.new_sport,
+        dport: original.new_dport,
+        seq: h.client_isn.wrapping_add(1).wrapping_add(off),
+        ack: h.backend_isn.wrapping_add(1),
+        flags: segment::ACK | segment::PSH,
+        window: splice::rescale(h.client_window, original.win_shift),
+        syn_options: None,
+    };
+    if segment::write_with_payload(ctx, &seg, &h.capture, off, n).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: plain helper call without neighbour parameters.
+    unsafe { bpf_redirect_neigh(original.out_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Translates the segment for the other connection and lets the caller forward it.
+#[inline(always)]
+fn splice_forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Option<i32> {
+    match splice::translate(ctx, pkt, flow) {
+        Ok(()) => None,
+        Err(()) => {
+            count(counter::MALFORMED);
+            Some(TC_ACT_SHOT)
+        }
+    }
+}
+
+#[inline(always)]
+fn set_state(key: &FlowKey, splice: u8) {
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: pointer from a successful lookup; a one-byte store.
+        unsafe { (*f).splice = splice };
+    }
+}
+
+/// Removes both conntrack entries of the flow `flow` (the entry for `key`) belongs to.
+#[inline(always)]
+fn remove_flows(key: &FlowKey, flow: &Flow) {
+    let _ = FLOWS.remove(peer_key(flow, key.proto));
+    let _ = FLOWS.remove(key);
+}
