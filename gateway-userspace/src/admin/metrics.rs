@@ -25,6 +25,37 @@ pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::FRAG_NEEDED_SENT, "frag_needed_sent"),
     (counter::TOO_BIG_DROPPED, "too_big_dropped"),
     (counter::SNAT_RECLAIMED, "snat_reclaimed"),
+    (counter::TLS_HANDSHAKES, "tls_handshakes"),
+    (counter::TLS_SPLICED, "tls_spliced"),
+    (counter::TLS_PENDING_FULL, "tls_pending_full"),
+    (counter::TLS_NO_ROUTE, "tls_no_route"),
+    (counter::TLS_REJECTED, "tls_rejected"),
+    (counter::TLS_SYN_RETRANSMITS, "tls_syn_retransmits"),
+    (counter::TLS_REPLAY_RETRANSMITS, "tls_replay_retransmits"),
+    (counter::TLS_OUT_OF_ORDER, "tls_out_of_order"),
+    (counter::TLS_UNEXPECTED, "tls_unexpected"),
+];
+
+/// Kernel TLS passthrough counters that are connection outcomes, exported in
+/// `gateway_tls_passthrough_connections` (label `path="kernel"`) beside the userspace proxy's, with the same
+/// outcome and reason names.
+const KERNEL_TLS_OUTCOMES: &[(u32, &str, &str)] = &[
+    (counter::TLS_SPLICED, "routed", "route"),
+    (counter::TLS_NO_ROUTE, "rejected", "no_route"),
+    (counter::TLS_PENDING_FULL, "rejected", "overloaded"),
+];
+
+/// Reasons of the kernel parser's rejections, by `gateway_common::clienthello::outcome` (the userspace
+/// parser's names).
+pub const KERNEL_TLS_REJECTS: &[(usize, &str)] = &[
+    (1, "truncated"),
+    (2, "not_tls"),
+    (3, "sslv2"),
+    (4, "malformed"),
+    (5, "oversized"),
+    (6, "no_sni"),
+    (7, "ambiguous_sni"),
+    (8, "invalid_sni"),
 ];
 
 type Labels = Vec<(String, String)>;
@@ -94,6 +125,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// Last kernel counter values, to turn them into increments.
     last_kernel: std::sync::Mutex<[u64; counter::COUNT as usize]>,
+    last_tls_rejects: std::sync::Mutex<[u64; 16]>,
     /// Where to read the kernel counters at scrape time (set once the data plane is loaded).
     kernel: std::sync::Mutex<Option<KernelCounters>>,
 }
@@ -118,6 +150,7 @@ impl Metrics {
             passthrough: PassthroughMetrics::default(),
             http: HttpMetrics::default(),
             last_kernel: std::sync::Mutex::new([0; counter::COUNT as usize]),
+            last_tls_rejects: std::sync::Mutex::new([0; 16]),
             kernel: std::sync::Mutex::new(None),
         };
         registry.register(
@@ -180,8 +213,28 @@ impl Metrics {
                     .inc_by(delta);
             }
         }
+        for (index, outcome, reason) in KERNEL_TLS_OUTCOMES {
+            let i = *index as usize;
+            let delta = now[i].saturating_sub(last[i]);
+            if delta > 0 {
+                self.passthrough.kernel_connections(outcome, reason, delta);
+            }
+        }
         let i = counter::FLOWS_NEW as usize;
         self.flows_admitted.inc_by(now[i].saturating_sub(last[i]));
+        *last = *now;
+    }
+
+    /// Folds a fresh read of the kernel parser's rejections (by outcome) into the passthrough metrics.
+    pub fn observe_kernel_tls_rejects(&self, now: &[u64; 16]) {
+        let mut last = self.last_tls_rejects.lock().expect("metrics lock");
+        for (i, reason) in KERNEL_TLS_REJECTS {
+            let delta = now[*i].saturating_sub(last[*i]);
+            if delta > 0 {
+                self.passthrough
+                    .kernel_connections("rejected", reason, delta);
+            }
+        }
         *last = *now;
     }
 
@@ -253,6 +306,10 @@ impl Metrics {
                 Ok(now) => self.observe_kernel(&now),
                 Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
             }
+            match source.read_tls_rejects() {
+                Ok(now) => self.observe_kernel_tls_rejects(&now),
+                Err(e) => tracing::warn!(error = %e, "reading kernel TLS counters failed"),
+            }
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
@@ -316,6 +373,17 @@ impl PassthroughMetrics {
             "Time from accept until the ClientHello was complete",
             self.clienthello_duration.clone(),
         );
+    }
+
+    /// Counts `n` connections of the kernel path with this outcome (the kernel counts per node, not per
+    /// listener: the label `path="kernel"` takes the listener's place).
+    pub fn kernel_connections(&self, outcome: &str, reason: &str, n: u64) {
+        let labels = vec![
+            ("path".to_string(), "kernel".to_string()),
+            ("outcome".to_string(), outcome.to_string()),
+            ("reason".to_string(), reason.to_string()),
+        ];
+        self.connections.get_or_create(&labels).inc_by(n);
     }
 
     /// Counts one connection's outcome.

@@ -681,7 +681,11 @@ impl Dataplane {
         let data = MapData::from_pin(self.pin_dir.join("COUNTERS")).map_err(map_err("COUNTERS"))?;
         let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
             .map_err(map_err("COUNTERS"))?;
-        Ok(KernelCounters { map })
+        let data =
+            MapData::from_pin(self.pin_dir.join("TLS_REJECTS")).map_err(map_err("TLS_REJECTS"))?;
+        let tls_rejects = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(map_err("TLS_REJECTS"))?;
+        Ok(KernelCounters { map, tls_rejects })
     }
 
     /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep and the
@@ -841,12 +845,26 @@ impl KernelVerdict {
 /// Read-only access to the kernel's packet counters.
 pub struct KernelCounters {
     map: PerCpuArray<MapData, u64>,
+    tls_rejects: PerCpuArray<MapData, u64>,
 }
 
 impl KernelCounters {
     /// Current values, summed over CPUs, indexed by `gateway_common::counter`.
     pub fn read(&self) -> Result<[u64; counter::COUNT as usize], DataplaneError> {
         read_counters(&self.map)
+    }
+
+    /// ClientHellos the kernel parser rejected, by `gateway_common::clienthello::outcome`.
+    pub fn read_tls_rejects(&self) -> Result<[u64; 16], DataplaneError> {
+        let mut out = [0u64; 16];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self
+                .tls_rejects
+                .get(&(i as u32), 0)
+                .map_err(map_err("TLS_REJECTS"))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
     }
 }
 
