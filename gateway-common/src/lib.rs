@@ -222,7 +222,7 @@ pub mod counter {
     pub const TLS_SPLICED: u32 = 16;
     /// Kernel TLS passthrough: SYNs reset because the table of pending handshakes was full.
     pub const TLS_PENDING_FULL: u32 = 17;
-    /// Kernel TLS passthrough: ClientHellos whose SNI matched no route (or no valid backend), reset.
+    /// Kernel TLS passthrough: ClientHellos whose SNI matched no route, reset.
     pub const TLS_NO_ROUTE: u32 = 18;
     /// Kernel TLS passthrough: first flights rejected by the parser (not TLS, malformed, no SNI, ...), reset;
     /// the reason is counted in `TLS_REJECTS`.
@@ -235,6 +235,9 @@ pub mod counter {
     pub const TLS_OUT_OF_ORDER: u32 = 22;
     /// Kernel TLS passthrough: segments the handshake could not use (unexpected flags or numbers), dropped.
     pub const TLS_UNEXPECTED: u32 = 23;
+    /// Kernel TLS passthrough: ClientHellos whose route picked an invalid backend (or one with no ready
+    /// endpoint) for the connection, reset.
+    pub const TLS_INVALID_BACKEND: u32 = 24;
     /// Number of counters.
     pub const COUNT: u32 = 32;
 }

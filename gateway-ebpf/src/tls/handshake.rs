@@ -281,7 +281,7 @@ fn connect(ctx: &TcContext, pkt: &Packet, h: &mut Handshake, route_id: u32) -> i
     let (backend_id, backend) = match maglev::pick(config.generation, route_id, hash) {
         Pick::Backend(id, backend) => (id, backend),
         Pick::Reject => {
-            count(counter::TLS_NO_ROUTE);
+            count(counter::TLS_INVALID_BACKEND);
             let _ = TLS_HANDSHAKES.remove(pkt.key);
             return reset::send(ctx, pkt);
         }

@@ -34,6 +34,7 @@ pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::TLS_REPLAY_RETRANSMITS, "tls_replay_retransmits"),
     (counter::TLS_OUT_OF_ORDER, "tls_out_of_order"),
     (counter::TLS_UNEXPECTED, "tls_unexpected"),
+    (counter::TLS_INVALID_BACKEND, "tls_invalid_backend"),
 ];
 
 /// Kernel TLS passthrough counters that are connection outcomes, exported in
@@ -43,6 +44,8 @@ const KERNEL_TLS_OUTCOMES: &[(u32, &str, &str)] = &[
     (counter::TLS_SPLICED, "routed", "route"),
     (counter::TLS_NO_ROUTE, "rejected", "no_route"),
     (counter::TLS_PENDING_FULL, "rejected", "overloaded"),
+    // The kernel's Maglev table does not tell an invalid backendRef from a backend without ready endpoints.
+    (counter::TLS_INVALID_BACKEND, "rejected", "invalid_backend"),
 ];
 
 /// Reasons of the kernel parser's rejections, by `gateway_common::clienthello::outcome` (the userspace
