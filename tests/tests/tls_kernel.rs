@@ -5,3 +5,265 @@ const MODE: &str = "kernel";
 
 #[path = "tls_cases/mod.rs"]
 mod cases;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use gateway_tests::{
+    gateway::write_manifests, sockets, topology, GatewayProcess, Topology,
+};
+
+/// The corpus's post-quantum-sized ClientHello (X25519MLKEM768 key share, 1,828 bytes: two segments at MSS
+/// 1,460), SNI `pq.example.com`.
+fn pq_hello() -> Result<Vec<u8>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../gateway-userspace/tests/corpus/clienthello/pq_sized.bin");
+    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Gateway `stream` at VIP 1 with a kernel TLS passthrough listener routing `pq.example.com` to backend 1.
+fn start_gateway<'t>(topo: &'t Topology, dir: &std::path::Path) -> Result<GatewayProcess<'t>> {
+    let yaml = [
+        cases::CLASS,
+        &cases::gateway("stream", 1, None),
+        &cases::route(
+            "stream",
+            "stream",
+            &["pq.example.com"],
+            "name: stream-backend, port: 443",
+            "",
+        ),
+        &cases::service("stream-backend", "infra", topo.backend_addr(1)),
+    ]
+    .concat();
+    let config = write_manifests(dir, &yaml)?;
+    GatewayProcess::start(topo.gateway(), &[&config], &["--tls-passthrough", MODE])
+}
+
+fn target() -> SocketAddr {
+    SocketAddr::from((topology::vip(1), cases::PORT))
+}
+
+/// Deterministic content: 8-byte word `i` of a stream.
+fn word(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const CHUNK: usize = 64 * 1024;
+
+fn send_stream(s: &mut TcpStream, total: usize, seed: u64) -> Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut sent = 0usize;
+    while sent < total {
+        for (j, w) in buf.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&word(seed + ((sent / 8) + j) as u64).to_le_bytes());
+        }
+        s.write_all(&buf)?;
+        sent += CHUNK;
+    }
+    Ok(())
+}
+
+fn check_stream(s: &mut TcpStream, total: usize, seed: u64) -> Result<usize> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0usize;
+    while got < total {
+        s.read_exact(&mut buf)
+            .with_context(|| format!("after {got} bytes"))?;
+        for (j, w) in buf.chunks_exact(8).enumerate() {
+            let i = (got / 8) + j;
+            ensure!(
+                u64::from_le_bytes(w.try_into().unwrap()) == word(seed + i as u64),
+                "byte {} differs",
+                i * 8
+            );
+        }
+        got += CHUNK;
+    }
+    Ok(got)
+}
+
+/// Reads the replayed ClientHello on a backend connection and checks it is byte for byte what the client sent.
+fn expect_hello(s: &mut TcpStream, hello: &[u8]) -> Result<()> {
+    let mut got = vec![0u8; hello.len()];
+    s.read_exact(&mut got).context("reading the replayed ClientHello")?;
+    ensure!(got == hello, "the backend received a different ClientHello");
+    Ok(())
+}
+
+/// Connects through the gateway and sends the ClientHello, in two writes with a pause between them (two
+/// segments on the wire) when `split` is set.
+fn open_with_hello(hello: &[u8], split: bool) -> Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&target(), Duration::from_secs(3))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    if split {
+        s.write_all(&hello[..1000])?;
+        std::thread::sleep(Duration::from_millis(20));
+        s.write_all(&hello[1000..])?;
+    } else {
+        s.write_all(hello)?;
+    }
+    Ok(s)
+}
+
+/// A backend (in backend namespace 1, port 8443) that checks each connection's replayed ClientHello and then
+/// echoes everything back. Returns the accept thread and a count of connections that passed the check.
+fn echo_backend(topo: &Topology, hello: Vec<u8>) -> Result<(JoinHandle<()>, Arc<AtomicUsize>)> {
+    let listener = topo
+        .backend(1)
+        .run(|| TcpListener::bind(("0.0.0.0", cases::TLS_PORT)))?;
+    let good = Arc::new(AtomicUsize::new(0));
+    let counter = good.clone();
+    let handle = std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            let hello = hello.clone();
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+                if expect_hello(&mut s, &hello).is_ok() {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let mut w = s.try_clone().expect("clone");
+                    let _ = std::io::copy(&mut s, &mut w);
+                }
+            });
+        }
+    });
+    Ok((handle, good))
+}
+
+/// A ping-pong over an established spliced connection.
+fn ping(s: &mut TcpStream, i: usize) -> Result<()> {
+    let msg = format!("ping {i:08}\n");
+    s.write_all(msg.as_bytes())?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)?;
+    ensure!(back == msg.as_bytes(), "echo differs");
+    Ok(())
+}
+
+fn raise_fd_limit() {
+    let lim = libc::rlimit {
+        rlim_cur: 16384,
+        rlim_max: 16384,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+}
+
+/// 1 GiB each way through one spliced connection, every byte checked, after a two-segment post-quantum-sized
+/// ClientHello that the backend receives byte for byte; the gateway's namespace holds no socket for it.
+#[test]
+fn a_gigabyte_each_way_through_one_spliced_connection() -> Result<()> {
+    const TOTAL: usize = 1 << 30;
+    let hello = pq_hello()?;
+    let topo = Topology::builder().backends(1).build()?;
+    let listener = topo
+        .backend(1)
+        .run(|| TcpListener::bind(("0.0.0.0", cases::TLS_PORT)))?;
+    let expected = hello.clone();
+    let server = std::thread::spawn(move || -> Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        expect_hello(&mut s, &expected)?;
+        let mut w = s.try_clone()?;
+        let writer = std::thread::spawn(move || send_stream(&mut w, TOTAL, 1 << 40));
+        let got = check_stream(&mut s, TOTAL, 0)?;
+        writer.join().expect("server writer")?;
+        Ok(got)
+    });
+    let dir = tempfile::tempdir()?;
+    let gw = start_gateway(&topo, dir.path())?;
+    let started = Instant::now();
+    let mut s = topo.client().run(|| open_with_hello(&hello, true))?;
+    let mut w = s.try_clone()?;
+    let writer = std::thread::spawn(move || send_stream(&mut w, TOTAL, 0));
+    // Midway, the gateway's namespace has no socket on the listener port: the kernel splices.
+    let mut first = vec![0u8; CHUNK];
+    s.read_exact(&mut first)?;
+    ensure!(
+        !sockets::has_socket_on_port(topo.gateway(), cases::PORT)?,
+        "the gateway holds a socket on {}",
+        cases::PORT
+    );
+    let downloaded = CHUNK + {
+        // `first` was the first chunk of the stream: check it, then the rest.
+        for (j, w) in first.chunks_exact(8).enumerate() {
+            ensure!(
+                u64::from_le_bytes(w.try_into().unwrap()) == word((1 << 40) + j as u64),
+                "byte {} differs",
+                j * 8
+            );
+        }
+        check_stream_from(&mut s, TOTAL - CHUNK, (1 << 40) + (CHUNK / 8) as u64)?
+    };
+    writer.join().expect("client writer")?;
+    let uploaded = server.join().expect("server")?;
+    assert_eq!((uploaded, downloaded), (TOTAL, TOTAL));
+    eprintln!(
+        "2 GiB through one spliced connection in {:.1?}",
+        started.elapsed()
+    );
+    ensure!(gw.kernel_packets("tls_spliced")? == 1, "one splice counted");
+    Ok(())
+}
+
+fn check_stream_from(s: &mut TcpStream, total: usize, seed: u64) -> Result<usize> {
+    check_stream(s, total, seed)
+}
+
+/// A thousand spliced connections open at once, each answering a ping-pong, with no socket in the gateway's
+/// namespace on the listener port; they keep working through `kill -9` of the agent, while it is down, and
+/// after it is restarted.
+#[test]
+fn a_thousand_spliced_connections_hold_no_socket_and_survive_kill_9() -> Result<()> {
+    const N: usize = 1000;
+    raise_fd_limit();
+    let hello = pq_hello()?;
+    let topo = Topology::builder().backends(1).build()?;
+    let (_backend, good) = echo_backend(&topo, hello.clone())?;
+    let dir = tempfile::tempdir()?;
+    let mut gw = start_gateway(&topo, dir.path())?;
+    let mut conns = topo.client().run(|| -> Result<Vec<TcpStream>> {
+        let mut v = Vec::with_capacity(N);
+        for i in 0..N {
+            let mut s = open_with_hello(&hello, false).with_context(|| format!("connection {i}"))?;
+            ping(&mut s, i).with_context(|| format!("connection {i}"))?;
+            v.push(s);
+        }
+        Ok(v)
+    })?;
+    ensure!(good.load(Ordering::SeqCst) == N, "backend saw {} hellos", good.load(Ordering::SeqCst));
+    let held = sockets::sockets_on_port(topo.gateway(), cases::PORT)?;
+    ensure!(held.is_empty(), "gateway sockets on the listener port: {held:?}");
+    ensure!(gw.kernel_packets("tls_spliced")? == N as u64, "splices counted");
+
+    gw.kill9()?;
+    for (i, s) in conns.iter_mut().enumerate() {
+        ping(s, i).with_context(|| format!("connection {i} with the agent down"))?;
+    }
+    gw.start_again()?;
+    for (i, s) in conns.iter_mut().enumerate() {
+        ping(s, i).with_context(|| format!("connection {i} after the restart"))?;
+    }
+    // New connections are served by the restarted agent's programs too.
+    topo.client().run(|| -> Result<()> {
+        let mut s = open_with_hello(&hello, true)?;
+        ping(&mut s, 0)
+    })?;
+    Ok(())
+}

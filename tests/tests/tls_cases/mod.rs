@@ -19,16 +19,16 @@ use gateway_tests::{
     topology, GatewayProcess, Process, Topology,
 };
 
-const PORT: u16 = 443;
-const TLS_PORT: u16 = 8443;
-const CLASS: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+pub(super) const PORT: u16 = 443;
+pub(super) const TLS_PORT: u16 = 8443;
+pub(super) const CLASS: &str = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: ebpf}
 spec: {controllerName: ebpf-gateway.dev/gatewayclass-controller}
 "#;
 
 /// A Gateway at `198.18.100.{vip}` with one TLS Passthrough listener on 443.
-fn gateway(name: &str, vip: u8, hostname: Option<&str>) -> String {
+pub(super) fn gateway(name: &str, vip: u8, hostname: Option<&str>) -> String {
     let hostname = hostname
         .map(|h| format!(", hostname: \"{h}\""))
         .unwrap_or_default();
@@ -49,7 +49,7 @@ spec:
 
 /// A TLSRoute on `gateway` for `hostnames` to the Service `backend` (namespace `backend_ns`), with extra
 /// backendRef fields (e.g. `group: x, kind: Y`) and annotations.
-fn route(
+pub(super) fn route(
     name: &str,
     gateway: &str,
     hostnames: &[&str],
@@ -73,7 +73,7 @@ spec:
 }
 
 /// A Service on port 443 → 8443 with an EndpointSlice at `endpoint`.
-fn service(name: &str, namespace: &str, endpoint: std::net::Ipv4Addr) -> String {
+pub(super) fn service(name: &str, namespace: &str, endpoint: std::net::Ipv4Addr) -> String {
     format!(
         r#"---
 apiVersion: v1
