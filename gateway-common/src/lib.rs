@@ -238,6 +238,8 @@ pub mod counter {
     /// Kernel TLS passthrough: ClientHellos whose route picked an invalid backend (or one with no ready
     /// endpoint) for the connection, reset.
     pub const TLS_INVALID_BACKEND: u32 = 24;
+    /// Kernel TLS passthrough: client segments whose SACK blocks were translated into the backend's numbers.
+    pub const TLS_SACK_TRANSLATED: u32 = 25;
     /// Number of counters.
     pub const COUNT: u32 = 32;
 }

@@ -37,6 +37,9 @@ pub fn run(ctx: &TcContext) -> i32 {
             return TC_ACT_SHOT;
         }
         if flow.splice == splice::SPLICED {
+            if tls::has_options_to_translate(ctx, &pkt, &flow) {
+                return tls::enter(ctx, tls::FLOW_PROGRAM);
+            }
             if tls::translate(ctx, &pkt, &flow).is_err() {
                 count(counter::MALFORMED);
                 return TC_ACT_SHOT;

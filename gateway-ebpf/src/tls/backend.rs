@@ -57,11 +57,12 @@ pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> 
         h.client_window = t.window;
         return Some(TC_ACT_SHOT);
     }
-    let end = t
-        .seq
-        .wrapping_add(t.payload)
-        .wrapping_sub(h.client_isn.wrapping_add(1));
-    if end != h.hello_end {
+    // A retransmission of captured bytes that were not acknowledged: the held last segment, possibly merged
+    // with data sent after it (Linux collapses small segments when it retransmits), or the head of a
+    // ClientHello that arrived as one GSO/GRO skb of several segments (none of them acknowledged). Later data
+    // waits: the client sends it again once the splice is up.
+    let start = t.seq.wrapping_sub(h.client_isn.wrapping_add(1));
+    if start >= h.hello_end {
         return Some(TC_ACT_SHOT);
     }
     if flow.splice == state::SYN_SENT {

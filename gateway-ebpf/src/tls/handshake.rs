@@ -37,8 +37,9 @@ use crate::{
 
 /// Sequence-number state before any backend exists (the conntrack entries carry the later states).
 const CAPTURING: u8 = state::NONE;
-/// SACK is not offered yet: SACK blocks from the client would need translating into the backend's numbers.
-const OFFER_SACK: bool = false;
+/// SACK is offered to both sides when the client offers it; the client's SACK blocks are translated into the
+/// backend's numbers (`splice::translate_sack`), the backend's need none (they name the client's numbers).
+const OFFER_SACK: bool = true;
 
 /// A client SYN: a new handshake entry (or the existing one, for a retransmitted SYN) and a SYN-ACK.
 #[inline(always)]

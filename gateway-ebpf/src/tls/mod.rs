@@ -28,7 +28,7 @@ use gateway_common::{
     ListenerKey, ListenerValue, CONFIG_KEY, PROTO_TCP,
 };
 
-pub use splice::translate;
+pub use splice::{has_options_to_translate, translate};
 
 use crate::{
     counters::count,
@@ -186,7 +186,8 @@ fn on_listener(ctx: &TcContext, pkt: &Packet, listener: &ListenerValue, generati
 #[inline(always)]
 fn on_flow(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Option<i32> {
     if flow.splice == state::SPLICED {
-        return match splice::translate(ctx, pkt, flow) {
+        // The ingress program sends spliced segments here only when their options need translating.
+        return match splice::translate(ctx, pkt, flow).and_then(|()| splice::translate_sack(ctx, pkt, flow)) {
             Ok(()) => None,
             Err(()) => {
                 count(counter::MALFORMED);

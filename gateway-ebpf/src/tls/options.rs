@@ -1,4 +1,5 @@
-//! TCP options of a handshake segment (MSS, window scale, SACK-permitted), read from the skb into a per-CPU
+//! TCP options: those of a handshake segment (MSS, window scale, SACK-permitted) and where a segment's SACK
+//! blocks are, read from the skb into a per-CPU
 //! scratch value and walked with `bpf_loop`: data-dependent offsets into the stack are rejected by the verifier,
 //! and an open-coded walk costs it hundreds of thousands of instructions (see ../shared/KERNEL-SPLICE-NOTES.md).
 use aya_ebpf::{
@@ -21,6 +22,7 @@ const KIND_NOP: u8 = 1;
 const KIND_MSS: u8 = 2;
 const KIND_WSCALE: u8 = 3;
 const KIND_SACK_PERMITTED: u8 = 4;
+const KIND_SACK: u8 = 5;
 
 /// The options a SYN or SYN-ACK announced.
 #[derive(Clone, Copy)]
@@ -40,6 +42,9 @@ pub struct Walk {
     mss: u32,
     wscale: u32,
     sack_permitted: u32,
+    /// Offset of the SACK option inside the options, and its length (0: none).
+    sack_at: u32,
+    sack_len: u32,
 }
 
 #[map]
@@ -48,6 +53,26 @@ static TCP_OPTIONS: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 /// Reads the options of the TCP header at `l4_off` whose data offset is `doff_bytes` (20..=60).
 #[inline(always)]
 pub fn read(ctx: &TcContext, l4_off: u32, doff_bytes: u32) -> Option<SynOptions> {
+    let walk = walk(ctx, l4_off, doff_bytes)?;
+    Some(SynOptions {
+        mss: walk.mss as u16,
+        wscale: walk.wscale as u8,
+        sack_permitted: walk.sack_permitted != 0,
+    })
+}
+
+/// Where the SACK blocks of a segment are: the frame offset of the first block and the number of blocks.
+#[inline(always)]
+pub fn sack_blocks(ctx: &TcContext, l4_off: u32, doff_bytes: u32) -> Option<(u32, u32)> {
+    let walk = walk(ctx, l4_off, doff_bytes)?;
+    if walk.sack_len < 10 {
+        return None;
+    }
+    Some((l4_off + 20 + walk.sack_at + 2, (walk.sack_len - 2) / 8))
+}
+
+#[inline(always)]
+fn walk(ctx: &TcContext, l4_off: u32, doff_bytes: u32) -> Option<&'static Walk> {
     let w = TCP_OPTIONS.get_ptr_mut(0)?;
     // SAFETY: `w` is this CPU's scratch value, used by this program run only.
     let walk = unsafe { &mut *w };
@@ -55,6 +80,8 @@ pub fn read(ctx: &TcContext, l4_off: u32, doff_bytes: u32) -> Option<SynOptions>
     walk.mss = DEFAULT_MSS as u32;
     walk.wscale = NO_WSCALE as u32;
     walk.sack_permitted = 0;
+    walk.sack_at = 0;
+    walk.sack_len = 0;
     walk.len = 0;
     let len = doff_bytes.saturating_sub(20);
     if len > 0 {
@@ -78,11 +105,7 @@ pub fn read(ctx: &TcContext, l4_off: u32, doff_bytes: u32) -> Option<SynOptions>
         // SAFETY: a bounded bpf_loop over a static callback; the callback finds its state in the per-CPU map.
         unsafe { bpf_loop(40, step as *mut c_void, core::ptr::null_mut(), 0) };
     }
-    Some(SynOptions {
-        mss: walk.mss as u16,
-        wscale: walk.wscale as u8,
-        sack_permitted: walk.sack_permitted != 0,
-    })
+    Some(walk)
 }
 
 /// One option per call: returns 1 to stop (end of list, malformed framing), 0 to go on.
@@ -122,6 +145,10 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         }
         (KIND_WSCALE, 3) => w.wscale = at(2).min(MAX_WSCALE) as u32,
         (KIND_SACK_PERMITTED, 2) => w.sack_permitted = 1,
+        (KIND_SACK, _) => {
+            w.sack_at = pos;
+            w.sack_len = olen;
+        }
         _ => {}
     }
     w.pos = pos + olen;

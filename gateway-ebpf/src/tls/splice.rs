@@ -3,9 +3,59 @@
 //! window scales. Checksums are updated incrementally (`bpf_l4_csum_replace` handles every checksum state). The
 //! NAT of addresses and ports is the ordinary L4 rewrite that follows.
 use aya_ebpf::programs::TcContext;
-use gateway_common::Flow;
+use gateway_common::{counter, direction, Flow};
 
-use crate::headers::{Packet, TCP_ACK};
+use super::options;
+use crate::{
+    counters::count,
+    headers::{Packet, TCP_ACK},
+};
+
+/// Most SACK blocks in one segment (40 bytes of options).
+const MAX_SACK_BLOCKS: u32 = 4;
+
+/// Whether the segment carries TCP options that need translating (SACK blocks from the client, which name
+/// the backend's sequence numbers as the client knows them). Those segments take the `tls_flow` program; the
+/// rest is translated in the ingress program.
+#[inline(always)]
+pub fn has_options_to_translate(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> bool {
+    if flow.direction != direction::ORIGINAL || flow.ack_delta == 0 {
+        return false;
+    }
+    match ctx.load::<u8>(pkt.l4_off as usize + 12) {
+        Ok(doff) => doff >> 4 > 5,
+        Err(_) => false,
+    }
+}
+
+/// Shifts the SACK blocks of a client segment into the backend's sequence numbers.
+#[inline(always)]
+pub fn translate_sack(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Result<(), ()> {
+    if flow.direction != direction::ORIGINAL || flow.ack_delta == 0 {
+        return Ok(());
+    }
+    let doff = ctx.load::<u8>(pkt.l4_off as usize + 12).map_err(|_| ())?;
+    let Some((first, blocks)) = options::sack_blocks(ctx, pkt.l4_off, ((doff >> 4) as u32) * 4)
+    else {
+        return Ok(());
+    };
+    let csum = pkt.l4_off as usize + 16;
+    let mut i = 0;
+    while i < MAX_SACK_BLOCKS * 2 {
+        if i >= blocks * 2 {
+            break;
+        }
+        let at = (first + i * 4) as usize;
+        let old = ctx.load::<u32>(at).map_err(|_| ())?;
+        let new = u32::from_be(old).wrapping_add(flow.ack_delta).to_be();
+        ctx.l4_csum_replace(csum, old as u64, new as u64, 4)
+            .map_err(|_| ())?;
+        ctx.store(at, &new, 0).map_err(|_| ())?;
+        i += 1;
+    }
+    count(counter::TLS_SACK_TRANSLATED);
+    Ok(())
+}
 
 /// Rewrites the segment's sequence number, acknowledgement number and window for the other connection.
 #[inline(always)]

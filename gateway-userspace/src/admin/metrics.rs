@@ -35,6 +35,7 @@ pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::TLS_OUT_OF_ORDER, "tls_out_of_order"),
     (counter::TLS_UNEXPECTED, "tls_unexpected"),
     (counter::TLS_INVALID_BACKEND, "tls_invalid_backend"),
+    (counter::TLS_SACK_TRANSLATED, "tls_sack_translated"),
 ];
 
 /// Kernel TLS passthrough counters that are connection outcomes, exported in
