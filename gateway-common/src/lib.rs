@@ -277,7 +277,10 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 64);
-        assert_eq!(size_of::<tls::Handshake>(), 64 + size_of::<clienthello::Capture>());
+        assert_eq!(
+            size_of::<tls::Handshake>(),
+            64 + size_of::<clienthello::Capture>()
+        );
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_TABLE_SIZE);
     }
 }

@@ -213,6 +213,17 @@ impl Agent {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "scanning interfaces failed"),
         }
+        match self.dataplane.expire_handshakes() {
+            Ok((pending, expired)) => {
+                let m = &self.state.metrics;
+                m.passthrough.kernel_pending.set(pending as i64);
+                if expired > 0 {
+                    m.passthrough
+                        .kernel_connections("rejected", "timeout", expired as u64);
+                }
+            }
+            Err(e) => warn!(error = %e, "kernel TLS handshake expiry failed"),
+        }
         if std::time::Instant::now() < self.next_sweep {
             return;
         }

@@ -197,6 +197,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         max_pending: args.tls.tls_max_pending.max(1),
         max_pending_per_source: args.tls.tls_max_pending_per_source.max(1),
     };
+    // The kernel path's handshake spans the ClientHello and the backend connection.
+    let kernel_handshake_timeout = passthrough.handshake_timeout + passthrough.connect_timeout;
     let options = AgentOptions {
         passthrough,
         config: args.config,
@@ -207,6 +209,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             snat_ports: args.snat_ports,
             conntrack_entries: args.conntrack_entries,
             tls_pending: args.tls.tls_max_pending.clamp(1, u32::MAX as usize) as u32,
+            tls_handshake_timeout: kernel_handshake_timeout,
             timeouts: Timeouts {
                 tcp_established: Duration::from_secs(args.tcp_idle_timeout),
                 udp: Duration::from_secs(args.udp_idle_timeout),

@@ -19,9 +19,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use gateway_tests::{
-    gateway::write_manifests, sockets, topology, GatewayProcess, Topology,
-};
+use gateway_tests::{gateway::write_manifests, sockets, topology, GatewayProcess, Topology};
 
 /// The corpus's post-quantum-sized ClientHello (X25519MLKEM768 key share, 1,828 bytes: two segments at MSS
 /// 1,460), SNI `pq.example.com`.
@@ -99,7 +97,8 @@ fn check_stream(s: &mut TcpStream, total: usize, seed: u64) -> Result<usize> {
 /// Reads the replayed ClientHello on a backend connection and checks it is byte for byte what the client sent.
 fn expect_hello(s: &mut TcpStream, hello: &[u8]) -> Result<()> {
     let mut got = vec![0u8; hello.len()];
-    s.read_exact(&mut got).context("reading the replayed ClientHello")?;
+    s.read_exact(&mut got)
+        .context("reading the replayed ClientHello")?;
     ensure!(got == hello, "the backend received a different ClientHello");
     Ok(())
 }
@@ -241,16 +240,27 @@ fn a_thousand_spliced_connections_hold_no_socket_and_survive_kill_9() -> Result<
     let mut conns = topo.client().run(|| -> Result<Vec<TcpStream>> {
         let mut v = Vec::with_capacity(N);
         for i in 0..N {
-            let mut s = open_with_hello(&hello, false).with_context(|| format!("connection {i}"))?;
+            let mut s =
+                open_with_hello(&hello, false).with_context(|| format!("connection {i}"))?;
             ping(&mut s, i).with_context(|| format!("connection {i}"))?;
             v.push(s);
         }
         Ok(v)
     })?;
-    ensure!(good.load(Ordering::SeqCst) == N, "backend saw {} hellos", good.load(Ordering::SeqCst));
+    ensure!(
+        good.load(Ordering::SeqCst) == N,
+        "backend saw {} hellos",
+        good.load(Ordering::SeqCst)
+    );
     let held = sockets::sockets_on_port(topo.gateway(), cases::PORT)?;
-    ensure!(held.is_empty(), "gateway sockets on the listener port: {held:?}");
-    ensure!(gw.kernel_packets("tls_spliced")? == N as u64, "splices counted");
+    ensure!(
+        held.is_empty(),
+        "gateway sockets on the listener port: {held:?}"
+    );
+    ensure!(
+        gw.kernel_packets("tls_spliced")? == N as u64,
+        "splices counted"
+    );
 
     gw.kill9()?;
     for (i, s) in conns.iter_mut().enumerate() {
@@ -324,7 +334,10 @@ fn client_and_backend_with_different_mss_and_window_scales() -> Result<()> {
     topo.backend(1)
         .exec(&["sysctl", "-qw", "net.ipv4.tcp_window_scaling=0"])?;
     transfer(&topo, &hello, 16 << 20, None)?;
-    ensure!(gw.kernel_packets("tls_spliced")? == 2, "two splices counted");
+    ensure!(
+        gw.kernel_packets("tls_spliced")? == 2,
+        "two splices counted"
+    );
     Ok(())
 }
 
@@ -338,8 +351,21 @@ fn drop_share(ns: &gateway_tests::Netns, port: u16, local: bool, probability: &s
     };
     for (chain, dir) in [("OUTPUT", out_match), ("INPUT", in_match)] {
         ns.exec(&[
-            "iptables", "-A", chain, "-p", "tcp", dir, &port.to_string(), "-m", "statistic",
-            "--mode", "random", "--probability", probability, "-j", "DROP",
+            "iptables",
+            "-A",
+            chain,
+            "-p",
+            "tcp",
+            dir,
+            &port.to_string(),
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            probability,
+            "-j",
+            "DROP",
         ])?;
     }
     Ok(())
@@ -398,7 +424,10 @@ fn loss_during_handshakes_and_transfers_is_recovered() -> Result<()> {
     let transfer_started = Instant::now();
     check_stream(&mut s, TOTAL, 7)?;
     writer.join().expect("writer")?;
-    eprintln!("8 MiB echoed under loss in {:.1?}", transfer_started.elapsed());
+    eprintln!(
+        "8 MiB echoed under loss in {:.1?}",
+        transfer_started.elapsed()
+    );
     let retransmits =
         gw.kernel_packets("tls_syn_retransmits")? + gw.kernel_packets("tls_replay_retransmits")?;
     let sacks = gw.kernel_packets("tls_sack_translated")?;
@@ -407,5 +436,98 @@ fn loss_during_handshakes_and_transfers_is_recovered() -> Result<()> {
     // negotiated end to end and used.
     ensure!(retransmits >= 1, "no kernel retransmission happened");
     ensure!(sacks >= 1, "no SACK block crossed the splice");
+    Ok(())
+}
+
+/// A client that stalls halfway through its ClientHello loses its handshake after the timeout (the agent
+/// removes it, counted as `timeout`), and its next segment is reset; with the pending table full, new SYNs are
+/// reset at once (counted as `overloaded`) while established splices carry on.
+#[test]
+fn stalled_handshakes_time_out_and_the_pending_table_is_bounded() -> Result<()> {
+    let hello = pq_hello()?;
+    let topo = Topology::builder().backends(1).build()?;
+    let (_backend, _good) = echo_backend(&topo, hello.clone())?;
+    let yaml = [
+        cases::CLASS,
+        &cases::gateway("stream", 1, None),
+        &cases::route(
+            "stream",
+            "stream",
+            &["pq.example.com"],
+            "name: stream-backend, port: 443",
+            "",
+        ),
+        &cases::service("stream-backend", "infra", topo.backend_addr(1)),
+    ]
+    .concat();
+    let dir = tempfile::tempdir()?;
+    let config = write_manifests(dir.path(), &yaml)?;
+    let gw = GatewayProcess::start(
+        topo.gateway(),
+        &[&config],
+        &[
+            "--tls-passthrough",
+            MODE,
+            "--tls-handshake-timeout",
+            "1",
+            "--tls-connect-timeout",
+            "1",
+            "--tls-max-pending",
+            "2",
+        ],
+    )?;
+    topo.client().run(|| -> Result<()> {
+        // One spliced connection, which must outlive everything below.
+        let mut spliced = open_with_hello(&hello, false)?;
+        ping(&mut spliced, 1)?;
+        // Two stalled handshakes fill the pending table.
+        let mut stalled: Vec<TcpStream> = (0..2)
+            .map(|_| -> Result<TcpStream> {
+                let mut s = TcpStream::connect_timeout(&target(), Duration::from_secs(3))?;
+                s.write_all(&hello[..500])?;
+                Ok(s)
+            })
+            .collect::<Result<_>>()?;
+        std::thread::sleep(Duration::from_millis(200));
+        let third = TcpStream::connect_timeout(&target(), Duration::from_secs(3));
+        ensure!(
+            matches!(&third, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "a SYN beyond the pending limit was not reset: {third:?}"
+        );
+        // Past the timeout (2 s) and a sweep, the rest of the hello meets a reset.
+        std::thread::sleep(Duration::from_millis(3500));
+        for s in &mut stalled {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let _ = s.write_all(&hello[500..]);
+            let mut buf = [0u8; 16];
+            match s.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => anyhow::bail!("a timed-out handshake was not reset: {other:?}"),
+            }
+        }
+        ping(&mut spliced, 2)?;
+        // The table has room again.
+        let mut again = open_with_hello(&hello, false)?;
+        ping(&mut again, 3)
+    })?;
+    let (_, metrics) = gw.admin_get("/metrics")?;
+    let count = |reason: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("gateway_tls_passthrough_connections_total")
+                    && l.contains("path=\"kernel\"")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    ensure!(
+        count("timeout") == 2,
+        "timeouts counted: {}",
+        count("timeout")
+    );
+    ensure!(count("overloaded") >= 1, "overload counted");
+    ensure!(count("route") == 2, "splices counted: {}", count("route"));
     Ok(())
 }

@@ -176,7 +176,11 @@ fn synack(
     let backend_scaled = client_scaled && opts.wscale != NO_WSCALE;
     // Backend -> client: the backend's windows are in its scale; the client applies the gateway's.
     let to_client_in = if backend_scaled { opts.wscale } else { 0 };
-    let to_client_out = if client_scaled { CLIENT_WINDOW_SCALE } else { 0 };
+    let to_client_out = if client_scaled {
+        CLIENT_WINDOW_SCALE
+    } else {
+        0
+    };
     // Client -> backend: the backend applies the client's scale when it accepted scaling, none otherwise.
     let to_backend_in = if client_scaled { h.client_wscale } else { 0 };
     let to_backend_out = if backend_scaled { h.client_wscale } else { 0 };

@@ -187,7 +187,9 @@ fn on_listener(ctx: &TcContext, pkt: &Packet, listener: &ListenerValue, generati
 fn on_flow(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Option<i32> {
     if flow.splice == state::SPLICED {
         // The ingress program sends spliced segments here only when their options need translating.
-        return match splice::translate(ctx, pkt, flow).and_then(|()| splice::translate_sack(ctx, pkt, flow)) {
+        return match splice::translate(ctx, pkt, flow)
+            .and_then(|()| splice::translate_sack(ctx, pkt, flow))
+        {
             Ok(()) => None,
             Err(()) => {
                 count(counter::MALFORMED);

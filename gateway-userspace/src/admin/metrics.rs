@@ -337,6 +337,8 @@ pub struct PassthroughMetrics {
     pub bytes: Family<Labels, Counter>,
     /// Connections currently routed and forwarding.
     pub active: Gauge,
+    /// Kernel path: connections between their SYN and the splice (ClientHello captured or being replayed).
+    pub kernel_pending: Gauge,
     /// Time from accept to a complete ClientHello (routed or not), in seconds.
     pub clienthello_duration: prometheus_client::metrics::histogram::Histogram,
 }
@@ -348,6 +350,7 @@ impl Default for PassthroughMetrics {
             connections: Family::default(),
             bytes: Family::default(),
             active: Gauge::default(),
+            kernel_pending: Gauge::default(),
             // 100 µs .. ~13 s
             clienthello_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 9)),
         }
@@ -371,6 +374,11 @@ impl PassthroughMetrics {
             "active_connections",
             "TLS passthrough connections forwarding now",
             self.active.clone(),
+        );
+        r.register(
+            "kernel_pending_handshakes",
+            "Kernel path: connections between SYN and splice",
+            self.kernel_pending.clone(),
         );
         r.register(
             "clienthello_duration_seconds",

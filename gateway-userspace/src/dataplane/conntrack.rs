@@ -132,7 +132,19 @@ pub fn timeout_for(original: &Flow, reply: Option<&Flow>, proto: u8, t: &Timeout
     }
 }
 
-fn now_ns() -> u64 {
+/// Key of the other direction's entry of the flow `flow` belongs to.
+pub fn peer_key(flow: &Flow, proto: u8) -> FlowKey {
+    FlowKey {
+        src: flow.new_dst,
+        dst: flow.new_src,
+        sport: flow.new_dport,
+        dport: flow.new_sport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+pub(crate) fn now_ns() -> u64 {
     // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
@@ -153,14 +165,7 @@ pub fn sweep(
         if flow.direction != direction::ORIGINAL {
             continue;
         }
-        let peer = FlowKey {
-            src: flow.new_dst,
-            dst: flow.new_src,
-            sport: flow.new_dport,
-            dport: flow.new_sport,
-            proto: key.proto,
-            _pad: [0; 3],
-        };
+        let peer = peer_key(flow, key.proto);
         let reply = by_key.get(&peer);
         let last = flow
             .last_seen_ns

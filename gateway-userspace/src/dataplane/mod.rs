@@ -25,8 +25,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
-    clienthello::SniKey, counter, listener_kind, Backend, BackendKey, Config, Flow, FlowKey,
-    ListenerKey, ListenerValue, MaglevTable, RouteKey, ABI_VERSION, CONFIG_KEY, PROTO_TCP,
+    clienthello::SniKey, counter, listener_kind, tls::Handshake, Backend, BackendKey, Config, Flow,
+    FlowKey, ListenerKey, ListenerValue, MaglevTable, RouteKey, ABI_VERSION, CONFIG_KEY, PROTO_TCP,
     PROTO_UDP,
 };
 use tracing::{debug, info, warn};
@@ -40,7 +40,10 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GATEWAY_EBPF_OBJEC
 const TLS_PROGRAMS: [&str; 2] = ["tls_listener", "tls_flow"];
 
 /// A TC program of the object by name.
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DataplaneError> {
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut SchedClassifier, DataplaneError> {
     ebpf.program_mut(name)
         .ok_or_else(|| DataplaneError::Load(format!("program {name} missing from the object")))?
         .try_into()
@@ -96,6 +99,9 @@ pub struct Settings {
     /// Capacity of the kernel TLS passthrough's table of connections between SYN and splice (each entry holds
     /// a 32 KiB ClientHello capture while it exists).
     pub tls_pending: u32,
+    /// How long a kernel TLS passthrough connection may take from its SYN to the backend acknowledging its
+    /// ClientHello; older handshakes are removed (the client's next segment is then reset).
+    pub tls_handshake_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -107,6 +113,7 @@ impl Default for Settings {
             conntrack_entries: 262_144,
             timeouts: conntrack::Timeouts::default(),
             tls_pending: 4096,
+            tls_handshake_timeout: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -148,6 +155,8 @@ pub struct Dataplane {
     /// SNI tables of TLS passthrough listeners (used by the in-kernel passthrough path and its probe).
     sni_routes: HashMap<MapData, SniKey, u32>,
     flows: HashMap<MapData, FlowKey, Flow>,
+    /// Kernel TLS passthrough connections between SYN and splice.
+    tls_handshakes: HashMap<MapData, FlowKey, Handshake>,
     counters: PerCpuArray<MapData, u64>,
     generation: u32,
     /// Interfaces the program is attached to: name -> ifindex.
@@ -237,6 +246,9 @@ impl Dataplane {
         let counters = take(&mut ebpf, "COUNTERS")?
             .try_into()
             .map_err(map_err("COUNTERS"))?;
+        let tls_handshakes = take(&mut ebpf, "TLS_HANDSHAKES")?
+            .try_into()
+            .map_err(map_err("TLS_HANDSHAKES"))?;
         let generation = config
             .get(&CONFIG_KEY, 0)
             .map_err(map_err("CONFIG"))?
@@ -252,6 +264,7 @@ impl Dataplane {
             backends,
             sni_routes,
             flows,
+            tls_handshakes,
             counters,
             generation,
             attached: BTreeMap::new(),
@@ -686,6 +699,36 @@ impl Dataplane {
         let tls_rejects = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
             .map_err(map_err("TLS_REJECTS"))?;
         Ok(KernelCounters { map, tls_rejects })
+    }
+
+    /// Removes kernel TLS passthrough handshakes older than the handshake timeout, with the conntrack entries
+    /// of those that had reached a backend. Returns (handshakes still pending, handshakes removed).
+    pub fn expire_handshakes(&mut self) -> Result<(usize, usize), DataplaneError> {
+        let now = conntrack::now_ns();
+        let limit = self.settings.tls_handshake_timeout.as_nanos() as u64;
+        let keys: Vec<FlowKey> = self.tls_handshakes.keys().filter_map(Result::ok).collect();
+        let (mut pending, mut expired) = (0, 0);
+        for key in keys {
+            let Ok(h) = self.tls_handshakes.get(&key, 0) else {
+                continue; // finished meanwhile
+            };
+            if now.saturating_sub(h.created_ns) < limit {
+                pending += 1;
+                continue;
+            }
+            let _ = self.tls_handshakes.remove(&key);
+            if let Ok(original) = self.flows.get(&key, 0) {
+                let _ = self
+                    .flows
+                    .remove(&conntrack::peer_key(&original, key.proto));
+                let _ = self.flows.remove(&key);
+            }
+            expired += 1;
+        }
+        if expired > 0 {
+            debug!(expired, pending, "kernel TLS handshakes timed out");
+        }
+        Ok((pending, expired))
     }
 
     /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep and the
