@@ -132,15 +132,16 @@ pub enum AdmitError {
     TableFull,
 }
 
-/// What a new flow is attached to, for counters and the agent's view.
+/// What a new flow is attached to, for counters and the agent's view, and the
+/// [`gateway_common::tls::splice`] state its entries start in (`NONE` for plain L4 flows).
 pub struct FlowIds {
     pub listener_id: u32,
     pub route_id: u32,
     pub backend_id: u32,
+    pub splice: u8,
 }
 
 /// Creates both conntrack entries for a new flow to `backend` and returns the original-direction entry.
-/// `splice` is the entries' [`gateway_common::tls::splice`] state (`NONE` for plain L4 flows).
 ///
 /// The reply entry is inserted first with NOEXIST: that claims the SNAT port atomically. If another CPU admitted
 /// the same flow meanwhile (a retransmitted SYN), its entry wins and ours is withdrawn.
@@ -153,7 +154,6 @@ pub fn admit(
     ids: FlowIds,
     config: &Config,
     hash: u32,
-    splice: u8,
 ) -> Result<Flow, AdmitError> {
     let key = &pkt.key;
     // SAFETY: a helper with no arguments.
@@ -175,7 +175,7 @@ pub fn admit(
         backend_id: ids.backend_id,
         direction: direction::REPLY,
         tcp_flags: 0,
-        splice,
+        splice: ids.splice,
         win_shift: 0,
         seq_delta: 0,
         ack_delta: 0,
@@ -220,7 +220,7 @@ pub fn admit(
         backend_id: reply.backend_id,
         direction: direction::ORIGINAL,
         tcp_flags: bits,
-        splice,
+        splice: ids.splice,
         win_shift: 0,
         seq_delta: 0,
         ack_delta: 0,

@@ -96,17 +96,9 @@ pub fn run(ctx: &TcContext) -> i32 {
         listener_id: listener.listener_id,
         route_id: listener.route_id,
         backend_id,
+        splice: splice::NONE,
     };
-    match flow::admit(
-        &pkt,
-        len,
-        ingress_ifindex,
-        &backend,
-        ids,
-        config,
-        hash,
-        splice::NONE,
-    ) {
+    match flow::admit(&pkt, len, ingress_ifindex, &backend, ids, config, hash) {
         Ok(flow) => forward(ctx, &pkt, &flow),
         Err(AdmitError::TableFull) => {
             count(counter::TABLE_FULL);

@@ -291,17 +291,9 @@ fn connect(ctx: &TcContext, pkt: &Packet, h: &mut Handshake, route_id: u32) -> i
         listener_id: h.capture.listener_id,
         route_id,
         backend_id,
+        splice: state::SYN_SENT,
     };
-    let flow = match flow::admit(
-        pkt,
-        ctx.len(),
-        ifindex(ctx),
-        &backend,
-        ids,
-        config,
-        hash,
-        state::SYN_SENT,
-    ) {
+    let flow = match flow::admit(pkt, ctx.len(), ifindex(ctx), &backend, ids, config, hash) {
         Ok(flow) => flow,
         Err(_) => {
             count(counter::TABLE_FULL);
