@@ -47,6 +47,8 @@ pub struct Source {
     pub status: Option<watch::Sender<Option<Arc<status::Status>>>>,
     /// The provider's background tasks, aborted when the source is dropped.
     pub tasks: Vec<JoinHandle<()>>,
+    /// Run by [`Source::shutdown`] once the tasks are stopped (the Kubernetes provider gives its Lease up).
+    pub on_shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl Drop for Source {
@@ -58,6 +60,22 @@ impl Drop for Source {
 }
 
 impl Source {
+    /// Stops the provider: its tasks first, then its shutdown step (bounded to 2 s).
+    pub async fn shutdown(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(step) = self.on_shutdown.take() {
+            if tokio::time::timeout(Duration::from_secs(2), step)
+                .await
+                .is_err()
+            {
+                warn!("the provider's shutdown step did not finish in 2 s");
+            }
+        }
+    }
+
     /// The standalone file provider over `paths`.
     pub fn files(paths: Vec<PathBuf>) -> Source {
         let (snapshots, task) = provider::file::watch(paths);
@@ -66,6 +84,7 @@ impl Source {
             serve_initial: true,
             status: None,
             tasks: vec![task],
+            on_shutdown: None,
         }
     }
 
@@ -173,6 +192,7 @@ pub async fn run(
             _ = &mut shutdown => {
                 info!("shutting down; pinned maps and links keep forwarding until the next agent adopts them");
                 agent.http.drain(HTTP_DRAIN).await;
+                source.shutdown().await;
                 break;
             }
             changed = source.snapshots.changed() => {

@@ -2,7 +2,7 @@
 //! from the mock API server of `mock_api/` (served over HTTP inside that namespace, reached through a
 //! `KUBECONFIG`), programs the kernel from it — traffic flows from a client namespace to an echo backend — and, as
 //! leader, writes the Lease, status and the Gateway's Service. A route deleted in the cluster stops being
-//! served, also after an API server outage. Needs `--features kubernetes`, root and eBPF (never skipped).
+//! served, also after an API server outage; on SIGTERM the agent releases its Lease. Needs `--features kubernetes`, root and eBPF (never skipped).
 #![cfg(feature = "kubernetes")]
 
 use std::collections::HashMap;
@@ -207,7 +207,18 @@ fn the_agent_serves_what_the_cluster_holds_and_writes_status_as_leader() -> Resu
         },
     );
 
-    gw.stop(Duration::from_secs(5))?;
+    // SIGTERM: the agent exits cleanly and gives its Lease up for the next agent.
+    let status = gw.stop(Duration::from_secs(15))?;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit: {status:?}\n{}",
+        gw.log_tail(20)
+    );
+    let lease = lock().leases["ebpf-gateway-leader"].clone();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "released: {lease}"
+    );
     let _ = stop_tx.send(());
     api_thread.join().unwrap();
     Ok(())

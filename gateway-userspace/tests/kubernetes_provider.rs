@@ -898,3 +898,44 @@ async fn services_are_applied_and_deleted() {
     assert!(delete_service(&broken, "web", "ebpf-gw-tls").await.is_err());
     assert!(apply_service(&broken, &service, CONTROLLER).await.is_err());
 }
+
+#[tokio::test]
+async fn a_leader_that_shuts_down_hands_the_lease_over_without_waiting_for_expiry() {
+    let server = ApiServer::new(cluster());
+    // Long leases: only a release lets another agent take over within the test.
+    let long = |identity: &str| {
+        let mut s = settings(identity);
+        s.lease.lease_duration = Duration::from_secs(60);
+        s.lease.renew_deadline = Duration::from_secs(40);
+        s
+    };
+    let a = start(client(&server, "agent-a"), long("agent-a"));
+    until(&server, "agent-a leads", |s| {
+        s.leases
+            .get("ebpf-gateway-leader")
+            .is_some_and(|l| l["spec"]["holderIdentity"] == "agent-a")
+    })
+    .await;
+    let _b = start(client(&server, "agent-b"), long("agent-b"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(lease_holder(&server).as_deref(), Some("agent-a"));
+
+    a.shutdown().await;
+    let released_at = Instant::now();
+    until(&server, "agent-b leads", |s| {
+        s.leases["ebpf-gateway-leader"]["spec"]["holderIdentity"] == "agent-b"
+    })
+    .await;
+    assert!(
+        released_at.elapsed() < Duration::from_secs(5),
+        "taken over at the next try, not after the 60 s lease"
+    );
+    let s = server.lock().unwrap();
+    assert!(
+        s.calls
+            .iter()
+            .filter(|c| c.agent == "agent-a")
+            .all(|c| c.at <= released_at),
+        "agent-a sends nothing after its shutdown"
+    );
+}

@@ -9,7 +9,8 @@
 //!   with our own monotonic clock from when we first saw that record (no trust in clocks across nodes).
 //!
 //! The leader renews every `retry_period`; when it cannot renew for `renew_deadline` (shorter than the lease
-//! duration) it stops writing before any other agent may take over. A lost or failed attempt never ends the
+//! duration) it stops writing before any other agent may take over. On shutdown it gives the lease up
+//! ([`release`]) so another agent takes over at its next try. A lost or failed attempt never ends the
 //! loop: it keeps trying. No dependency beyond kube: the logic is small and tested against the mock API server.
 use std::time::{Duration, Instant};
 
@@ -180,6 +181,35 @@ impl Elector {
             self.observed = None;
         }
         conflict_is_lost(result)
+    }
+}
+
+/// Gives the lease up if this agent holds it (no holder, so another agent takes it at its next try instead of
+/// waiting for it to expire). Call after the election and the writer have stopped. Best effort: errors are logged.
+pub async fn release(client: Client, settings: &LeaseSettings) {
+    let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
+    let result = async {
+        let Some(mut lease) = api.get_opt(&settings.name).await? else {
+            return Ok(false);
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(settings.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(Utc::now()));
+        conflict_is_lost(
+            api.replace(&settings.name, &PostParams::default(), &lease)
+                .await,
+        )
+    }
+    .await;
+    match result {
+        Ok(true) => info!(lease = settings.name, "leadership released"),
+        Ok(false) => {}
+        Err(e) => {
+            warn!(lease = settings.name, error = %e, "releasing the Lease failed; it will expire")
+        }
     }
 }
 

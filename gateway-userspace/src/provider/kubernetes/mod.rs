@@ -61,10 +61,10 @@ pub struct Settings {
 /// writer, fed by the status the agent sends back through the returned source.
 pub fn start(client: Client, settings: Settings) -> crate::agent::Source {
     let watch = watch(client.clone(), settings.debounce);
-    let (leader, election) = leader::elect(client.clone(), settings.lease);
+    let (leader, election) = leader::elect(client.clone(), settings.lease.clone());
     let (status_tx, status_rx) = channel::channel(None);
     let writer = writer::spawn(
-        client,
+        client.clone(),
         settings.controller_name,
         status_rx,
         watch.objects.clone(),
@@ -75,6 +75,9 @@ pub fn start(client: Client, settings: Settings) -> crate::agent::Source {
         serve_initial: false,
         status: Some(status_tx),
         tasks: vec![watch.task, election, writer],
+        on_shutdown: Some(Box::pin(async move {
+            leader::release(client, &settings.lease).await
+        })),
     }
 }
 

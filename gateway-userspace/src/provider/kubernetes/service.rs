@@ -36,7 +36,8 @@ pub fn service_name(gateway_name: &str) -> String {
 /// `spec.infrastructure` labels and annotations passed through (so e.g. a MetalLB pool can be chosen); its
 /// `IPAddress` `spec.addresses` requested from MetalLB; owned by the Gateway, so it is garbage-collected with it;
 /// selecting the agents with `externalTrafficPolicy: Local`, so the address is announced from a node whose agent
-/// is ready. `None` when the object has no name or uid (not from the API server).
+/// is ready. `None` when the object has no name or uid (not from the API server), or no listener port (the API
+/// server rejects a LoadBalancer Service without ports).
 pub fn load_balancer_service(gateway: &Value) -> Option<Value> {
     let name = str_at(gateway, &["metadata", "name"])?;
     let uid = str_at(gateway, &["metadata", "uid"])?;
@@ -58,6 +59,9 @@ pub fn load_balancer_service(gateway: &Value) -> Option<Value> {
         if !ports.contains(&(port, protocol)) {
             ports.push((port, protocol));
         }
+    }
+    if ports.is_empty() {
+        return None;
     }
     ports.sort();
     let ports: Vec<Value> = ports
@@ -173,6 +177,10 @@ mod tests {
         let mut no_uid = gw.clone();
         no_uid["metadata"].as_object_mut().unwrap().remove("uid");
         assert!(load_balancer_service(&no_uid).is_none());
+        // No listener: no Service (one without ports is invalid).
+        let mut no_listeners = gw.clone();
+        no_listeners["spec"]["listeners"] = json!([]);
+        assert!(load_balancer_service(&no_listeners).is_none());
     }
 
     #[test]
