@@ -47,6 +47,8 @@ pub struct Source {
     pub status: Option<watch::Sender<Option<Arc<status::Status>>>>,
     /// The provider's background tasks, aborted when the source is dropped.
     pub tasks: Vec<JoinHandle<()>>,
+    /// Whether this agent is the provider's elected leader, when the provider elects one.
+    pub leader: Option<watch::Receiver<bool>>,
     /// Run by [`Source::shutdown`] once the tasks are stopped (the Kubernetes provider gives its Lease up).
     pub on_shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
@@ -84,6 +86,7 @@ impl Source {
             serve_initial: true,
             status: None,
             tasks: vec![task],
+            leader: None,
             on_shutdown: None,
         }
     }
@@ -138,6 +141,17 @@ pub async fn run(
     let server = admin::bind(options.admin, state.clone()).await?;
     info!(address = %options.admin, "admin endpoint listening");
     let admin_task = tokio::spawn(server);
+    if let Some(mut leader) = source.leader.take() {
+        let gauge = state.metrics.leader.clone();
+        source.tasks.push(tokio::spawn(async move {
+            loop {
+                gauge.set(i64::from(*leader.borrow_and_update()));
+                if leader.changed().await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
 
     let mut dataplane = Dataplane::load(options.dataplane.clone())?;
     state

@@ -143,6 +143,9 @@ fn the_agent_serves_what_the_cluster_holds_and_writes_status_as_leader() -> Resu
             .get("ebpf-gateway-leader")
             .is_some_and(|l| l["spec"]["holderIdentity"] == "node-a")
     });
+    until("the leader metric", Duration::from_secs(10), || {
+        gw.metric("gateway_leader").is_ok_and(|v| v == 1)
+    });
     until("the Gateway's status", Duration::from_secs(10), || {
         lock()
             .get("gateways", Some("infra"), "gw")

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 mod mock_api;
-use mock_api::{client, fixture, full, ApiServer, Call, RespBody};
+use mock_api::{client, condition, fixture, full, ApiServer, Call, RespBody};
 
 const CONTROLLER: &str = "ebpf-gateway.dev/gatewayclass-controller";
 const OTHER_CONTROLLER: &str = "example.com/other-controller";
@@ -507,13 +507,7 @@ async fn the_leader_writes_status_and_manages_the_gateway_service() {
             "{}",
             gateway["status"]
         );
-        let programmed = gateway["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Programmed")
-            .unwrap()
-            .clone();
+        let programmed = condition(&gateway, "Programmed");
         assert_eq!(programmed["status"], "False");
         assert_eq!(programmed["reason"], "AddressNotAssigned");
     }
@@ -551,13 +545,7 @@ async fn the_leader_writes_status_and_manages_the_gateway_service() {
         .unwrap()
         .get("gateways", Some("default"), "tls")
         .unwrap();
-    let programmed = gateway["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Programmed")
-        .unwrap()
-        .clone();
+    let programmed = condition(&gateway, "Programmed");
     assert_eq!(programmed["status"], "True", "{programmed}");
 
     // The Gateway is deleted: its Service goes.

@@ -113,6 +113,15 @@ pub fn meta<'a>(o: &'a Value, field: &str) -> Option<&'a str> {
     o["metadata"][field].as_str()
 }
 
+/// The condition of type `type_` in an object's `status.conditions` (panics when there is none).
+pub fn condition(object: &Value, type_: &str) -> Value {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition: {}", object["status"]))
+        .clone()
+}
+
 /// `(namespace, plural, name, subresource)` of an API path.
 pub fn parse_path(path: &str) -> (Option<String>, String, Option<String>, Option<String>) {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();

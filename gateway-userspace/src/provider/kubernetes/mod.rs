@@ -68,13 +68,14 @@ pub fn start(client: Client, settings: Settings) -> crate::agent::Source {
         settings.controller_name,
         status_rx,
         watch.objects.clone(),
-        leader,
+        leader.clone(),
     );
     crate::agent::Source {
         snapshots: watch.snapshots.clone(),
         serve_initial: false,
         status: Some(status_tx),
         tasks: vec![watch.task, election, writer],
+        leader: Some(leader),
         on_shutdown: Some(Box::pin(async move {
             leader::release(client, &settings.lease).await
         })),
