@@ -240,6 +240,19 @@ fn the_image_is_built_with_the_provider_the_daemonset_runs() {
         .position(|a| a == "--provider")
         .expect("--provider");
     assert_eq!(args[at + 1], "kubernetes");
+    // The agent's Lease identity and namespace come from the pod (`--identity` / `--leader-election-namespace`
+    // default to these variables).
+    let env = get(ds[0], "spec.template.spec.containers")[0]["env"].clone();
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let var = env
+            .as_sequence()
+            .and_then(|e| e.iter().find(|v| str_of(v, "name") == name))
+            .unwrap_or_else(|| panic!("{name} is not set"));
+        assert_eq!(str_of(var, "valueFrom.fieldRef.fieldPath"), field, "{name}");
+    }
     // The image's binary must have the `kubernetes` feature (without it `--provider kubernetes` is refused).
     let dockerfile = std::fs::read_to_string(deploy().join("Dockerfile")).unwrap();
     let build = dockerfile
