@@ -236,6 +236,37 @@ async fn snapshot_is_not_republished_when_nothing_changed() {
     assert_eq!(*rx.borrow(), first);
 }
 
+#[tokio::test]
+async fn steady_changes_do_not_hold_the_snapshot_back() {
+    let server = ApiServer::new(fixture());
+    let mut rx = watch_only(&server);
+    next(&mut rx).await;
+    wait_watching(&server, "tlsroutes").await;
+    // A change every 10 ms (the debounce is 50 ms) for 4 s: a snapshot still comes out within about 2 s.
+    let churn = tokio::spawn({
+        let server = server.clone();
+        async move {
+            for i in 0..400 {
+                server.lock().unwrap().put(
+                    "tlsroutes",
+                    tls_route("churn", &format!("h{i}.example.com")),
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let started = Instant::now();
+    let snapshot = next(&mut rx).await;
+    let waited = started.elapsed();
+    assert!(!churn.is_finished(), "published while the changes go on");
+    assert!(waited < Duration::from_millis(3500), "waited {waited:?}");
+    assert!(snapshot
+        .tls_routes
+        .iter()
+        .any(|r| r.metadata.name == "churn"));
+    churn.abort();
+}
+
 /// A Gateway with an HTTPS listener whose certificate is the Secret `cert` in `cert_namespace`.
 fn https_gateway(cert_namespace: &str) -> Value {
     json!({"metadata": {"name": "web", "namespace": "default", "generation": 1,

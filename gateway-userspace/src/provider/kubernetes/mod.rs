@@ -17,8 +17,9 @@
 //! `spec.addresses` gets its Service's `status.loadBalancer.ingress` IPs as addresses in the snapshot, so the
 //! translation serves them and reports them in `status.addresses` like standalone addresses.
 //!
-//! What is tested, and how: against a mock API server (tower-test) in `tests/kubernetes_provider.rs`; nothing
-//! here has been run against a real API server from this repository's CI.
+//! What is tested, and how: against a mock API server (`tests/mock_api/`) — through tower-test in
+//! `tests/kubernetes_provider.rs`, and over HTTP with the real `gateway` binary programming the kernel in
+//! `tests/kubernetes_agent.rs`. Nothing here has been run against a real API server.
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -28,6 +28,9 @@ use crate::snapshot::Snapshot;
 /// listener then reports the reference as invalid until the Secret arrives).
 const SECRET_READ_GRACE: Duration = Duration::from_secs(5);
 
+/// The longest a snapshot waits for a burst of changes to end.
+const MAX_DELAY: Duration = Duration::from_secs(2);
+
 /// What [`watch`] publishes.
 pub struct Watch {
     /// Snapshots for the agent. The initial value is an empty snapshot that is not meant to be served: wait for
@@ -71,11 +74,16 @@ pub fn watch(client: Client, debounce: Duration) -> Watch {
         }
         let mut secrets = SecretWatches::new(client, changed_tx);
         loop {
-            // Debounce: rebuild once nothing changed for `debounce`.
-            while tokio::time::timeout(debounce, changed_rx.recv())
-                .await
-                .is_ok()
-            {}
+            // Debounce: rebuild once nothing changed for `debounce`, or after `MAX_DELAY` of steady changes (a
+            // busy cluster, e.g. EndpointSlice churn, must not hold the snapshot back forever).
+            let burst = tokio::time::Instant::now();
+            while burst.elapsed() < MAX_DELAY {
+                match tokio::time::timeout(debounce, changed_rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_quiet) => break,
+                }
+            }
             let mut objects = collect(&stores);
             secrets.follow(&permitted_secret_refs(&objects)).await;
             objects.extend(secrets.objects());
