@@ -265,6 +265,81 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn gateway(name: &str) -> Value {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": name, "namespace": "web", "uid": format!("uid-{name}")},
+               "spec": {"gatewayClassName": "c", "listeners": [{"name": "p", "protocol": "TLS", "port": 443}]}})
+    }
+
+    fn status_with(gateways: &[(&str, &str)]) -> Status {
+        let gateways: serde_json::Map<String, Value> = gateways
+            .iter()
+            .map(|(name, accepted)| {
+                (
+                    format!("web/{name}"),
+                    json!({"addresses": [], "listeners": [], "conditions": [{"type": "Accepted",
+                        "status": accepted, "reason": "Accepted", "message": "", "observedGeneration": 1,
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+                )
+            })
+            .collect();
+        serde_json::from_value(json!({"gatewayClasses": {}, "gateways": gateways, "routes": {}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn services_follow_accepted_gateways() {
+        const CONTROLLER: &str = "ebpf-gateway.dev/gatewayclass-controller";
+        let live_service = |gateway: &Value| {
+            let mut svc = load_balancer_service(gateway).unwrap();
+            // What the API server adds.
+            svc["spec"]["clusterIP"] = "10.96.0.7".into();
+            svc["status"] = json!({"loadBalancer": {}});
+            svc
+        };
+        let unrelated = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "ebpf-gw-x", "namespace": "web", "labels": {"app": "x"}}});
+        // `a` accepted, with its Service live and unchanged; `b` accepted, no Service yet; `c` not accepted but
+        // with a Service; a managed Service whose Gateway `d` is gone; a Service that is not ours.
+        let objects = vec![
+            gateway("a"),
+            gateway("b"),
+            gateway("c"),
+            live_service(&gateway("a")),
+            live_service(&gateway("c")),
+            live_service(&gateway("d")),
+            unrelated,
+        ];
+        let status = status_with(&[("a", "True"), ("b", "True"), ("c", "False")]);
+        let plan = plan(&status, &objects, CONTROLLER);
+        let applied: Vec<&str> = plan
+            .services
+            .iter()
+            .map(|s| s["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(applied, ["ebpf-gw-b"]);
+        let mut stale = plan.stale_services.clone();
+        stale.sort();
+        assert_eq!(
+            stale,
+            [
+                ("web".to_string(), "ebpf-gw-c".to_string()),
+                ("web".to_string(), "ebpf-gw-d".to_string())
+            ]
+        );
+
+        // A listener port changes: `a`'s Service is applied again.
+        let mut moved = gateway("a");
+        moved["spec"]["listeners"][0]["port"] = 8443.into();
+        let mut objects = objects;
+        objects[0] = moved;
+        let plan = super::plan(&status, &objects, CONTROLLER);
+        assert!(plan
+            .services
+            .iter()
+            .any(|s| s["metadata"]["name"] == "ebpf-gw-a"));
+    }
+
     #[test]
     fn live_objects_may_carry_more_than_we_set() {
         let desired = json!({"spec": {"ports": [{"port": 443}], "type": "LoadBalancer"}});
