@@ -1,8 +1,10 @@
 //! The agent loop: snapshots from the provider are translated, the IR is programmed into the kernel, and the
-//! computed status is published on the admin endpoint. A tick follows new interfaces, expires flows and refreshes
+//! computed status is published on the admin endpoint and handed to the provider's status sink (Kubernetes).
+//! Every provider is a [`Source`]: the agent loop is the same for YAML files and for a cluster. A tick follows new interfaces, expires flows and refreshes
 //! metrics. The loop owns the data plane, so map updates never race each other.
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use tokio::{sync::watch, task::JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -23,11 +25,92 @@ const TICK: Duration = Duration::from_secs(1);
 /// How long open HTTP connections may take to finish their requests on shutdown.
 const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
+/// Where the configuration comes from.
+#[derive(Clone, Debug)]
+pub enum ProviderOptions {
+    /// YAML files or directories (standalone mode), watched.
+    Files(Vec<PathBuf>),
+    /// The cluster the agent runs in (in-cluster config or `KUBECONFIG`).
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(provider::kubernetes::Settings),
+}
+
+/// What a provider is to the agent: snapshots in, computed status out.
+pub struct Source {
+    /// The snapshots to serve, newest last.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Whether the receiver's current value is already a snapshot to serve (the file provider's first load); if
+    /// not (Kubernetes, before every kind has listed) the agent waits for the first change and, meanwhile,
+    /// leaves whatever a previous agent pinned in the kernel alone.
+    pub serve_initial: bool,
+    /// Where each computed status goes (the Kubernetes status writer), if anywhere besides the admin endpoint.
+    pub status: Option<watch::Sender<Option<Arc<status::Status>>>>,
+    /// The provider's background tasks, aborted when the source is dropped.
+    pub tasks: Vec<JoinHandle<()>>,
+    /// Whether this agent is the provider's elected leader, when the provider elects one.
+    pub leader: Option<watch::Receiver<bool>>,
+    /// Run by [`Source::shutdown`] once the tasks are stopped (the Kubernetes provider gives its Lease up).
+    pub on_shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Source {
+    /// Stops the provider: its tasks first, then its shutdown step (bounded to 2 s).
+    pub async fn shutdown(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(step) = self.on_shutdown.take() {
+            if tokio::time::timeout(Duration::from_secs(2), step)
+                .await
+                .is_err()
+            {
+                warn!("the provider's shutdown step did not finish in 2 s");
+            }
+        }
+    }
+
+    /// The standalone file provider over `paths`.
+    pub fn files(paths: Vec<PathBuf>) -> Source {
+        let (snapshots, task) = provider::file::watch(paths);
+        Source {
+            snapshots,
+            serve_initial: true,
+            status: None,
+            tasks: vec![task],
+            leader: None,
+            on_shutdown: None,
+        }
+    }
+
+    async fn start(options: &ProviderOptions) -> Result<Source, AgentError> {
+        match options {
+            ProviderOptions::Files(paths) => Ok(Source::files(paths.clone())),
+            #[cfg(feature = "kubernetes")]
+            ProviderOptions::Kubernetes(settings) => {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    AgentError::Provider(format!(
+                        "no Kubernetes client (in-cluster service account or KUBECONFIG): {e}"
+                    ))
+                })?;
+                Ok(provider::kubernetes::start(client, settings.clone()))
+            }
+        }
+    }
+}
+
 /// Everything `gateway run` configures.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    /// YAML files or directories (standalone file provider).
-    pub config: Vec<PathBuf>,
+    pub provider: ProviderOptions,
     pub admin: SocketAddr,
     pub dataplane: dataplane::Settings,
     pub translate: translate::TranslateOptions,
@@ -52,10 +135,23 @@ pub async fn run(
     options: AgentOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    // The provider first: a cluster that cannot be reached is reported before anything is attached.
+    let mut source = Source::start(&options.provider).await?;
     let state = Arc::new(AdminState::default());
     let server = admin::bind(options.admin, state.clone()).await?;
     info!(address = %options.admin, "admin endpoint listening");
     let admin_task = tokio::spawn(server);
+    if let Some(mut leader) = source.leader.take() {
+        let gauge = state.metrics.leader.clone();
+        source.tasks.push(tokio::spawn(async move {
+            loop {
+                gauge.set(i64::from(*leader.borrow_and_update()));
+                if leader.changed().await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
 
     let mut dataplane = Dataplane::load(options.dataplane.clone())?;
     state
@@ -70,8 +166,6 @@ pub async fn run(
         .metrics
         .interfaces
         .set(dataplane.interfaces().len() as i64);
-
-    let (mut snapshots, _watcher) = provider::file::watch(options.config.clone());
 
     // TLS passthrough and HTTP listeners are served in userspace; both make Gateway addresses local through one
     // shared set of local routes.
@@ -95,9 +189,14 @@ pub async fn run(
         last_ir: None,
         last_status: None,
         next_sweep: std::time::Instant::now(),
+        status_sink: source.status.take(),
     };
-    let snapshot = snapshots.borrow_and_update().clone();
-    agent.reconcile(&snapshot).await;
+    if source.serve_initial {
+        let snapshot = source.snapshots.borrow_and_update().clone();
+        agent.reconcile(&snapshot).await;
+    } else {
+        info!("waiting for the first snapshot from the provider");
+    }
 
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -107,13 +206,14 @@ pub async fn run(
             _ = &mut shutdown => {
                 info!("shutting down; pinned maps and links keep forwarding until the next agent adopts them");
                 agent.http.drain(HTTP_DRAIN).await;
+                source.shutdown().await;
                 break;
             }
-            changed = snapshots.changed() => {
+            changed = source.snapshots.changed() => {
                 if changed.is_err() {
-                    return Err(AgentError::Provider("the file watcher stopped".into()));
+                    return Err(AgentError::Provider("the provider stopped".into()));
                 }
-                let snapshot = snapshots.borrow_and_update().clone();
+                let snapshot = source.snapshots.borrow_and_update().clone();
                 agent.reconcile(&snapshot).await;
             }
             _ = tick.tick() => agent.tick().await,
@@ -135,6 +235,8 @@ struct Agent {
     last_status: Option<status::Status>,
     /// When the next conntrack sweep is due (see [`sweep_interval`]).
     next_sweep: std::time::Instant,
+    /// The provider's status sink, if it has one.
+    status_sink: Option<watch::Sender<Option<Arc<status::Status>>>>,
 }
 
 /// Conntrack entries the agent reads per second at most: a sweep reads every entry with two syscalls, so a large
@@ -156,6 +258,15 @@ impl Agent {
             translate::translate_with_previous(snapshot, &options, self.last_status.as_ref());
         *self.state.status.write().expect("status lock") =
             status::objects_with_status(snapshot, &status);
+        if let Some(sink) = &self.status_sink {
+            sink.send_if_modified(|last| {
+                let modified = last.as_deref() != Some(&status);
+                if modified {
+                    *last = Some(Arc::new(status.clone()));
+                }
+                modified
+            });
+        }
         self.last_status = Some(status);
         // PROXY protocol is chosen by a TLSRoute annotation, which the IR does not carry.
         self.passthrough

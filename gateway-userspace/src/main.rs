@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use gateway_userspace::{
-    agent::{self, AgentOptions},
+    agent::{self, AgentOptions, ProviderOptions},
     dataplane::{self, conntrack::Timeouts},
     translate::{PassthroughMode, TranslateOptions, DEFAULT_CONTROLLER_NAME},
     validate,
@@ -79,6 +79,24 @@ struct RunArgs {
     udp_idle_timeout: u64,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    kubernetes: KubernetesArgs,
+}
+
+/// Kubernetes provider settings (`--provider kubernetes`).
+#[derive(clap::Args)]
+#[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+struct KubernetesArgs {
+    /// Name of the leader-election Lease (coordination.k8s.io/v1) in the agent's namespace. Agents sharing it
+    /// elect one leader, which writes status and manages the Gateways' LoadBalancer Services.
+    #[arg(long, default_value = "ebpf-gateway-leader", value_name = "NAME")]
+    leader_election_lease: String,
+    /// Namespace of the Lease (default: the client's namespace, e.g. the pod's service account namespace).
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// This agent's identity in the Lease (default: the pod name, else the node name, else the host name).
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    identity: Option<String>,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -178,12 +196,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.provider == Provider::File && args.config.is_empty() {
         anyhow::bail!("standalone mode needs the configuration to serve: --config <file-or-directory> (repeatable)");
     }
-    if args.provider == Provider::Kubernetes {
-        anyhow::bail!(
-            "the Kubernetes provider is not wired into `gateway run` yet (its watch, status and Service code is in \
-             provider::kubernetes behind the `kubernetes` feature); run standalone with --config <dir>"
-        );
+    if args.provider == Provider::Kubernetes && !args.config.is_empty() {
+        anyhow::bail!("--config is for --provider file; the Kubernetes provider reads the cluster");
     }
+    let provider = match args.provider {
+        Provider::File => ProviderOptions::Files(args.config),
+        Provider::Kubernetes => kubernetes_provider(&args.kubernetes, &args.controller_name)?,
+    };
     let seconds = |s: f64, flag: &str| {
         anyhow::ensure!(
             s.is_finite() && s > 0.0,
@@ -201,7 +220,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let kernel_handshake_timeout = passthrough.handshake_timeout + passthrough.connect_timeout;
     let options = AgentOptions {
         passthrough,
-        config: args.config,
+        provider,
         admin: args.admin,
         dataplane: dataplane::Settings {
             bpffs_root: args.bpffs_root,
@@ -229,6 +248,44 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime
         .block_on(agent::run(options, shutdown_signal()))
         .context("the agent stopped")
+}
+
+#[cfg(feature = "kubernetes")]
+fn kubernetes_provider(args: &KubernetesArgs, controller: &str) -> anyhow::Result<ProviderOptions> {
+    use gateway_userspace::provider::kubernetes::{
+        leader::LeaseSettings, Settings, DEFAULT_DEBOUNCE,
+    };
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .context("no identity for leader election: set --identity (or POD_NAME)")?;
+    // Without a namespace flag, the service account's namespace (in a pod), else `default`.
+    let namespace = args.leader_election_namespace.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "default".into())
+    });
+    Ok(ProviderOptions::Kubernetes(Settings {
+        controller_name: controller.to_owned(),
+        lease: LeaseSettings::new(&namespace, &args.leader_election_lease, &identity),
+        debounce: DEFAULT_DEBOUNCE,
+    }))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn kubernetes_provider(_: &KubernetesArgs, _: &str) -> anyhow::Result<ProviderOptions> {
+    anyhow::bail!(
+        "this `gateway` binary was built without Kubernetes support; build it with \
+         `cargo build --release -p gateway-userspace --features kubernetes` (the release image is), or run \
+         standalone with --config <file-or-directory>"
+    )
 }
 
 /// Completes on SIGTERM or SIGINT.

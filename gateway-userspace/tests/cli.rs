@@ -36,11 +36,43 @@ fn run_without_configuration_says_what_is_missing_and_attaches_nothing() {
 }
 
 #[test]
-fn the_kubernetes_provider_is_refused_with_an_explanation() {
+fn the_kubernetes_provider_without_a_cluster_says_why_and_attaches_nothing() {
     let ns = Netns::with_role("cli").unwrap();
-    let (code, stderr) = gateway(&ns, &["run", "--provider", "kubernetes"]);
+    let pins = "/sys/fs/bpf/gwt-cli-k8s-should-not-exist";
+    // No cluster: KUBECONFIG names a file that does not exist (and there is no in-cluster service account).
+    let out = ns
+        .exec_output(&[
+            "env",
+            "KUBECONFIG=/nonexistent/kubeconfig",
+            env!("CARGO_BIN_EXE_gateway"),
+            "run",
+            "--provider",
+            "kubernetes",
+            "--bpffs-root",
+            pins,
+        ])
+        .expect("runs");
+    let (code, stderr) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, 1);
-    assert!(stderr.contains("not wired"), "{stderr}");
+    if cfg!(feature = "kubernetes") {
+        assert!(stderr.contains("KUBECONFIG"), "{stderr}");
+    } else {
+        assert!(
+            stderr.contains("built without Kubernetes support"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--features kubernetes"), "{stderr}");
+    }
+    assert!(!std::path::Path::new(pins).exists(), "nothing pinned");
+    let (code, stderr) = gateway(&ns, &["run", "--provider", "kubernetes", "--config", "x"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--config is for --provider file"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -158,6 +158,8 @@ pub struct GatewayProcess<'ns> {
     admin: SocketAddr,
     bpffs_root: PathBuf,
     log_dir: tempfile::TempDir,
+    /// Extra environment variables of the process.
+    env: Vec<(OsString, OsString)>,
     process: Option<Process>,
 }
 
@@ -205,12 +207,32 @@ impl<'ns> GatewayProcess<'ns> {
         Ok(g)
     }
 
+    /// [`GatewayProcess::spawn`] with extra environment variables (e.g. `KUBECONFIG`).
+    pub fn spawn_with_env<P: AsRef<Path>>(
+        ns: &'ns Netns,
+        configs: &[P],
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::spawn_inner(ns, gateway_bin()?, configs, extra_args, env)
+    }
+
     /// [`GatewayProcess::spawn`] with an explicit binary.
     pub fn spawn_with_bin<P: AsRef<Path>>(
         ns: &'ns Netns,
         bin: PathBuf,
         configs: &[P],
         extra_args: &[&str],
+    ) -> Result<Self> {
+        Self::spawn_inner(ns, bin, configs, extra_args, &[])
+    }
+
+    fn spawn_inner<P: AsRef<Path>>(
+        ns: &'ns Netns,
+        bin: PathBuf,
+        configs: &[P],
+        extra_args: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Self> {
         ensure_bpffs()?;
         let bpffs_root = Path::new(BPFFS_TEST_ROOT).join(format!(
@@ -230,6 +252,7 @@ impl<'ns> GatewayProcess<'ns> {
             admin,
             bpffs_root,
             log_dir,
+            env: env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
             process: None,
         };
         g.launch()?;
@@ -241,7 +264,10 @@ impl<'ns> GatewayProcess<'ns> {
         argv.extend(self.args.iter().cloned());
         let opts = SpawnOptions {
             enter: Enter::NetOnly,
-            env: vec![("RUST_BACKTRACE".into(), "1".into())],
+            env: [("RUST_BACKTRACE".into(), "1".into())]
+                .into_iter()
+                .chain(self.env.iter().cloned())
+                .collect(),
             log_path: Some(self.log_path()),
         };
         self.process = Some(self.ns.spawn_with(&argv, opts)?);

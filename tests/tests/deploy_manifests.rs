@@ -227,6 +227,52 @@ fn kustomization_lists_every_top_level_manifest() {
 }
 
 #[test]
+fn the_image_is_built_with_the_provider_the_daemonset_runs() {
+    let objects = base_objects();
+    let ds = find(&objects, "DaemonSet");
+    let args = strings(
+        get(ds[0], "spec.template.spec.containers")[0]
+            .get("args")
+            .unwrap(),
+    );
+    let at = args
+        .iter()
+        .position(|a| a == "--provider")
+        .expect("--provider");
+    assert_eq!(args[at + 1], "kubernetes");
+    // The agent's Lease identity and namespace come from the pod (`--identity` / `--leader-election-namespace`
+    // default to these variables).
+    let env = get(ds[0], "spec.template.spec.containers")[0]["env"].clone();
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let var = env
+            .as_sequence()
+            .and_then(|e| e.iter().find(|v| str_of(v, "name") == name))
+            .unwrap_or_else(|| panic!("{name} is not set"));
+        assert_eq!(str_of(var, "valueFrom.fieldRef.fieldPath"), field, "{name}");
+    }
+    // The image's binary must have the `kubernetes` feature (without it `--provider kubernetes` is refused).
+    let dockerfile = std::fs::read_to_string(deploy().join("Dockerfile")).unwrap();
+    let build = dockerfile
+        .lines()
+        .find(|l| l.contains("cargo build"))
+        .expect("the Dockerfile documents its build");
+    assert!(
+        build.contains("--release") && build.contains("--features kubernetes"),
+        "{build}"
+    );
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    for line in readme
+        .lines()
+        .filter(|l| l.contains("cargo build --release -p gateway-userspace"))
+    {
+        assert!(line.contains("--features kubernetes"), "README: {line}");
+    }
+}
+
+#[test]
 fn daemonset_is_not_privileged_and_adds_only_the_documented_capabilities() {
     let objects = base_objects();
     let ds = find(&objects, "DaemonSet");

@@ -118,6 +118,8 @@ pub struct Metrics {
     pub config_applies: Family<Labels, Counter>,
     /// Interfaces the program is attached to.
     pub interfaces: Gauge,
+    /// 1 while this agent is the elected leader (Kubernetes provider), else 0.
+    pub leader: Gauge,
     pub listeners: ScopeMetrics,
     pub routes: ScopeMetrics,
     pub backends: ScopeMetrics,
@@ -147,6 +149,7 @@ impl Metrics {
             generation: Gauge::default(),
             config_applies: Family::default(),
             interfaces: Gauge::default(),
+            leader: Gauge::default(),
             listeners: ScopeMetrics::default(),
             routes: ScopeMetrics::default(),
             backends: ScopeMetrics::default(),
@@ -196,6 +199,11 @@ impl Metrics {
             "attached_interfaces",
             "Interfaces with the TC program attached",
             m.interfaces.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this agent is the elected leader writing status and Services (Kubernetes), else 0",
+            m.leader.clone(),
         );
         m.listeners.register(&mut registry, "listener");
         m.routes.register(&mut registry, "route");

@@ -5,7 +5,8 @@
 //! [`AddressPolicy`](super::AddressPolicy) finds usable and that no older Gateway of ours already uses. Another
 //! address type makes the Gateway `Accepted=False UnsupportedAddress`; an unusable address `Programmed=False
 //! AddressNotUsable` (the usable ones are still served); no `spec.addresses`, or an address without value, gives
-//! `Programmed=False AddressNotAssigned`: standalone mode has no address pool to assign from.
+//! `Programmed=False AddressNotAssigned`: standalone mode has no address pool to assign from. (In a cluster the
+//! Kubernetes provider fills an empty `spec.addresses` in with the address MetalLB gave the Gateway's Service.)
 use super::conditions::{self, reason, Conditions, Problem};
 use super::listener::{self, ListenerPlan};
 use super::route::Attachment;
@@ -243,7 +244,8 @@ fn plan_one<'a>(
         } else if unassigned || addresses.is_empty() {
             Some(Problem::new(
                 reason::ADDRESS_NOT_ASSIGNED,
-                "standalone mode serves only the IPAddress values listed in spec.addresses; none is given",
+                "no address to serve: spec.addresses has no IPAddress value (standalone mode has no address pool; \
+                 in a cluster, the Gateway's LoadBalancer Service has no address yet)",
             ))
         } else if !listeners.is_empty() && listeners.iter().all(|l| l.programmed.is_err()) {
             Some(Problem::new(reason::INVALID, "no listener is programmed"))
