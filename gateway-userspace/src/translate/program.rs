@@ -15,6 +15,7 @@ use crate::ir::{
     self, Backend, HttpListener, Ir, L4Route, ListenerKind, SniRoute, TlsCertificate,
     TlsPassthrough,
 };
+use crate::passthrough::proxy_protocol::ANNOTATION as PROXY_PROTOCOL;
 
 /// Backends of each rule of each route (indexed like the route views).
 pub type RouteBackends = Vec<Vec<Vec<Backend>>>;
@@ -67,7 +68,11 @@ pub fn build(
                                 &plan.gateway.metadata.annotations,
                                 l.name,
                                 ctx.options.tls_passthrough,
-                            ) == PassthroughMode::Kernel,
+                            ) == PassthroughMode::Kernel
+                                // PROXY protocol headers are written by the userspace proxy only.
+                                && !attached.iter().any(|(r, _)| {
+                                    routes[*r].meta.annotations.contains_key(PROXY_PROTOCOL)
+                                }),
                             ..sni_table(l.hostname.clone(), attached, routes, backends)
                         }),
                         Protocol::Http | Protocol::Https => ListenerKind::Http(http_listener(
