@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
-use gateway_common::Flow;
+use gateway_common::{Flow, PROTO_TCP};
 
 use crate::checksum::{fold, sum_words};
 use crate::headers::{IcmpError, Packet, ETH_HLEN, IP_CHECK_OFF, IP_DST_OFF, IP_SRC_OFF};
@@ -46,6 +46,14 @@ pub fn translate_error(ctx: &TcContext, err: &IcmpError, entry: &Flow) -> Result
     if q.dport != new_dport {
         ctx.l4_csum_replace(icmp_csum, q.dport as u64, new_dport as u64, 2)?;
         ctx.store(inner + 22, &new_dport, 0)?;
+    }
+    // A spliced flow: the quoted sequence number is in the numbers the gateway wrote; the peer checks it
+    // against its own (Linux ignores errors quoting a sequence number outside its window), so shift it back.
+    if q.proto == PROTO_TCP && entry.ack_delta != 0 {
+        let old: u32 = ctx.load(inner + 24)?;
+        let new = u32::from_be(old).wrapping_add(entry.ack_delta).to_be();
+        ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 4)?;
+        ctx.store(inner + 24, &new, 0)?;
     }
     // Outer header: from the address the peer talked to, to the peer.
     let (outer_src, outer_dst) = (entry.new_src, entry.new_dst);

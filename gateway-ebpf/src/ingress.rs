@@ -36,15 +36,10 @@ pub fn run(ctx: &TcContext) -> i32 {
             count(counter::UNSUPPORTED_IP);
             return TC_ACT_SHOT;
         }
-        if flow.splice == splice::SPLICED {
-            if tls::has_options_to_translate(ctx, &pkt, &flow) {
-                return tls::enter(ctx, tls::FLOW_PROGRAM);
-            }
-            if tls::translate(ctx, &pkt, &flow).is_err() {
-                count(counter::MALFORMED);
-                return TC_ACT_SHOT;
-            }
-        } else if flow.splice != splice::NONE {
+        if flow.splice != splice::NONE
+            && (flow.splice != splice::SPLICED || tls::has_options_to_translate(ctx, &pkt, &flow))
+        {
+            // A splice being set up, or a spliced segment with SACK blocks to translate.
             return tls::enter(ctx, tls::FLOW_PROGRAM);
         }
         return forward(ctx, &pkt, &flow);
@@ -149,7 +144,7 @@ fn icmp_error(ctx: &TcContext, err: &IcmpError) -> i32 {
     redirect(entry.out_ifindex)
 }
 
-/// Applies the flow's NAT and hands the packet to the egress interface. `bpf_redirect_neigh` lets the kernel
+/// Applies the flow's NAT (and a splice's translation) and hands the packet to the egress interface. `bpf_redirect_neigh` lets the kernel
 /// route and resolve the next hop itself, which (unlike `bpf_fib_lookup`) does not require IP forwarding to be
 /// enabled in the gateway's namespace. A packet too big for the egress interface is answered like a router
 /// would: ICMP "fragmentation needed" (DF set) or dropped and counted (the gateway does not fragment).
@@ -165,6 +160,12 @@ pub fn forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> i32 {
             return icmp::send_frag_needed(ctx, pkt, mtu);
         }
         count(counter::TOO_BIG_DROPPED);
+        return TC_ACT_SHOT;
+    }
+    // A spliced flow's numbers and window are translated after the MTU check, so a "fragmentation needed"
+    // quotes the segment as its sender wrote it.
+    if flow.splice != splice::NONE && tls::translate(ctx, pkt, flow).is_err() {
+        count(counter::MALFORMED);
         return TC_ACT_SHOT;
     }
     if nat::rewrite(ctx, pkt, flow).is_err() {

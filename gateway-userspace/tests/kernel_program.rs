@@ -512,6 +512,61 @@ fn icmp_errors_about_nated_packets_are_translated_for_the_client() {
     });
 }
 
+/// A spliced TLS flow (kernel passthrough): an ICMP error about a segment the gateway sent to the client quotes
+/// the sequence number in the gateway's numbering; the backend gets it back in its own, or Linux would ignore the
+/// error as out of window and PMTUD would stall.
+#[test]
+fn icmp_errors_about_spliced_segments_quote_the_backends_sequence_numbers() {
+    use aya::maps::{HashMap, Map, MapData};
+    use gateway_common::{tls::splice, Flow, FlowKey};
+    const DELTA: u32 = 0x1000_0000;
+    with_dataplane(|dp| {
+        // A flow through the L4 path, then marked spliced with the deltas the splice would have fixed.
+        let (_, out) = dp
+            .run_frame(&tcp_frame(CLIENT, 40020, VIP, 9000, true, false, &[]))
+            .unwrap();
+        let sent = inspect(&out);
+        let data = MapData::from_pin(dp.pin_dir().join("FLOWS")).unwrap();
+        let mut flows: HashMap<MapData, FlowKey, Flow> =
+            HashMap::try_from(Map::HashMap(data)).unwrap();
+        let entries: Vec<(FlowKey, Flow)> = flows.iter().filter_map(Result::ok).collect();
+        for (key, mut flow) in entries {
+            flow.splice = splice::SPLICED;
+            if flow.direction == direction::ORIGINAL {
+                flow.ack_delta = DELTA;
+            } else {
+                flow.seq_delta = DELTA.wrapping_neg();
+            }
+            flows.insert(key, flow, 0).unwrap();
+        }
+        // The segment the gateway sent the client: sequence number 1000 in the gateway's numbering.
+        let to_client = tcp_frame(VIP, 9000, CLIENT, 40020, false, true, &[1; 8]);
+        let router = [198, 18, 0, 254];
+        let icmp = icmp_error_frame(router, VIP, 3, 4, 1400, &to_client);
+        let (action, translated) = dp.run_frame(&icmp).unwrap();
+        assert_eq!(action, TC_ACT_REDIRECT);
+        let ip = &translated[14..34];
+        assert_eq!(&ip[16..20], &BACKEND, "to the backend");
+        let icmp = &translated[34..];
+        assert!(
+            internet_checksum_ok(icmp),
+            "ICMP checksum over the rewritten quote"
+        );
+        let inner = &icmp[8..];
+        assert_eq!(
+            (&inner[12..16], &inner[16..20]),
+            (&BACKEND[..], &GW_BACKEND_SIDE[..])
+        );
+        assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), sent.sport);
+        let seq = u32::from_be_bytes(inner[24..28].try_into().unwrap());
+        assert_eq!(
+            seq,
+            1000u32.wrapping_add(DELTA),
+            "the backend's own sequence number"
+        );
+    });
+}
+
 #[test]
 fn a_packet_too_big_for_the_egress_link_gets_fragmentation_needed() {
     with_dataplane(|dp| {

@@ -48,7 +48,7 @@ pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> 
         let _ = TLS_HANDSHAKES.remove(pkt.key);
         if flow.splice == state::REPLAYING {
             // The backend connection is established: pass the reset on (numbers are translated by now).
-            return splice_forward(ctx, pkt, flow);
+            return None; // forwarded (and translated) by the caller
         }
         remove_flows(&pkt.key, flow);
         return Some(TC_ACT_SHOT);
@@ -89,7 +89,7 @@ pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Opt
     // REPLAYING.
     if pkt.tcp_flags & TCP_RST != 0 {
         let _ = TLS_HANDSHAKES.remove(ckey);
-        return splice_forward(ctx, pkt, reply);
+        return None; // forwarded (and translated) by the caller
     }
     if pkt.tcp_flags & TCP_SYN != 0 {
         // The SYN-ACK again: the first replayed segment was lost.
@@ -114,7 +114,7 @@ pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Opt
         set_state(&pkt.key, state::SPLICED);
         let _ = TLS_HANDSHAKES.remove(ckey);
         count(counter::TLS_SPLICED);
-        return splice_forward(ctx, pkt, reply);
+        return None; // forwarded (and translated) by the caller
     }
     let duplicate = acked == h.acked && t.payload == 0;
     if acked > h.acked {
@@ -308,18 +308,6 @@ fn replay_one(ctx: &TcContext, h: &mut Handshake, original: &Flow) -> i32 {
     }
     // SAFETY: plain helper call without neighbour parameters.
     unsafe { bpf_redirect_neigh(original.out_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
-}
-
-/// Translates the segment for the other connection and lets the caller forward it.
-#[inline(always)]
-fn splice_forward(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Option<i32> {
-    match splice::translate(ctx, pkt, flow) {
-        Ok(()) => None,
-        Err(()) => {
-            count(counter::MALFORMED);
-            Some(TC_ACT_SHOT)
-        }
-    }
 }
 
 #[inline(always)]

@@ -182,14 +182,13 @@ fn on_listener(ctx: &TcContext, pkt: &Packet, listener: &ListenerValue, generati
 }
 
 /// A segment of a flow the splice owns (`flow.splice != NONE`). Returns `None` when the segment is to be
-/// forwarded by the caller: its numbers have then been translated for the other connection.
+/// forwarded by the caller (`ingress::forward`, which translates its numbers for the other connection).
 #[inline(always)]
 fn on_flow(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Option<i32> {
     if flow.splice == state::SPLICED {
-        // The ingress program sends spliced segments here only when their options need translating.
-        return match splice::translate(ctx, pkt, flow)
-            .and_then(|()| splice::translate_sack(ctx, pkt, flow))
-        {
+        // The ingress program sends spliced segments here only when their SACK blocks need translating; the
+        // numbers and window are translated by `ingress::forward`.
+        return match splice::translate_sack(ctx, pkt, flow) {
             Ok(()) => None,
             Err(()) => {
                 count(counter::MALFORMED);
