@@ -261,6 +261,39 @@ fn a_thousand_spliced_connections_hold_no_socket_and_survive_kill_9() -> Result<
         gw.kernel_packets("tls_spliced")? == N as u64,
         "splices counted"
     );
+    // Memory per established connection: its two conntrack entries (the handshake state, with its capture
+    // buffer, is gone once spliced). The kernel reports the map's memory; a hash map's is per entry.
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(
+        gw.metric("gateway_tls_passthrough_kernel_pending_handshakes")? == 0,
+        "handshake state left behind"
+    );
+    let pin = gw
+        .bpffs_root()
+        .join(format!("v{}", gateway_common::ABI_VERSION))
+        .join("FLOWS");
+    // bpftool runs in the root namespace: `ip netns exec` would remount /sys and hide bpffs.
+    let info: serde_json::Value = serde_json::from_str(&gateway_tests::netns::host_cmd(&[
+        "bpftool",
+        "-j",
+        "map",
+        "show",
+        "pinned",
+        &pin.display().to_string(),
+    ])?)?;
+    let (bytes, entries) = (
+        info["bytes_memlock"].as_u64().context("bytes_memlock")?,
+        info["max_entries"].as_u64().context("max_entries")?,
+    );
+    let per_connection = 2 * bytes / entries;
+    eprintln!(
+        "kernel memory per spliced connection: {per_connection} bytes \
+         (FLOWS: {bytes} bytes / {entries} entries, two per connection)"
+    );
+    ensure!(
+        per_connection <= 512,
+        "{per_connection} bytes per connection"
+    );
 
     gw.kill9()?;
     for (i, s) in conns.iter_mut().enumerate() {
