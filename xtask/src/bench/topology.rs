@@ -61,6 +61,27 @@ impl BenchTopology {
         topology::vip(1)
     }
 
+    /// Checks, after a data plane stopped, that the gateway namespace is back to its neutral state: no
+    /// forwarding, no Gateway address on `lo`, no process.
+    pub fn check_clean(&self) -> anyhow::Result<()> {
+        let ns = self.gateway();
+        anyhow::ensure!(
+            ns.sysctl("net.ipv4.ip_forward")? == "0",
+            "ip_forward was left on in the gateway namespace"
+        );
+        let addrs = ns.ip(&["-4", "addr", "show", "dev", "lo"])?;
+        anyhow::ensure!(
+            !addrs.contains(&self.vip().to_string()),
+            "the Gateway address was left on lo"
+        );
+        let left = ns.pids();
+        anyhow::ensure!(
+            left.is_empty(),
+            "processes left in the gateway namespace: {left:?}"
+        );
+        Ok(())
+    }
+
     /// Restarts the iperf3 server (after a client run that failed half-way and may have left it busy).
     pub fn restart_iperf_server(&mut self) -> anyhow::Result<()> {
         let _ = self.iperf_server.kill();
