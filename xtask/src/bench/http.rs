@@ -213,7 +213,6 @@ impl Phase {
 struct HttpBench<'a> {
     bt: &'a topology::BenchTopology,
     _backend: Nginx<'a>,
-    _body: tempfile::TempDir,
 }
 
 /// wrk in `ns` against `url`; `close` adds `Connection: close`.
@@ -300,22 +299,19 @@ pub fn run(args: &BenchArgs, session: &Session) -> anyhow::Result<String> {
         raw.display()
     );
     let bt = topology::BenchTopology::build()?;
-    let body = gateway_tests::netns::temp_dir("bench-http-body")?;
-    let body_file = body.path().join("body.txt");
-    std::fs::write(&body_file, "x".repeat(BODY_SIZE - 1) + "\n")?;
+    let body = "x".repeat(BODY_SIZE);
     let backend = Nginx::start_with(
         bt.topo.backend(1),
         None,
         &[BACKEND_PORT, BACKEND_H2C_PORT],
         |dir| {
-            peers::nginx::static_backend_config((BACKEND_PORT, BACKEND_H2C_PORT), &body_file, dir)
+            peers::nginx::static_backend_config((BACKEND_PORT, BACKEND_H2C_PORT), &body, dir)
         },
     )
     .context("starting the backend NGINX")?;
     let hb = HttpBench {
         bt: &bt,
         _backend: backend,
-        _body: body,
     };
     // The backend alone: the same clients from inside the backend namespace over loopback.
     let alone_h1 = wrk(
@@ -387,7 +383,7 @@ pub fn run(args: &BenchArgs, session: &Session) -> anyhow::Result<String> {
 fn method(d: u64) -> Vec<String> {
     vec![
         format!("Topology: as `bench l4` (client → gateway namespace → backend, veth pairs). The backend is NGINX (2 \
-         workers) serving a {BODY_SIZE}-byte static body, HTTP/1.1 on port {BACKEND_PORT} and h2c on {BACKEND_H2C_PORT}. \
+         workers) answering every request with a {BODY_SIZE}-byte body from memory (`return 200`), HTTP/1.1 on port {BACKEND_PORT} and h2c on {BACKEND_H2C_PORT}. \
          Every proxy listens on `198.18.100.1:{PORT}` (HTTP/1.1) and `:{H2C_PORT}` (h2c) with one route (any host, \
          prefix `/`) to the backend's HTTP/1.1 port; plain forwarding addresses the backend directly with \
          `ip_forward=1`."),

@@ -81,9 +81,13 @@ pub fn http_config(
     )
 }
 
-/// The backend of the http suite: NGINX serving a small static body, HTTP/1.1 on `port` and h2c on `h2c_port`
-/// of every address.
-pub fn static_backend_config((port, h2c_port): (u16, u16), body_file: &Path, dir: &Path) -> String {
+/// The backend of the http suite: NGINX answering every GET with 200 and a small static `body` (`return`: from
+/// memory, no file system on the path), HTTP/1.1 on `port` and h2c on `h2c_port` of every address.
+pub fn static_backend_config((port, h2c_port): (u16, u16), body: &str, dir: &Path) -> String {
+    assert!(
+        body.chars().all(|c| c.is_ascii_alphanumeric() || c == ' '),
+        "the body is written into nginx.conf unquoted-safe"
+    );
     let d = dir.display();
     main_context(
         dir,
@@ -93,8 +97,7 @@ pub fn static_backend_config((port, h2c_port): (u16, u16), body_file: &Path, dir
              fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n    \
              keepalive_requests 1000000;\n    \
              server {{\n        listen {port};\n        listen {h2c_port} http2;\n        \
-             location / {{ default_type text/plain; alias {}; }}\n    }}\n}}\n",
-            body_file.display()
+             location / {{ default_type text/plain; return 200 \"{body}\"; }}\n    }}\n}}\n"
         ),
     )
 }
