@@ -304,9 +304,7 @@ pub fn run(args: &BenchArgs, session: &Session) -> anyhow::Result<String> {
         bt.topo.backend(1),
         None,
         &[BACKEND_PORT, BACKEND_H2C_PORT],
-        |dir| {
-            peers::nginx::static_backend_config((BACKEND_PORT, BACKEND_H2C_PORT), &body, dir)
-        },
+        |dir| peers::nginx::static_backend_config((BACKEND_PORT, BACKEND_H2C_PORT), &body, dir),
     )
     .context("starting the backend NGINX")?;
     let hb = HttpBench {

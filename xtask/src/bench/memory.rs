@@ -1,5 +1,7 @@
 //! Memory a data plane holds: the resident set of its processes (`VmRSS` of `/proc/<pid>/status`) and the
-//! kernel's TCP socket buffers in its namespace (`TCP: … mem N` of `/proc/net/sockstat`, in pages). Sampled
+//! kernel's part — the TCP sockets open in its namespace (`TCP: inuse` of `/proc/net/sockstat`, per namespace)
+//! times the kernel objects behind one socket (`/proc/slabinfo`), plus TCP buffer pages (`TCP: mem`, which
+//! the kernel counts machine-wide, so client and backend buffers are in it too: an upper bound). Sampled
 //! before and while N connections are held open, the difference ÷ N is the memory per connection.
 use gateway_tests::Netns;
 
@@ -19,6 +21,26 @@ fn parse_vm_rss(status: &str) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
+}
+
+/// The object size of slab cache `name` in a `/proc/slabinfo` text.
+fn slab_object_size(slabinfo: &str, name: &str) -> Option<u64> {
+    slabinfo.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next()? == name).then_some(())?;
+        // <active_objs> <num_objs> <objsize>
+        w.nth(2)?.parse().ok()
+    })
+}
+
+/// Bytes of kernel objects behind one TCP socket held by a process: `struct tcp_sock` (`TCP` slab), `struct
+/// socket` with its inode (`sock_inode_cache`) and the `struct file` (`filp`). 0 where slabinfo is unreadable.
+pub fn socket_object_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/slabinfo").unwrap_or_default();
+    ["TCP", "sock_inode_cache", "filp"]
+        .iter()
+        .filter_map(|n| slab_object_size(&text, n))
+        .sum()
 }
 
 /// `TCP: inuse … mem N`: sockets in use and the pages of their buffers.
@@ -118,5 +140,10 @@ mod tests {
         assert_eq!(kernel, 2048.0);
         assert_eq!(socks, 2.0);
         assert!(rss_bytes(std::process::id()) > 0);
+        let slab = "slabinfo - version: 2.1\n# name <active_objs> <num_objs> <objsize> ...\n\
+                    TCPv6                 10     20   2560   12    8 : tunables\n\
+                    TCP                   92    117   2368   13    8 : tunables    0    0    0 : slabdata\n";
+        assert_eq!(slab_object_size(slab, "TCP"), Some(2368));
+        assert_eq!(slab_object_size(slab, "filp"), None);
     }
 }

@@ -99,7 +99,7 @@ const METRICS: &[Metric] = &[
     ),
     m(
         "mem_kernel_kib_per_conn",
-        "Kernel TCP socket memory per connection (data plane's namespace)",
+        "Kernel memory per connection: socket objects (slab) + TCP buffers",
         "KiB",
         Better::Lower,
         1,
@@ -358,9 +358,11 @@ fn method(d: u64) -> Vec<String> {
         format!("Time to first byte: the same canned ClientHello at `--mode rate --rate {TTFB_RATE}` for {:.1} s; \
          measured from the intended start of each connection (connect included) to the first byte back.", d as f64 / 2.0),
         format!("Memory: `gateway loadtest --protocol tls --mode concurrent --connections {MEM_CONNECTIONS} --interval 1s` \
-         holds {MEM_CONNECTIONS} established connections (the echo counts them open); the sum of `VmRSS` of the data \
-         plane's processes and `TCP: mem` of `/proc/net/sockstat` in the gateway namespace are sampled before and while \
-         they are open; the differences ÷ {MEM_CONNECTIONS}."),
+         holds {MEM_CONNECTIONS} established connections (the echo counts them open); sampled before and while they are \
+         open: the sum of `VmRSS` of the data plane's processes, `TCP: inuse` of `/proc/net/sockstat` in the gateway \
+         namespace (sockets) and `TCP: mem` (buffer pages, counted machine-wide by the kernel: an upper bound); the \
+         differences ÷ {MEM_CONNECTIONS}. Kernel memory = sockets × the slab objects behind one socket (`TCP` + \
+         `sock_inode_cache` + `filp` object sizes from `/proc/slabinfo`) + buffers."),
         "Sanity checks (the bench fails otherwise): during every phase a counter of the data plane must rise — plain: \
          `Ip: ForwDatagrams`; the gateway: `gateway_tls_passthrough_connections_total`; HAProxy: `CumConns`; NGINX: \
          its CPU ticks; Envoy: `tcp.*.downstream_cx_total` — and the kernel must forward nothing itself except for \
@@ -620,9 +622,13 @@ fn measure(
                 put("ttfb_p99_us", r.ttfb_p99_us);
             }
             Phase::Memory => {
-                let (rss, kernel, sockets) = hold_connections(tb, peer, &target, &save)?;
+                let (rss, buffers, sockets) = hold_connections(tb, peer, &target, &save)?;
+                let objects = sockets * memory::socket_object_bytes() as f64;
                 put("mem_rss_kib_per_conn", rss / 1024.0);
-                put("mem_kernel_kib_per_conn", kernel / 1024.0);
+                put(
+                    "mem_kernel_kib_per_conn",
+                    (objects + buffers.max(0.0)) / 1024.0,
+                );
                 put("mem_sockets_per_conn", sockets);
             }
         }
@@ -653,7 +659,8 @@ fn measure(
 }
 
 /// Holds `MEM_CONNECTIONS` TLS connections open through the data plane and samples its memory before and
-/// while they are open. Returns bytes of RSS, bytes of kernel socket memory and sockets, each per connection.
+/// while they are open. Returns bytes of RSS, bytes of TCP buffers (machine-wide) and sockets in the gateway
+/// namespace, each per connection.
 fn hold_connections(
     tb: &TlsBench,
     peer: &dyn Peer,

@@ -268,10 +268,10 @@ mod tests {
         );
         assert!(!c.contains("load_module"));
         assert_eq!(c.matches('{').count(), c.matches('}').count());
-        let b = static_backend_config((8080, 8081), Path::new("/r/body.txt"), Path::new("/r"));
+        let b = static_backend_config((8080, 8081), "xyz", Path::new("/r"));
         assert!(
             b.contains("listen 8080;\n        listen 8081 http2;")
-                && b.contains("alias /r/body.txt;")
+                && b.contains("return 200 \"xyz\";")
         );
         assert_eq!(b.matches('{').count(), b.matches('}').count());
     }
