@@ -489,8 +489,7 @@ fn measure(
     let mut errors = 0u64;
     for phase in Phase::ALL {
         bar.set_message(format!("run {run}/{} {kind}: {}", args.runs, phase.name()));
-        let counter_before = peer.traffic_counter(Proto::Tcp)?;
-        let kernel_before = peers::plain::forwarded_datagrams(hb.bt.gateway())?;
+        let check = peers::PhaseCheck::before(peer, hb.bt.gateway(), Proto::Tcp)?;
         let meter = cpu::CpuMeter::start(&peer.pids());
         let save = dir.join(format!("{}.txt", phase.name()));
         let r = match phase {
@@ -513,23 +512,7 @@ fn measure(
             values.insert("cpu_h1_machine".into(), used.machine_cores);
             values.insert("cpu_h1_dataplane".into(), used.dataplane_cores);
         }
-        let carried = peer
-            .traffic_counter(Proto::Tcp)?
-            .saturating_sub(counter_before);
-        ensure!(
-            carried > 0,
-            "{kind} did not carry the {p} phase: {} did not rise",
-            peer.counter_description()
-        );
-        values.insert(format!("sanity_{p}"), carried as f64);
-        let kernel_forwarded =
-            peers::plain::forwarded_datagrams(hb.bt.gateway())?.saturating_sub(kernel_before);
-        if kind != PeerKind::Plain {
-            ensure!(
-                kernel_forwarded == 0,
-                "the kernel forwarded {kernel_forwarded} packets itself during {kind}'s {p} phase"
-            );
-        }
+        check.after(peer, hb.bt.gateway(), p, values)?;
         bar.inc(1);
         std::thread::sleep(Duration::from_millis(300));
     }

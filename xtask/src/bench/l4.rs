@@ -241,8 +241,7 @@ fn measure(
             bar.inc(1);
             continue;
         }
-        let counter_before = peer.traffic_counter(phase.proto())?;
-        let kernel_before = peers::plain::forwarded_datagrams(bt.gateway())?;
+        let check = peers::PhaseCheck::before(peer, bt.gateway(), phase.proto())?;
         let meter = cpu::CpuMeter::start(&peer.pids());
         let mut put = |k: &str, v: f64| {
             values.insert(k.to_string(), v);
@@ -322,25 +321,7 @@ fn measure(
             );
         }
         // Sanity: the data plane carried this phase's traffic, and the kernel forwarded nothing by itself.
-        let carried = peer
-            .traffic_counter(phase.proto())?
-            .saturating_sub(counter_before);
-        ensure!(
-            carried > 0,
-            "{kind} did not carry the {} phase: {} did not rise",
-            phase.name(),
-            peer.counter_description()
-        );
-        values.insert(format!("sanity_{}", phase.name()), carried as f64);
-        let kernel_forwarded =
-            peers::plain::forwarded_datagrams(bt.gateway())?.saturating_sub(kernel_before);
-        if kind != PeerKind::Plain {
-            ensure!(
-                kernel_forwarded == 0,
-                "the kernel forwarded {kernel_forwarded} packets itself during {kind}'s {} phase",
-                phase.name()
-            );
-        }
+        check.after(peer, bt.gateway(), phase.name(), values)?;
         bar.inc(1);
         // Let connections close and flows settle between phases.
         std::thread::sleep(Duration::from_millis(300));

@@ -581,8 +581,7 @@ fn measure(
     warm_up(tb, &target, dir)?;
     for phase in Phase::ALL {
         bar.set_message(format!("run {run}/{} {kind}: {}", args.runs, phase.name()));
-        let counter_before = peer.traffic_counter(Proto::Tcp)?;
-        let kernel_before = peers::plain::forwarded_datagrams(tb.bt.gateway())?;
+        let check = peers::PhaseCheck::before(peer, tb.bt.gateway(), Proto::Tcp)?;
         let meter = cpu::CpuMeter::start(&peer.pids());
         let save = dir.join(format!("loadtest-{}.json", phase.name()));
         let mut put = |k: &str, v: f64| {
@@ -645,25 +644,7 @@ fn measure(
                 put("mem_sockets_per_conn", sockets);
             }
         }
-        let carried = peer
-            .traffic_counter(Proto::Tcp)?
-            .saturating_sub(counter_before);
-        ensure!(
-            carried > 0,
-            "{kind} did not carry the {} phase: {} did not rise",
-            phase.name(),
-            peer.counter_description()
-        );
-        values.insert(format!("sanity_{}", phase.name()), carried as f64);
-        let kernel_forwarded =
-            peers::plain::forwarded_datagrams(tb.bt.gateway())?.saturating_sub(kernel_before);
-        if kind != PeerKind::Plain {
-            ensure!(
-                kernel_forwarded == 0,
-                "the kernel forwarded {kernel_forwarded} packets itself during {kind}'s {} phase",
-                phase.name()
-            );
-        }
+        check.after(peer, tb.bt.gateway(), phase.name(), values)?;
         bar.inc(1);
         // Let connections close and TIME_WAITs settle between phases.
         std::thread::sleep(Duration::from_millis(300));

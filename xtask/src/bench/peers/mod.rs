@@ -129,3 +129,48 @@ pub trait Peer {
 pub fn ns_processes(ns: &Netns) -> Vec<u32> {
     ns.pids()
 }
+
+/// The sanity check around one measurement phase: the data plane's own counter must rise (it carried the
+/// traffic) and, for every data plane but plain forwarding, the kernel must forward nothing by itself
+/// (`Ip: ForwDatagrams` of the gateway namespace).
+pub struct PhaseCheck {
+    proto: Proto,
+    counter: u64,
+    forwarded: u64,
+}
+
+impl PhaseCheck {
+    pub fn before(peer: &dyn Peer, gateway_ns: &Netns, proto: Proto) -> anyhow::Result<Self> {
+        Ok(PhaseCheck {
+            proto,
+            counter: peer.traffic_counter(proto)?,
+            forwarded: plain::forwarded_datagrams(gateway_ns)?,
+        })
+    }
+
+    /// Checks after the phase `phase`; records the counter's rise as `sanity_<phase>` in `values`.
+    pub fn after(
+        self,
+        peer: &dyn Peer,
+        gateway_ns: &Netns,
+        phase: &str,
+        values: &mut super::RunValues,
+    ) -> anyhow::Result<()> {
+        let kind = peer.kind();
+        let carried = peer
+            .traffic_counter(self.proto)?
+            .saturating_sub(self.counter);
+        anyhow::ensure!(
+            carried > 0,
+            "{kind} did not carry the {phase} phase: {} did not rise",
+            peer.counter_description()
+        );
+        values.insert(format!("sanity_{phase}"), carried as f64);
+        let forwarded = plain::forwarded_datagrams(gateway_ns)?.saturating_sub(self.forwarded);
+        anyhow::ensure!(
+            kind == PeerKind::Plain || forwarded == 0,
+            "the kernel forwarded {forwarded} packets itself during {kind}'s {phase} phase"
+        );
+        Ok(())
+    }
+}
