@@ -463,3 +463,224 @@ fn loadtest_through_tls_passthrough() -> Result<()> {
     );
     Ok(())
 }
+
+/// A minimal HTTP/1.1 server on 0.0.0.0:`port` in `ns` (keep-alive, GETs only) answering every request with a
+/// 5-byte body and counting the requests; stopped on drop.
+struct CountingHttp {
+    requests: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CountingHttp {
+    fn start(ns: &Netns, port: u16) -> Result<CountingHttp> {
+        let requests = Arc::new(AtomicU64::new(0));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let r = Arc::clone(&requests);
+        let thread = ns.spawn_thread(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+                    Ok(l) => {
+                        let _ = ready_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let accept = async {
+                    loop {
+                        let Ok((mut tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let r = Arc::clone(&r);
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            let mut pending = Vec::new();
+                            loop {
+                                let n = match tcp.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                pending.extend_from_slice(&buf[..n]);
+                                while let Some(i) =
+                                    pending.windows(4).position(|w| w == b"\r\n\r\n")
+                                {
+                                    pending.drain(..i + 4);
+                                    r.fetch_add(1, SeqCst);
+                                    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+                                    if tcp.write_all(resp).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stop_rx => {}
+                }
+            });
+        })?;
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("the counting HTTP server did not start")?
+            .map_err(anyhow::Error::msg)
+            .context("binding the counting HTTP server")?;
+        Ok(CountingHttp {
+            requests,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for CountingHttp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// HTTP/2 (h2c, prior knowledge) through the gateway's HTTP proxy: the requests the load tester counts are the
+/// requests the backend answered (the proxy speaks HTTP/1.1 to it), and the body bytes match.
+#[test]
+fn loadtest_h2c_through_the_http_proxy() -> Result<()> {
+    const BACKEND_PORT: u16 = 8080;
+    let topo = Topology::builder().backends(1).build()?;
+    let backend = CountingHttp::start(topo.backend(1), BACKEND_PORT)?;
+    let yaml = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: ebpf}}
+spec: {{controllerName: ebpf-gateway.dev/gatewayclass-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: infra}}
+spec:
+  gatewayClassName: ebpf
+  addresses: [{{type: IPAddress, value: {vip}}}]
+  listeners:
+  - {{name: http, protocol: HTTP, port: 80}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: infra}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: ["h2.example.com"]
+  rules:
+  - backendRefs: [{{name: web, port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: infra}}
+spec:
+  ports: [{{port: 80, targetPort: {BACKEND_PORT}, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-a1, namespace: infra, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{port: {BACKEND_PORT}, protocol: TCP}}]
+endpoints:
+- addresses: ["{addr}"]
+  conditions: {{ready: true}}
+"#,
+        vip = topology::vip(1),
+        addr = topo.backend_addr(1)
+    );
+    let dir = tempfile::tempdir()?;
+    let config = write_manifests(dir.path(), &yaml)?;
+    let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
+    let target = format!("{}:80", topology::vip(1));
+    let h2c = [
+        target.as_str(),
+        "--protocol",
+        "h2c",
+        "--host",
+        "h2.example.com",
+        "-q",
+    ];
+
+    // The listener may take a moment after /readyz.
+    let mut warm = false;
+    for _ in 0..30 {
+        let out = loadtest(&topo, &[&h2c[..], &["--max-connections", "1"]].concat())?;
+        if out.status.success() {
+            warm = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(warm, "no HTTP/2 request through the gateway succeeded");
+    let before = backend.requests.load(SeqCst);
+    let metric_before = http_requests(&gw)?;
+
+    // 4 HTTP/2 connections for 1 s, a request every 20 ms on each.
+    let json = dir.path().join("h2c.json");
+    let out = loadtest(
+        &topo,
+        &[
+            &h2c[..],
+            &[
+                "--mode",
+                "concurrent",
+                "--connections",
+                "4",
+                "--interval",
+                "20ms",
+                "--duration",
+                "1s",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    )?;
+    ensure!(out.status.success(), "loadtest failed: {}", show(&out));
+    let s = read_json(&json)?;
+    let exchanges = u(&s, "exchanges");
+    ensure!(
+        u(&s, "errors_total") == 0 && u(&s, "connections") == 4,
+        "{s}"
+    );
+    ensure!(exchanges >= 100, "exchanges {exchanges}");
+    let answered = backend.requests.load(SeqCst) - before;
+    ensure!(
+        answered == exchanges,
+        "the backend answered {answered} requests, the load tester counted {exchanges}"
+    );
+    ensure!(u(&s, "bytes_received") == 5 * exchanges, "{s}");
+    let proxied = http_requests(&gw)? - metric_before;
+    ensure!(
+        proxied == exchanges,
+        "the proxy counted {proxied} requests, the load tester {exchanges}"
+    );
+    Ok(())
+}
+
+/// `gateway_http_requests_total` summed over its labels.
+fn http_requests(gw: &GatewayProcess) -> Result<u64> {
+    let (status, body) = gw.admin_get("/metrics")?;
+    ensure!(status == 200, "GET /metrics answered {status}");
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("gateway_http_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum())
+}

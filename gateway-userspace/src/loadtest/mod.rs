@@ -2,7 +2,7 @@
 //!
 //! Protocols (`protocols.rs`): plain TCP and TLS (rustls, real handshakes, `--sni` round robin) against an
 //! echo, a canned ClientHello for handshake-free connection-rate tests of TLS passthrough, UDP, and HTTP/1.1
-//! (plain or over TLS). Modes:
+//! (plain or over TLS), HTTP/2 (h2c prior knowledge, or TLS with ALPN h2; `h2.rs`). Modes:
 //!
 //! - `rate`: `--rate N` new connections per second, open loop (`rate.rs`): each connection does one exchange
 //!   and closes; latencies are measured from the intended start;
@@ -15,6 +15,7 @@
 //! (`stats.rs`): HDR histograms of connect, handshake, time to first byte and full exchange, errors by kind, a
 //! per-second timeline. Output (`report.rs`): a live progress bar on a terminal, a final table, `--json FILE`
 //! and `--svg FILE` (percentiles and throughput per second).
+pub mod h2;
 pub mod protocols;
 pub mod rate;
 pub mod report;
@@ -31,7 +32,7 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::{io::AsyncWriteExt, task::JoinSet};
+use tokio::task::JoinSet;
 
 pub use protocols::Protocol;
 use protocols::{Ctx, ProtocolError, Target, TargetOptions};
@@ -362,19 +363,15 @@ async fn one_shot(ctx: Ctx, t0: Instant) {
             let sock = ctx.udp_socket().await?;
             return ctx.datagram(&sock, t0).await;
         }
-        let mut conn = ctx.open(t0).await?;
-        ctx.exchange(&mut conn, t0, false).await?;
-        close(&mut conn).await;
+        let mut link = ctx.connect(t0).await?;
+        ctx.request(&mut link, t0, false).await?;
+        link.close().await;
         Ok::<_, ProtocolError>(())
     }
     .await;
     if let Err(e) = result {
         ctx.error(e.kind());
     }
-}
-
-async fn close(conn: &mut protocols::Conn) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
 }
 
 /// Pause before reconnecting after a failure, so a dead target does not spin the client.
@@ -401,7 +398,7 @@ async fn long_lived(
         let opened = if udp {
             ctx.udp_socket().await.map(|s| sock = Some(s))
         } else {
-            ctx.open(t0).await.map(|c| conn = Some(c))
+            ctx.connect(t0).await.map(|c| conn = Some(c))
         };
         if let Err(e) = opened {
             ctx.error(e.kind());
@@ -411,7 +408,7 @@ async fn long_lived(
         loop {
             let t = Instant::now();
             let result = match (&mut conn, &sock) {
-                (Some(c), _) => ctx.exchange(c, t, true).await,
+                (Some(c), _) => ctx.request(c, t, true).await,
                 (None, Some(s)) => ctx.datagram(s, t).await.map(|()| true),
                 (None, None) => Ok(false),
             };
@@ -426,15 +423,15 @@ async fn long_lived(
             }
             let next = tokio::time::Instant::from(t) + interval;
             if next >= deadline {
-                if let Some(c) = &mut conn {
-                    close(c).await;
+                if let Some(c) = conn.take() {
+                    c.close().await;
                 }
                 return;
             }
             tokio::time::sleep_until(next).await;
         }
-        if let Some(c) = &mut conn {
-            close(c).await;
+        if let Some(c) = conn.take() {
+            c.close().await;
         }
     }
 }

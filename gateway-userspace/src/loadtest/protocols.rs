@@ -1,7 +1,7 @@
 //! The protocols the load tester speaks, one attempt or exchange at a time: plain TCP and TLS (rustls, real
 //! handshakes with chosen SNIs) against an echo, a canned ClientHello (connection-rate tests without a
-//! handshake: the attempt ends at the server's first byte), UDP datagrams, and HTTP/1.1 GET (plain or over
-//! TLS) with a small built-in client.
+//! handshake: the attempt ends at the server's first byte), UDP datagrams, HTTP/1.1 GET (plain or over TLS)
+//! with a small built-in client, and HTTP/2 GET (h2c prior knowledge, or TLS with ALPN h2; see `h2.rs`).
 //!
 //! Every function records what it measured into the shared [`Stats`] through a [`Ctx`]; bytes are counted as
 //! they move (plaintext for TLS), so the totals match what the server read and wrote.
@@ -50,12 +50,22 @@ pub enum Protocol {
     Http,
     /// HTTP/1.1 GET `--path` over TLS (rustls).
     Https,
+    /// HTTP/2 GET `--path` over cleartext TCP, prior knowledge (h2c); requests share a connection in
+    /// concurrent mode.
+    H2c,
+    /// HTTP/2 GET `--path` over TLS (rustls, ALPN `h2` required).
+    H2,
 }
 
 impl Protocol {
     /// Whether this protocol does a rustls handshake.
     pub fn is_tls(self) -> bool {
-        matches!(self, Protocol::Tls | Protocol::Https)
+        matches!(self, Protocol::Tls | Protocol::Https | Protocol::H2)
+    }
+
+    /// Whether this protocol speaks HTTP/2.
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2)
     }
 }
 
@@ -114,6 +124,8 @@ pub struct Target {
     clienthello: Vec<u8>,
     http_close: Vec<u8>,
     http_keep_alive: Vec<u8>,
+    /// The request URI of HTTP/2 GETs (`http[s]://host/path`: scheme and `:authority` come from it).
+    pub(super) h2_uri: http::Uri,
 }
 
 /// Options a [`Target`] is built from.
@@ -200,7 +212,28 @@ impl Target {
             )
             .into_bytes()
         };
+        let scheme = if o.protocol == Protocol::H2 {
+            "https"
+        } else {
+            "http"
+        };
+        let h2_uri = if o.protocol.is_h2() {
+            // An IPv6 literal needs its brackets back in the authority.
+            let authority = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            };
+            format!("{scheme}://{authority}{}", o.path)
+                .parse::<http::Uri>()
+                .map_err(|e| {
+                    ProtocolError::Setup(format!("HTTP/2 URI from {host:?} and {:?}: {e}", o.path))
+                })?
+        } else {
+            http::Uri::from_static("/")
+        };
         Ok(Target {
+            h2_uri,
             addr: o.addr,
             protocol: o.protocol,
             timeout: o.timeout,
@@ -252,8 +285,10 @@ fn tls_config(o: &TargetOptions<'_>) -> Result<ClientConfig, ProtocolError> {
     if !o.tls_resume {
         config.resumption = rustls::client::Resumption::disabled();
     }
-    if o.protocol == Protocol::Https {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    match o.protocol {
+        Protocol::Https => config.alpn_protocols = vec![b"http/1.1".to_vec()],
+        Protocol::H2 => config.alpn_protocols = vec![b"h2".to_vec()],
+        _ => {}
     }
     Ok(config)
 }
@@ -353,7 +388,7 @@ impl Ctx {
         self.with(|s, _| s.attempts += 1);
     }
 
-    async fn timed<T, F>(&self, f: F) -> Result<T, ProtocolError>
+    pub(super) async fn timed<T, F>(&self, f: F) -> Result<T, ProtocolError>
     where
         F: std::future::Future<Output = Result<T, ProtocolError>>,
     {
@@ -390,6 +425,13 @@ impl Ctx {
                     })
                     .await?;
                 self.record(Phase::Handshake, started);
+                if self.target.protocol == Protocol::H2
+                    && tls.get_ref().1.alpn_protocol() != Some(&b"h2"[..])
+                {
+                    return Err(ProtocolError::Tls(
+                        "the server did not select h2 by ALPN".into(),
+                    ));
+                }
                 Ok(Box::new(tls))
             }
         }
@@ -415,6 +457,9 @@ impl Ctx {
                 }
                 Protocol::Http | Protocol::Https => self.http(conn, t0, keep_alive).await,
                 Protocol::Udp => Err(ProtocolError::Setup("UDP has no stream".into())),
+                Protocol::H2c | Protocol::H2 => Err(ProtocolError::Setup(
+                    "HTTP/2 exchanges go through a Link (h2.rs)".into(),
+                )),
             }
         })
         .await

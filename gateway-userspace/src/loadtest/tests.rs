@@ -164,6 +164,11 @@ struct Tls {
 }
 
 fn tls() -> Tls {
+    tls_alpn(&[])
+}
+
+/// [`tls`] with a server that offers these ALPN protocols.
+fn tls_alpn(alpn: &[&[u8]]) -> Tls {
     let pki = gateway_tests::pki::Pki::new("loadtest-ca").unwrap();
     let leaf = pki
         .issue("server", &["a.example.com", "b.example.com"])
@@ -180,6 +185,8 @@ fn tls() -> Tls {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .unwrap();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Tls {
         ca: pki.ca_path().display().to_string(),
         _pki: pki,
@@ -673,4 +680,150 @@ fn summary_outputs() {
     let svg = s.svg();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), 4);
+}
+
+/// What the HTTP/2 test server saw.
+#[derive(Default)]
+struct H2Seen {
+    connections: AtomicU64,
+    requests: AtomicU64,
+    http2_requests: AtomicU64,
+    body_bytes: AtomicU64,
+    authorities: Mutex<BTreeSet<String>>,
+}
+
+/// An HTTP/2-only server (hyper) on 127.0.0.1, cleartext (h2c prior knowledge) or TLS, answering every request
+/// with a 10-byte body and counting connections, requests and body bytes.
+async fn h2_server(tls: Option<TlsAcceptor>) -> (SocketAddr, Arc<H2Seen>) {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(H2Seen::default());
+    let s = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            s.connections.fetch_add(1, SeqCst);
+            let (s, tls) = (Arc::clone(&s), tls.clone());
+            tokio::spawn(async move {
+                let io: protocols::Conn = match tls {
+                    None => Box::new(tcp),
+                    Some(acc) => match acc.accept(tcp).await {
+                        Ok(t) => Box::new(t),
+                        Err(_) => return,
+                    },
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let s = Arc::clone(&s);
+                        async move {
+                            s.requests.fetch_add(1, SeqCst);
+                            if req.version() == http::Version::HTTP_2 {
+                                s.http2_requests.fetch_add(1, SeqCst);
+                            }
+                            if let Some(a) = req.uri().authority() {
+                                s.authorities.lock().unwrap().insert(a.to_string());
+                            }
+                            let body = bytes::Bytes::from_static(b"hello, h2!");
+                            s.body_bytes.fetch_add(body.len() as u64, SeqCst);
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body)))
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_and_h2_counts_match_the_server() {
+    // h2c by prior knowledge, concurrent mode: every request of a connection on one HTTP/2 connection.
+    let (addr, seen) = h2_server(None).await;
+    let a = args(&[
+        &addr.to_string(),
+        "--protocol",
+        "h2c",
+        "--mode",
+        "concurrent",
+        "--connections",
+        "3",
+        "--interval",
+        "20ms",
+        "--duration",
+        "500ms",
+        "--host",
+        "h2.example.com",
+        "--path",
+        "/x",
+    ]);
+    let s = execute(&a, false).await.unwrap();
+    assert_eq!(s.errors_total, 0, "errors: {:?}", s.errors);
+    assert_eq!(s.connections, 3);
+    assert_eq!(
+        seen.connections.load(SeqCst),
+        3,
+        "one HTTP/2 connection each"
+    );
+    assert!(s.exchanges >= 60, "exchanges {}", s.exchanges);
+    assert_eq!(s.exchanges, seen.requests.load(SeqCst));
+    assert_eq!(seen.http2_requests.load(SeqCst), s.exchanges);
+    assert_eq!(s.bytes_received, seen.body_bytes.load(SeqCst));
+    assert_eq!(s.latency_us["ttfb"].count, s.exchanges);
+    assert_eq!(
+        *seen.authorities.lock().unwrap(),
+        BTreeSet::from(["h2.example.com".to_string()])
+    );
+
+    // HTTP/2 over TLS (ALPN h2), rate mode: one connection, one handshake and one request per attempt.
+    let t = tls_alpn(&[b"h2"]);
+    let (addr, seen) = h2_server(Some(t.acceptor.clone())).await;
+    let a = args(&[
+        &addr.to_string(),
+        "--protocol",
+        "h2",
+        "--sni",
+        "a.example.com",
+        "--ca",
+        &t.ca,
+        "--rate",
+        "100",
+        "--duration",
+        "500ms",
+    ]);
+    let s = execute(&a, false).await.unwrap();
+    assert_eq!(s.errors_total, 0, "errors: {:?}", s.errors);
+    assert_eq!((s.connections, s.exchanges), (50, 50));
+    assert_eq!(s.latency_us["handshake"].count, 50);
+    assert_eq!(seen.connections.load(SeqCst), 50);
+    assert_eq!(seen.requests.load(SeqCst), 50);
+    assert_eq!(seen.http2_requests.load(SeqCst), 50);
+    assert_eq!(s.bytes_received, 50 * 10);
+
+    // A TLS server that does not select h2: every attempt fails as a TLS error, no request is sent.
+    let t = tls();
+    let (addr, seen) = h2_server(Some(t.acceptor.clone())).await;
+    let a = args(&[
+        &addr.to_string(),
+        "--protocol",
+        "h2",
+        "--sni",
+        "a.example.com",
+        "--ca",
+        &t.ca,
+        "--rate",
+        "20",
+        "--duration",
+        "500ms",
+    ]);
+    let s = execute(&a, false).await.unwrap();
+    assert_eq!(s.errors.get("tls"), Some(&10), "errors: {:?}", s.errors);
+    assert_eq!(s.exchanges, 0);
+    assert_eq!(seen.requests.load(SeqCst), 0);
 }

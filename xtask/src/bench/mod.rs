@@ -1,54 +1,58 @@
-//! `cargo xtask bench l4`: the data plane measured side by side with plain kernel forwarding, HAProxy and NGINX
-//! on one topology (client → gateway namespace → backend, veth pairs), one data plane at a time.
+//! `cargo xtask bench [l4|tls|http|all]`: this gateway measured side by side with plain kernel forwarding,
+//! HAProxy, NGINX and Envoy on one topology (client → gateway namespace → backend, veth pairs), one data plane
+//! at a time, in one invocation.
 //!
-//! Per run and data plane: TCP throughput with 1 and 4 streams and UDP packets per second (iperf3), new
-//! connections per second and request/response latency (this crate's load generator, `loadgen`), and the CPU
-//! used meanwhile (`cpu`). Every phase checks that the data plane's own counter rose (it carried the traffic)
-//! and that the kernel did not forward anything itself (except in the plain-forwarding baseline). The median
-//! of `--runs` runs goes into bench/l4/REPORT.md, bench/l4/results.json and bench/l4/*.svg (`report`); every raw
-//! output goes to bench/runs/ (git-ignored).
+//! - `l4` (`l4.rs`): TCP throughput with 1 and 4 streams and UDP packets per second (iperf3), new connections
+//!   per second and request/response latency (this crate's `loadgen`), CPU (`cpu`).
+//! - `tls` (`tls.rs`): TLS passthrough routed by SNI — bulk throughput through one connection, new passthrough
+//!   connections per second, time to first byte, memory per established connection (`gateway loadtest` as the
+//!   client, a rustls echo in the backend).
+//! - `http` (`http.rs`): small responses through HTTP proxies — wrk (keep-alive and a new connection per
+//!   request) and h2load (h2c), against NGINX serving a static body in the backend.
+//!
+//! Every phase checks that the data plane's own counter rose (it carried the traffic) and that the kernel did
+//! not forward anything itself (except in the plain-forwarding baseline). The median of `--runs` runs goes into
+//! bench/<suite>/REPORT.md, results.json and *.svg (`report`); every raw output goes to bench/runs/
+//! (git-ignored).
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{build, cmd, setup};
 
 mod cpu;
+mod http;
 mod iperf;
+mod l4;
 mod loadgen;
+mod memory;
 mod peers;
 mod report;
+mod tls;
+mod tls_echo;
+mod tools;
 mod topology;
 
-use peers::{Peer, PeerKind, Proto};
+use peers::PeerKind;
 
 /// Port of iperf3 (TCP and UDP) behind every data plane.
 pub const IPERF_PORT: u16 = 5201;
-/// UDP datagram payload for the packets-per-second test, and the offered rate (far above what 2 cores reach).
-const UDP_DATAGRAM: u32 = 64;
-const UDP_RATE: &str = "2G";
-/// Connection-rate threads in the client namespace.
-const CPS_THREADS: usize = 4;
-/// Upper bounds on the work of one phase, whatever the duration.
-const MAX_CONNECTIONS: u64 = 2_000_000;
-const MAX_EXCHANGES: u64 = 2_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
     /// TCP and UDP forwarding (the kernel path).
     L4,
-    /// TLS passthrough (not written yet).
+    /// TLS passthrough routed by SNI (this gateway's userspace passthrough path).
     Tls,
-    /// HTTP routing (not written yet).
+    /// HTTP routing through this gateway's HTTP proxy.
     Http,
-    /// Every suite that exists.
+    /// l4, tls and http, one after the other.
     All,
 }
 
@@ -74,133 +78,169 @@ pub struct BenchArgs {
     pub no_build: bool,
 }
 
-/// One data plane's numbers of one run, by metric key (see `report::METRICS`).
+/// One data plane's numbers of one run, by metric key (see the suites' metric lists in `report`).
 pub type RunValues = BTreeMap<String, f64>;
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    match args.suite {
-        Suite::L4 => l4(args),
-        Suite::All => {
-            eprintln!(
-                "bench all: only the l4 suite exists so far (tls and http are still to be written)"
-            );
-            l4(args)
-        }
-        Suite::Tls | Suite::Http => bail!(
-            "the {:?} benchmark is not written yet; `cargo xtask bench l4` is",
-            args.suite
-        ),
-    }
+/// What every suite needs, prepared once per invocation.
+pub struct Session {
+    pub gateway_bin: PathBuf,
+    pub stamp: String,
 }
 
-fn l4(args: &BenchArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     ensure!((1..=21).contains(&args.runs), "--runs must be 1..=21");
     ensure!(
         (1..=60).contains(&args.duration),
         "--duration must be 1..=60 seconds"
     );
-    let mut kinds: Vec<PeerKind> = if args.peers.is_empty() {
-        PeerKind::ALL.to_vec()
-    } else {
-        args.peers.clone()
-    };
-    kinds.push(PeerKind::Plain);
-    kinds.sort();
-    kinds.dedup();
-
     if !args.no_setup {
         setup::run(&setup::SetupArgs { bench: true })?;
     }
     let gateway_bin = gateway_binary(args)?;
     std::env::set_var("GATEWAY_BIN", &gateway_bin);
-    check_tools(&kinds)?;
-    let machine = report::Machine::describe(&gateway_bin);
-
-    let root = cmd::root();
     let stamp = cmd::output(Command::new("date").args(["-u", "+%Y%m%dT%H%M%SZ"]))?
         .trim()
         .to_string();
-    let raw = root.join("bench/runs").join(format!("l4-{stamp}"));
-    std::fs::create_dir_all(&raw).with_context(|| format!("creating {}", raw.display()))?;
-    let command = command_line(args);
-    eprintln!(
-        "bench l4: {} runs × {} data planes, {} s phases; raw outputs in {}",
-        args.runs,
-        kinds.len(),
-        args.duration,
-        raw.display()
-    );
+    let session = Session { gateway_bin, stamp };
+    let suites: &[Suite] = match args.suite {
+        Suite::All => &[Suite::L4, Suite::Tls, Suite::Http],
+        Suite::L4 => &[Suite::L4],
+        Suite::Tls => &[Suite::Tls],
+        Suite::Http => &[Suite::Http],
+    };
+    let mut summaries = Vec::new();
+    for &suite in suites {
+        let summary = match suite {
+            Suite::L4 => l4::run(args, &session),
+            Suite::Tls => tls::run(args, &session),
+            Suite::Http => http::run(args, &session),
+            Suite::All => unreachable!("expanded above"),
+        }
+        .with_context(|| format!("bench {}", suite_name(suite)))?;
+        summaries.push(summary);
+    }
+    if summaries.len() > 1 {
+        for s in summaries {
+            println!("{s}");
+        }
+    }
+    Ok(())
+}
 
-    let mut bt = topology::BenchTopology::build()?;
-    let phases = Phase::ALL.len() as u64;
-    let bar = ProgressBar::new(args.runs as u64 * kinds.len() as u64 * phases);
+fn suite_name(s: Suite) -> &'static str {
+    match s {
+        Suite::L4 => "l4",
+        Suite::Tls => "tls",
+        Suite::Http => "http",
+        Suite::All => "all",
+    }
+}
+
+/// The data planes to measure in `suite`: `--peers` (or every one the suite supports), plus the baseline.
+pub fn peer_kinds(args: &BenchArgs, supported: &[PeerKind]) -> Vec<PeerKind> {
+    let mut kinds: Vec<PeerKind> = if args.peers.is_empty() {
+        supported.to_vec()
+    } else {
+        args.peers
+            .iter()
+            .copied()
+            .filter(|k| supported.contains(k))
+            .collect()
+    };
+    kinds.push(PeerKind::Plain);
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// A directory for one suite's raw outputs: bench/runs/<suite>-<stamp>.
+pub fn raw_dir(session: &Session, suite: &str) -> anyhow::Result<PathBuf> {
+    let raw = cmd::root()
+        .join("bench/runs")
+        .join(format!("{suite}-{}", session.stamp));
+    std::fs::create_dir_all(&raw).with_context(|| format!("creating {}", raw.display()))?;
+    Ok(raw)
+}
+
+/// The progress bar of a suite: `len` steps.
+pub fn progress_bar(suite: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner:.green} bench l4 [{bar:30.cyan/blue}] {pos}/{len} {elapsed_precise} {msg}",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{spinner:.green}} bench {suite} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {{elapsed_precise}} {{msg}}"
+        ))
         .expect("valid template")
         .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
-    let mut results: BTreeMap<PeerKind, Vec<RunValues>> = BTreeMap::new();
-    // Runs are interleaved (run 1 of every data plane, then run 2, ...) so a slow drift of the machine does
-    // not favour one of them.
-    for run in 1..=args.runs {
-        for &kind in &kinds {
-            let dir = raw.join(format!("run{run}")).join(kind.name());
-            std::fs::create_dir_all(&dir)?;
-            let values = run_peer(&mut bt, kind, run, args, &bar, &dir).with_context(|| {
-                format!("run {run} of {kind}; raw outputs in {}", dir.display())
-            })?;
-            std::fs::write(
-                dir.join("values.json"),
-                serde_json::to_string_pretty(&values)?,
-            )?;
-            // (indicatif's println is silent when stderr is not a terminal.)
-            bar.suspend(|| {
-                eprintln!(
-                    "  run {run}/{} {:<8} {}",
-                    args.runs,
-                    kind.name(),
-                    report::one_line(&values)
-                )
-            });
-            results.entry(kind).or_default().push(values);
-        }
-    }
-    bar.finish_and_clear();
-    let names = bt.topo.namespace_names();
-    drop(bt);
-    eprintln!("removed namespaces {}", names.join(", "));
+    bar
+}
 
+/// Prints one run's line above the progress bar (indicatif's println is silent when stderr is not a terminal).
+pub fn print_run(
+    bar: &ProgressBar,
+    suite: &report::Suite,
+    run: usize,
+    runs: usize,
+    kind: PeerKind,
+    v: &RunValues,
+) {
+    bar.suspend(|| {
+        eprintln!(
+            "  run {run}/{runs} {:<8} {}",
+            kind.name(),
+            report::one_line(suite, v)
+        )
+    });
+}
+
+/// Writes the report of a finished suite (bench/<suite>/ and the raw directory), prints its table, and returns
+/// the table for `bench all`'s closing summary.
+#[allow(clippy::too_many_arguments)]
+pub fn finish(
+    suite: &'static report::Suite,
+    args: &BenchArgs,
+    session: &Session,
+    kinds: &[PeerKind],
+    results: BTreeMap<PeerKind, Vec<RunValues>>,
+    raw: &Path,
+    started: Instant,
+    method: Vec<String>,
+    notes: Vec<String>,
+) -> anyhow::Result<String> {
     let report = report::Report::new(
-        machine,
-        command,
-        args.runs,
-        args.duration,
-        &kinds,
+        suite,
+        report::ReportInput {
+            machine: report::Machine::describe(&session.gateway_bin),
+            command: command_line(args, suite.name),
+            runs: args.runs,
+            duration_s: args.duration,
+            raw: raw.to_path_buf(),
+            method,
+            notes,
+        },
+        kinds,
         results,
-        raw.clone(),
     );
-    let out = root.join("bench/l4");
+    let out = cmd::root().join("bench").join(suite.name);
     report.write(&out)?;
     std::fs::write(
         raw.join("results.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    println!("{}", report.summary_table());
+    let table = report.summary_table();
+    println!("{table}");
     println!(
         "report: {}  (charts and results.json beside it; raw outputs: {}) — {:.0?}",
         out.join("REPORT.md").display(),
         raw.display(),
         started.elapsed()
     );
-    Ok(())
+    Ok(table)
 }
 
-fn command_line(args: &BenchArgs) -> String {
-    let mut c = String::from("cargo xtask bench l4");
+fn command_line(args: &BenchArgs, suite: &str) -> String {
+    let mut c = format!("cargo xtask bench {suite}");
     if args.runs != 3 {
         c.push_str(&format!(" --runs {}", args.runs));
     }
@@ -247,8 +287,9 @@ fn gateway_binary(args: &BenchArgs) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn check_tools(kinds: &[PeerKind]) -> anyhow::Result<()> {
-    let mut need = vec![("iperf3", "--version")];
+/// Checks that the tools of `kinds` (and `extra`, e.g. iperf3 or wrk) are installed.
+pub fn check_tools(kinds: &[PeerKind], extra: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut need: Vec<(&str, &str)> = extra.to_vec();
     if kinds.contains(&PeerKind::Haproxy) {
         need.push(("haproxy", "-v"));
     }
@@ -260,243 +301,14 @@ fn check_tools(kinds: &[PeerKind]) -> anyhow::Result<()> {
             peers::nginx::STREAM_MODULE
         );
     }
+    if kinds.contains(&PeerKind::Envoy) {
+        setup::envoy_binary().context("Envoy: run `cargo xtask setup --bench`")?;
+    }
     for (tool, flag) in need {
         ensure!(
             cmd::succeeds(Command::new(tool).arg(flag)),
             "{tool} is missing: run `cargo xtask setup --bench`"
         );
-    }
-    Ok(())
-}
-
-/// The measurement phases of one run, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Tcp1,
-    Tcp4,
-    Udp,
-    ConnRate,
-    LatencyPersistent,
-    LatencyFresh,
-}
-
-impl Phase {
-    const ALL: [Phase; 6] = [
-        Phase::Tcp1,
-        Phase::Tcp4,
-        Phase::Udp,
-        Phase::ConnRate,
-        Phase::LatencyPersistent,
-        Phase::LatencyFresh,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Phase::Tcp1 => "tcp1",
-            Phase::Tcp4 => "tcp4",
-            Phase::Udp => "udp",
-            Phase::ConnRate => "cps",
-            Phase::LatencyPersistent => "rr",
-            Phase::LatencyFresh => "crr",
-        }
-    }
-
-    fn proto(self) -> Proto {
-        if self == Phase::Udp {
-            Proto::Udp
-        } else {
-            Proto::Tcp
-        }
-    }
-}
-
-fn start_peer<'a>(
-    bt: &'a topology::BenchTopology,
-    kind: PeerKind,
-) -> anyhow::Result<Box<dyn Peer + 'a>> {
-    let (ns, vip, backend) = (bt.gateway(), bt.vip(), bt.backend_addr());
-    Ok(match kind {
-        PeerKind::Plain => Box::new(peers::plain::Plain::start(ns, backend)?),
-        PeerKind::Gateway => Box::new(peers::gateway::Gateway::start(ns, vip, backend)?),
-        PeerKind::Haproxy => Box::new(peers::haproxy::Haproxy::start(ns, vip, backend)?),
-        PeerKind::Nginx => Box::new(peers::nginx::Nginx::start(ns, vip, backend)?),
-    })
-}
-
-/// Checks, after a data plane stopped, that the gateway namespace is back to its neutral state.
-fn check_clean(bt: &topology::BenchTopology) -> anyhow::Result<()> {
-    let ns = bt.gateway();
-    ensure!(
-        ns.sysctl("net.ipv4.ip_forward")? == "0",
-        "ip_forward was left on in the gateway namespace"
-    );
-    let addrs = ns.ip(&["-4", "addr", "show", "dev", "lo"])?;
-    ensure!(
-        !addrs.contains(&bt.vip().to_string()),
-        "the Gateway address was left on lo"
-    );
-    let left = ns.pids();
-    ensure!(
-        left.is_empty(),
-        "processes left in the gateway namespace: {left:?}"
-    );
-    Ok(())
-}
-
-fn run_peer(
-    bt: &mut topology::BenchTopology,
-    kind: PeerKind,
-    run: usize,
-    args: &BenchArgs,
-    bar: &ProgressBar,
-    dir: &Path,
-) -> anyhow::Result<RunValues> {
-    let mut values = RunValues::new();
-    bar.set_message(format!("run {run}/{} {kind}: starting", args.runs));
-    let outcome = (|| -> anyhow::Result<()> {
-        let peer = start_peer(bt, kind)?;
-        let result = measure(bt, peer.as_ref(), run, args, bar, dir, &mut values);
-        values.extend(peer.run_counters());
-        peer.save_logs(dir);
-        result
-    })();
-    if outcome.is_err() {
-        // A failed iperf3 client may leave the server busy for the next data plane.
-        let _ = bt.restart_iperf_server();
-    }
-    outcome?;
-    check_clean(bt)?;
-    Ok(values)
-}
-
-/// Runs every phase against a started data plane.
-fn measure(
-    bt: &topology::BenchTopology,
-    peer: &dyn Peer,
-    run: usize,
-    args: &BenchArgs,
-    bar: &ProgressBar,
-    dir: &Path,
-    values: &mut RunValues,
-) -> anyhow::Result<()> {
-    let kind = peer.kind();
-    let target = peer.target();
-    let client = bt.client();
-    loadgen::probe(
-        client,
-        SocketAddr::from((target, loadgen::ACCEPT_CLOSE_PORT)),
-    )?;
-    let secs = args.duration;
-    let half = Duration::from_secs_f64(secs as f64 / 2.0);
-    for phase in Phase::ALL {
-        bar.set_message(format!("run {run}/{} {kind}: {}", args.runs, phase.name()));
-        if phase.proto() == Proto::Udp && !peer.udp() {
-            bar.inc(1);
-            continue;
-        }
-        let counter_before = peer.traffic_counter(phase.proto())?;
-        let kernel_before = peers::plain::forwarded_datagrams(bt.gateway())?;
-        let meter = cpu::CpuMeter::start(&peer.pids());
-        let mut put = |k: &str, v: f64| {
-            values.insert(k.to_string(), v);
-        };
-        match phase {
-            Phase::Tcp1 | Phase::Tcp4 | Phase::Udp => {
-                let mode = match phase {
-                    Phase::Tcp1 => iperf::Mode::Tcp { streams: 1 },
-                    Phase::Tcp4 => iperf::Mode::Tcp { streams: 4 },
-                    _ => iperf::Mode::Udp {
-                        datagram: UDP_DATAGRAM,
-                        rate: UDP_RATE,
-                    },
-                };
-                let (r, json) = iperf::run(client, target, &mode, secs)?;
-                std::fs::write(dir.join(format!("iperf3-{}.json", phase.name())), json)?;
-                match phase {
-                    Phase::Tcp1 => put("tcp1_gbps", r.bits_per_second / 1e9),
-                    Phase::Tcp4 => put("tcp4_gbps", r.bits_per_second / 1e9),
-                    _ => {
-                        put("udp_kpps", r.received_pps / 1e3);
-                        put("udp_loss_pct", r.loss_percent);
-                    }
-                }
-            }
-            Phase::ConnRate => {
-                let accepted_before = bt.backend_accepted();
-                let r = loadgen::connection_rate(
-                    client,
-                    SocketAddr::from((target, loadgen::ACCEPT_CLOSE_PORT)),
-                    CPS_THREADS,
-                    Duration::from_secs(secs),
-                    MAX_CONNECTIONS,
-                );
-                ensure!(
-                    r.completed > 0,
-                    "no connection completed ({} failed)",
-                    r.failed
-                );
-                let accepted = bt.backend_accepted() - accepted_before;
-                ensure!(
-                    accepted >= r.completed,
-                    "the backend accepted {accepted} connections but the client completed {}",
-                    r.completed
-                );
-                put("cps", r.per_second());
-                put("cps_failed", r.failed as f64);
-            }
-            Phase::LatencyPersistent | Phase::LatencyFresh => {
-                let t = SocketAddr::from((target, loadgen::ECHO_PORT));
-                let (lat, prefix) = if phase == Phase::LatencyPersistent {
-                    (
-                        loadgen::ping_pong_persistent(client, t, half, MAX_EXCHANGES)?,
-                        "rr",
-                    )
-                } else {
-                    (
-                        loadgen::ping_pong_fresh(client, t, half, MAX_EXCHANGES)?,
-                        "crr",
-                    )
-                };
-                put(&format!("{prefix}_p50_us"), lat.p50_us());
-                put(&format!("{prefix}_p99_us"), lat.p99_us());
-                put(&format!("{prefix}_count"), lat.histogram.len() as f64);
-                put(&format!("{prefix}_failed"), lat.failed as f64);
-            }
-        }
-        let used = meter.stop();
-        if matches!(
-            phase,
-            Phase::Tcp1 | Phase::Tcp4 | Phase::Udp | Phase::ConnRate
-        ) {
-            put(&format!("cpu_{}_machine", phase.name()), used.machine_cores);
-            put(
-                &format!("cpu_{}_dataplane", phase.name()),
-                used.dataplane_cores,
-            );
-        }
-        // Sanity: the data plane carried this phase's traffic, and the kernel forwarded nothing by itself.
-        let carried = peer
-            .traffic_counter(phase.proto())?
-            .saturating_sub(counter_before);
-        ensure!(
-            carried > 0,
-            "{kind} did not carry the {} phase: {} did not rise",
-            phase.name(),
-            peer.counter_description()
-        );
-        values.insert(format!("sanity_{}", phase.name()), carried as f64);
-        let kernel_forwarded =
-            peers::plain::forwarded_datagrams(bt.gateway())?.saturating_sub(kernel_before);
-        if kind != PeerKind::Plain {
-            ensure!(
-                kernel_forwarded == 0,
-                "the kernel forwarded {kernel_forwarded} packets itself during {kind}'s {} phase",
-                phase.name()
-            );
-        }
-        bar.inc(1);
-        // Let connections close and flows settle between phases.
-        std::thread::sleep(Duration::from_millis(300));
     }
     Ok(())
 }

