@@ -406,6 +406,9 @@ fn start_peer<'a>(
     let (ns, vip, backend) = (bt.gateway(), bt.vip(), bt.backend_addr());
     Ok(match kind {
         PeerKind::Plain => Box::new(peers::plain::Plain::start(ns, backend)?),
+        PeerKind::GatewayKernel => {
+            anyhow::bail!("gateway-kernel is a TLS passthrough path (bench tls)")
+        }
         PeerKind::Gateway => Box::new(peers::gateway::Gateway::start_with(
             ns,
             vip,

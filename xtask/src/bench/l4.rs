@@ -168,6 +168,9 @@ fn start_peer<'a>(
     let tcp = [IPERF_PORT, loadgen::ACCEPT_CLOSE_PORT, loadgen::ECHO_PORT];
     Ok(match kind {
         PeerKind::Plain => Box::new(peers::plain::Plain::start(ns, backend)?),
+        PeerKind::GatewayKernel => {
+            anyhow::bail!("gateway-kernel is a TLS passthrough path (bench tls)")
+        }
         PeerKind::Gateway => Box::new(peers::gateway::Gateway::start(ns, vip, backend)?),
         PeerKind::Haproxy => Box::new(peers::haproxy::Haproxy::start(ns, vip, backend)?),
         PeerKind::Nginx => Box::new(peers::nginx::Nginx::start(ns, vip, backend)?),

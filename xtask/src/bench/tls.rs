@@ -46,9 +46,10 @@ const MEM_CONNECTIONS: u64 = 500;
 const ECHO_THREADS: usize = 2;
 
 /// The data planes this suite measures.
-const PEERS: [PeerKind; 5] = [
+const PEERS: [PeerKind; 6] = [
     PeerKind::Plain,
     PeerKind::Gateway,
+    PeerKind::GatewayKernel,
     PeerKind::Haproxy,
     PeerKind::Nginx,
     PeerKind::Envoy,
@@ -508,6 +509,19 @@ fn start_peer<'a>(tb: &'a TlsBench, kind: PeerKind) -> anyhow::Result<Box<dyn Pe
                 backend,
                 BACKEND_PORT,
                 PassthroughPath::Userspace,
+            ),
+            peers::gateway::Counter::Sum("gateway_tls_passthrough_connections_total"),
+        )?),
+        PeerKind::GatewayKernel => Box::new(peers::gateway::Gateway::start_with(
+            ns,
+            vip,
+            peers::gateway::tls_manifests(
+                vip,
+                PORT,
+                &SNIS,
+                backend,
+                BACKEND_PORT,
+                PassthroughPath::Kernel,
             ),
             peers::gateway::Counter::Sum("gateway_tls_passthrough_connections_total"),
         )?),

@@ -32,21 +32,22 @@ pub enum Counter {
 pub enum PassthroughPath {
     /// The userspace proxy (`gateway-userspace/src/passthrough/`): the default today.
     Userspace,
-    /// The in-kernel splice, being built: selected per listener by the TLS option [`KERNEL_PATH_OPTION`] (the
-    /// agent must read the same key). A `gateway-kernel` column in `bench tls` starts the peer with this.
-    #[allow(dead_code)]
+    /// The in-kernel splice, selected by the Gateway annotation [`KERNEL_PATH_ANNOTATION`]: `kernel` (see
+    /// docs/kernel-tls-passthrough.md).
     Kernel,
 }
 
-/// The listener TLS option that will select the in-kernel passthrough path (see `docs/kernel-tls-passthrough.md`).
-pub const KERNEL_PATH_OPTION: &str = "gateway.ebpf.dev/passthrough";
+/// The Gateway annotation that selects the TLS passthrough path.
+pub const KERNEL_PATH_ANNOTATION: &str = "gateway.ebpf.dev/tls-passthrough";
 
-/// The GatewayClass, the Gateway with `listeners` (YAML list items), and `rest` (routes, services...).
-fn gateway_yaml(vip: Ipv4Addr, listeners: &str, rest: &str) -> String {
+/// The GatewayClass, the Gateway (with `annotations`, a YAML flow mapping's contents) with `listeners` (YAML
+/// list items), and `rest` (routes, services...).
+fn gateway_yaml(vip: Ipv4Addr, annotations: &str, listeners: &str, rest: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ebpf}}\n\
          spec: {{controllerName: ebpf-gateway.dev/gatewayclass-controller}}\n---\n\
-         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: bench, namespace: bench}}\nspec:\n  \
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: bench, namespace: bench, annotations: {{{annotations}}}}}\nspec:\n  \
          gatewayClassName: ebpf\n  addresses: [{{type: IPAddress, value: {vip}}}]\n  listeners:\n{listeners}{rest}"
     )
 }
@@ -71,13 +72,12 @@ pub fn tls_manifests(
     backend_port: u16,
     path: PassthroughPath,
 ) -> String {
-    let options = match path {
+    let annotations = match path {
         PassthroughPath::Userspace => String::new(),
-        PassthroughPath::Kernel => format!(", options: {{{KERNEL_PATH_OPTION}: kernel}}"),
+        PassthroughPath::Kernel => format!("{KERNEL_PATH_ANNOTATION}: kernel"),
     };
-    let listeners = format!(
-        "  - {{name: tls, protocol: TLS, port: {port}, tls: {{mode: Passthrough{options}}}}}\n"
-    );
+    let listeners =
+        format!("  - {{name: tls, protocol: TLS, port: {port}, tls: {{mode: Passthrough}}}}\n");
     let hostnames: Vec<String> = snis.iter().map(|s| format!("\"{s}\"")).collect();
     let route = format!(
         "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: bench, namespace: bench}}\n\
@@ -87,6 +87,7 @@ pub fn tls_manifests(
     );
     gateway_yaml(
         vip,
+        &annotations,
         &listeners,
         &(route + &backend_service(port, backend_port, backend)),
     )
@@ -112,6 +113,7 @@ pub fn http_manifests(
     );
     gateway_yaml(
         vip,
+        "",
         &listeners,
         &(route + &backend_service(port, backend_port, backend)),
     )
@@ -325,7 +327,7 @@ mod tests {
         ));
         assert_eq!(t.len(), 5);
         assert_eq!(t[1]["spec"]["listeners"][0]["tls"]["mode"], "Passthrough");
-        assert!(t[1]["spec"]["listeners"][0]["tls"]["options"].is_null());
+        assert!(t[1]["metadata"]["annotations"][KERNEL_PATH_ANNOTATION].is_null());
         assert_eq!(t[2]["kind"], "TLSRoute");
         assert_eq!(t[2]["spec"]["hostnames"][1], "b.example.com");
         assert_eq!(t[4]["ports"][0]["port"], 8443);
@@ -338,7 +340,7 @@ mod tests {
             PassthroughPath::Kernel,
         ));
         assert_eq!(
-            k[1]["spec"]["listeners"][0]["tls"]["options"][KERNEL_PATH_OPTION],
+            k[1]["metadata"]["annotations"][KERNEL_PATH_ANNOTATION],
             "kernel"
         );
         let h = docs(&http_manifests(vip, &[80, 81], be, 8080));

