@@ -251,7 +251,35 @@ pub fn https_request(
 /// Runs its own current-thread runtime, so call it from a plain (e.g.
 /// [`Netns::run`](crate::netns::Netns::run)) thread, not from async code.
 pub fn h2c_get(addr: SocketAddr, authority: &str, path: &str) -> Result<HttpResponse> {
-    use http_body_util::{BodyExt, Empty};
+    h2c_request(addr, "GET", authority, path, &[], Vec::new())
+}
+
+/// A gRPC call over h2c with an empty message: `POST /service/method`, `content-type: application/grpc`,
+/// `te: trailers`. The response's trailers (e.g. `grpc-status`) are appended to its headers.
+pub fn grpc_call(addr: SocketAddr, authority: &str, path: &str) -> Result<HttpResponse> {
+    // One length-prefixed message: uncompressed, zero bytes long.
+    let empty_message = vec![0u8; 5];
+    h2c_request(
+        addr,
+        "POST",
+        authority,
+        path,
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        empty_message,
+    )
+}
+
+/// One request over HTTP/2 with prior knowledge (h2c), `:authority` = `authority`; the response's trailers are
+/// appended to its headers. Runs its own current-thread runtime (call it from a plain thread).
+pub fn h2c_request(
+    addr: SocketAddr,
+    method: &str,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpResponse> {
+    use http_body_util::{BodyExt, Full};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -267,21 +295,31 @@ pub fn h2c_get(addr: SocketAddr, authority: &str, path: &str) -> Result<HttpResp
             .await
             .context("h2 handshake")?;
             tokio::spawn(conn);
-            let req = hyper::Request::get(format!("http://{authority}{path}"))
-                .body(Empty::<bytes::Bytes>::new())?;
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(format!("http://{authority}{path}"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Full::new(bytes::Bytes::from(body)))?;
             let resp = send.send_request(req).await.context("h2 request")?;
             let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
-            let body = resp.into_body().collect().await?.to_bytes().to_vec();
+            let pairs = |h: &hyper::HeaderMap| -> Vec<(String, String)> {
+                h.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect()
+            };
+            let mut headers = pairs(resp.headers());
+            let collected = resp.into_body().collect().await?;
+            if let Some(trailers) = collected.trailers() {
+                headers.extend(pairs(trailers));
+            }
+            let body = collected.to_bytes().to_vec();
             anyhow::Ok(HttpResponse {
                 status,
                 headers,
