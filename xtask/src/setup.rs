@@ -29,12 +29,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Extra packages for `cargo xtask bench` (the peers measured side by side).
-const BENCH_PACKAGES: &[&str] = &[
-    "haproxy",
-    "nginx",
-    "libnginx-mod-stream",
-    "wrk",
-];
+const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx", "libnginx-mod-stream", "wrk"];
 
 #[derive(clap::Args, Default)]
 pub struct SetupArgs {
