@@ -157,6 +157,15 @@ impl Plan {
 
     /// Starts one echo backend per Deployment and the gateway in `topo`, and waits until it is ready.
     pub fn start(self, topo: &Topology) -> Result<ConformanceRun<'_>> {
+        self.start_with_args(topo, &[])
+    }
+
+    /// Like [`Plan::start`], with extra `gateway run` arguments (e.g. `--log-format json`).
+    pub fn start_with_args<'t>(
+        self,
+        topo: &'t Topology,
+        args: &[&str],
+    ) -> Result<ConformanceRun<'t>> {
         let deployments = self.deployments;
         let mut pods = Vec::new();
         let mut echoes = Vec::new();
@@ -261,7 +270,7 @@ impl Plan {
             topo,
         };
         run.write()?;
-        run.gateway = Some(GatewayProcess::start(topo.gateway(), &[&run.config], &[])?);
+        run.gateway = Some(GatewayProcess::start(topo.gateway(), &[&run.config], args)?);
         Ok(run)
     }
 }
@@ -287,6 +296,11 @@ impl<'t> ConformanceRun<'t> {
 
     pub fn gateway(&self) -> &GatewayProcess<'t> {
         self.gateway.as_ref().expect("started")
+    }
+
+    /// The gateway, to stop or restart it.
+    pub fn gateway_mut(&mut self) -> &mut GatewayProcess<'t> {
+        self.gateway.as_mut().expect("started")
     }
 
     pub fn pods(&self) -> &[Pod] {
