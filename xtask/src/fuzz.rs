@@ -62,8 +62,13 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
         .args(["-print_final_stats=1", "-verbosity=0"]);
     let result = cmd::run(&mut fuzz);
     eprintln!(
-        "fuzz: clienthello fuzzed for {} s; {:.0?} in all with the build",
+        "fuzz: clienthello, {} s budget: {}; {:.0?} in all with the build",
         args.seconds,
+        if result.is_ok() {
+            "no failure"
+        } else {
+            "FAILED"
+        },
         started.elapsed()
     );
     if let Err(e) = result {
