@@ -221,6 +221,47 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, serde_
     Ok((r.status, v))
 }
 
+/// An HTTPS connection kept open across requests (HTTP/1.1 keep-alive), e.g. to check that it survives a
+/// configuration or certificate change.
+pub struct KeepAliveHttps {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl KeepAliveHttps {
+    /// Connects and completes the TLS handshake (SNI `sni`, server verified against `ca_pem`, ALPN http/1.1).
+    pub fn connect(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<Self> {
+        let stream = tls_connect(addr, sni, tls_client_config(ca_pem, &["http/1.1"])?)?;
+        Ok(Self { stream })
+    }
+
+    /// `GET path` with `Host: host` on this connection, which stays open; the response must carry a
+    /// Content-Length.
+    pub fn get(&mut self, host: &str, path: &str) -> Result<HttpResponse> {
+        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+        self.stream.flush()?;
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .context("keep-alive response without Content-Length")?
+                    .trim()
+                    .parse()?;
+                if raw.len() >= end + 4 + length {
+                    return parse_http_response(&raw[..end + 4 + length], false);
+                }
+            }
+            let n = self.stream.read(&mut chunk)?;
+            ensure!(n > 0, "connection closed after {} bytes", raw.len());
+            raw.extend_from_slice(&chunk[..n]);
+            ensure!(raw.len() as u64 <= MAX_RESPONSE, "response too large");
+        }
+    }
+}
+
 /// One HTTP/1.1 request over TLS (SNI `sni`, server verified against `ca_pem`,
 /// ALPN `http/1.1`), `Connection: close`.
 pub fn https_request(

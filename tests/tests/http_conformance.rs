@@ -162,6 +162,13 @@ fn http_https_listener() -> Result<()> {
         https("example.org", Some("infra-backend-v1"))?;
         https("second-example.org", Some("infra-backend-v2"))?;
         https("unknown-example.org", None)?;
+        // A connection opened with the first certificate, kept alive across the rotation.
+        let mut held = run
+            .topology()
+            .client()
+            .run(|| clients::KeepAliveHttps::connect(gw, "example.org", &ca))?;
+        let r = held.get("example.org", "/before")?;
+        ensure!(r.status == 200, "held connection: status {}", r.status);
         // A new certificate is served to new connections without a restart.
         let other = Pki::new("second CA")?;
         let cert2 = other.issue(
@@ -178,7 +185,16 @@ fn http_https_listener() -> Result<()> {
                 .run(move || clients::https_request(gw, "example.org", &ca, "example.org", "/"))?;
             ensure!(r.status == 200, "status {}", r.status);
             Ok(())
-        })
+        })?;
+        // The connection made before the rotation was not dropped: it still serves requests.
+        let r = held.get("example.org", "/after")?;
+        ensure!(
+            r.status == 200,
+            "held connection after the rotation: {}",
+            r.status
+        );
+        ensure!(r.echo()?.path == "/after", "{}", r.text());
+        Ok(())
     })
 }
 
