@@ -13,6 +13,9 @@
 //! sent to the backend; both end when the response is complete. Exceeded before the response headers: 504;
 //! exceeded while the body streams: the response is cut (HTTP/2 stream reset, HTTP/1.1 connection closed).
 //!
+//! HTTP/1.1 upgrades (WebSocket; `appProtocol: kubernetes.io/ws` needs nothing more) pass to HTTP/1.1 backends:
+//! on a 101 the two connections become a byte tunnel in a task of its own (outside timeouts and drain).
+//!
 //! gRPC callers (`content-type: application/grpc…`) get the proxy's own answers as gRPC statuses, as Envoy
 //! sends them: HTTP 200, trailers-only, `grpc-status` 12 UNIMPLEMENTED for no route, 14 UNAVAILABLE for an
 //! invalid or unavailable backend and for timeouts (GRPCRoute: "UNAVAILABLE for invalid backends").
@@ -482,7 +485,7 @@ async fn serve_connection<I>(
         async move { Ok::<_, Infallible>(handle(&table, &shared, req, peer, local, tls).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     if *shutdown.borrow() {
         conn.as_mut().graceful_shutdown();
@@ -761,6 +764,9 @@ async fn route(
         Some(h) => h.clone(),
         None => host.to_string(),
     };
+    // An HTTP/1.1 upgrade (WebSocket): the client's half of the future tunnel, and the protocol asked for.
+    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let upgrade = upgrade_protocol(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     if let Ok(v) = HeaderValue::from_str(&host_header) {
         parts.headers.insert(header::HOST, v);
@@ -857,6 +863,15 @@ async fn route(
             }
         }
     };
+    // Upgrades pass between HTTP/1.1 peers only (an h2c backend gets the request without them).
+    if let Some(protocol) =
+        upgrade.filter(|_| parts.version == Version::HTTP_11 && version == Version::HTTP_11)
+    {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
     parts.uri = target;
     parts.version = version;
     let outbound = Request::from_parts(parts, body);
@@ -876,6 +891,9 @@ async fn route(
         None => send.await,
     };
     let response = match result {
+        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tunnel(resp, client_upgrade, &response_mods)
+        }
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -895,6 +913,60 @@ async fn route(
         }
     };
     outcome(backend_name, response)
+}
+
+/// The protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` and `Upgrade: <protocol>`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// A backend's 101 answer: the client's and the backend's upgraded connections are joined into one tunnel (a
+/// task of its own, outside the request's timeouts), and the 101 goes to the client with the protocol.
+fn tunnel(
+    mut resp: Response<Incoming>,
+    client: Option<hyper::upgrade::OnUpgrade>,
+    response_mods: &[crate::ir::HeaderModifier],
+) -> Response<ProxyBody> {
+    let Some(client) = client else {
+        return full(
+            StatusCode::BAD_GATEWAY,
+            "backend switched protocols unasked\n",
+        );
+    };
+    let backend = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, backend) {
+            Ok((client, backend)) => {
+                let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+            }
+            Err(e) => debug!(error = %e, "HTTP upgrade not completed"),
+        }
+    });
+    let protocol = resp.headers().get(header::UPGRADE).cloned();
+    let (mut parts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for m in response_mods {
+        modify_headers(m, &mut parts.headers);
+    }
+    if let Some(protocol) = protocol {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
+    Response::from_parts(
+        parts,
+        Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
+    )
 }
 
 #[cfg(test)]
