@@ -4,6 +4,7 @@
 //! what the backend saw is read from the echo's JSON, what the client saw from the response, and what a mirror
 //! received from the mirror backend's request log.
 use std::{
+    io::{Read, Write},
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -301,6 +302,29 @@ fn http_backend_protocol_by_app_protocol() -> Result<()> {
         run.apply(&format!("{}{}", route("plain", 8080), route("ws", 8082)))?;
         spoken(&run, gw, "plain.example", "HTTP/1.1")?;
         spoken(&run, gw, "ws.example", "HTTP/1.1")?;
+        // The WebSocket port carries an HTTP/1.1 upgrade end to end: 101, then bytes both ways through the tunnel.
+        let echoed = run.topology().client().run(move || -> Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&gw, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(
+                b"GET /ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            )?;
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                ensure!(s.read(&mut byte)? == 1, "closed in the 101 head: {head:?}");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            ensure!(head.starts_with("http/1.1 101"), "{head}");
+            ensure!(head.contains("upgrade: websocket"), "{head}");
+            let message = b"through the tunnel and back\n";
+            s.write_all(message)?;
+            let mut back = vec![0u8; message.len()];
+            s.read_exact(&mut back)?;
+            Ok(String::from_utf8_lossy(&back).into_owned())
+        })?;
+        ensure!(echoed == "through the tunnel and back\n", "{echoed:?}");
         spoken(&run, gw, "example.com", "HTTP/2.0")
     })
 }

@@ -74,10 +74,11 @@ async fn serve_conn<I>(
     let _ = match flavor {
         Flavor::Http1 => hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
+            .with_upgrades()
             .await
             .map_err(|e| e.to_string()),
         Flavor::Auto => hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
+            .serve_connection_with_upgrades(io, svc)
             .await
             .map_err(|e| e.to_string()),
     };
@@ -114,7 +115,7 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     id: Arc<Identity>,
     port: u16,
     tls: Arc<Option<HttpTlsInfo>>,
@@ -132,6 +133,36 @@ async fn handle(
     }
     let query = req.uri().query().unwrap_or("").to_string();
 
+    // An HTTP/1.1 upgrade (e.g. WebSocket): answer 101 with the same protocol, then echo raw bytes back.
+    let upgrade = req
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if let Some(protocol) = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .cloned()
+        .filter(|_| upgrade)
+    {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, "");
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        resp.headers_mut().insert(hyper::header::UPGRADE, protocol);
+        return Ok(resp);
+    }
     if let Some(d) = query_param(&query, "delay").and_then(parse_go_duration) {
         tokio::time::sleep(d.min(MAX_DELAY)).await;
     }
