@@ -851,8 +851,21 @@ fn tls_pending_limits_per_source_and_in_total() -> Result<()> {
     let ca = setup.pki.ca_pem();
     let (a, b) = (topo.client_n(1), topo.client_n(2));
     setup.echo(1, "abc.example.com")?;
-    // The gateway takes a pending slot when it accepts; give it a moment to accept what was just sent.
-    let settle = || std::thread::sleep(Duration::from_millis(300));
+    // The gateway takes a pending slot when it accepts: wait until it holds `n` (its gauge says so).
+    let settle = |n: u64| -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let pending = gw.metric("gateway_tls_passthrough_pending_clienthellos")?;
+            if pending == n {
+                return Ok(());
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{pending} pending ClientHellos, want {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     // An excess connection: closed at once, maybe even before its half hello is written.
     let refused = |ns: &gateway_tests::Netns, what: &str| -> Result<()> {
         let started = std::time::Instant::now();
@@ -880,22 +893,24 @@ fn tls_pending_limits_per_source_and_in_total() -> Result<()> {
         let overloaded = metric(&gw, "reason=\"overloaded\"")?;
         let a1 = stall(a, addr, "abc.example.com", ca)?;
         let a2 = stall(a, addr, "abc.example.com", ca)?;
-        settle();
+        settle(2)?;
         refused(a, "third pending hello from one address")?;
         let b1 = stall(b, addr, "abc.example.com", ca)?;
-        settle();
+        settle(3)?;
         refused(b, "fourth pending hello in total")?;
         ensure!(
             metric(&gw, "reason=\"overloaded\"")? >= overloaded + 2,
             "refusals not counted as overloaded"
         );
-        // The pending ones still go through.
+        // The refused ones never held a slot; the pending ones still go through and give theirs back.
+        settle(3)?;
         for (name, s) in [("a1", a1), ("a2", a2), ("b1", b1)] {
             let reply = s
                 .finish()
                 .with_context(|| format!("pending connection {name}"))?;
             check_reply(&reply, "tls-backend", "abc.example.com")?;
         }
+        settle(0)?;
         // Slots are free again: new connections from both addresses are routed.
         for ns in [a, b] {
             let reply = ns.run(|| clients::tls_echo_test(addr, "abc.example.com", ca))?;

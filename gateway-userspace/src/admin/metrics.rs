@@ -276,6 +276,8 @@ pub struct PassthroughMetrics {
     pub bytes: Family<Labels, Counter>,
     /// Connections currently routed and forwarding.
     pub active: Gauge,
+    /// Connections still sending their ClientHello (holding a pending-hello slot).
+    pub pending: Gauge,
     /// Time from accept to a complete ClientHello (routed or not), in seconds.
     pub clienthello_duration: prometheus_client::metrics::histogram::Histogram,
 }
@@ -287,6 +289,7 @@ impl Default for PassthroughMetrics {
             connections: Family::default(),
             bytes: Family::default(),
             active: Gauge::default(),
+            pending: Gauge::default(),
             // 100 µs .. ~13 s
             clienthello_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 9)),
         }
@@ -310,6 +313,11 @@ impl PassthroughMetrics {
             "active_connections",
             "TLS passthrough connections forwarding now",
             self.active.clone(),
+        );
+        r.register(
+            "pending_clienthellos",
+            "TLS passthrough connections still sending their ClientHello",
+            self.pending.clone(),
         );
         r.register(
             "clienthello_duration_seconds",
