@@ -133,6 +133,26 @@ impl Setup<'_> {
         GatewayProcess::start(self.topo.gateway(), &[&config], &[])
     }
 
+    /// A Gateway `gw` at vip 1 with one TLSRoute for abc.example.com to the first backend (`tls-backend`),
+    /// started with the extra `gateway run` arguments `args`.
+    fn one_route_gateway(&self, args: &[&str]) -> Result<GatewayProcess<'_>> {
+        let yaml = [
+            CLASS.to_string(),
+            gateway("gw", 1, None),
+            route(
+                "r",
+                "gw",
+                &["abc.example.com"],
+                "name: tls-backend, port: 443",
+                "",
+            ),
+            service("tls-backend", "infra", self.topo.backend_addr(1)),
+        ]
+        .concat();
+        let config = write_manifests(self.dir.path(), &yaml)?;
+        GatewayProcess::start(self.topo.gateway(), &[&config], args)
+    }
+
     /// TLS dial (rustls, the harness client) with `sni`, then the echo's `TEST` line; retried briefly while the
     /// listener comes up.
     fn echo(&self, vip: u8, sni: &str) -> Result<TcpEchoReply> {
@@ -762,26 +782,8 @@ impl Stalled {
 fn tls_handshake_timeout_closes_a_stalled_client() -> Result<()> {
     let topo = Topology::builder().backends(1).build()?;
     let setup = start(&topo, &["tls-backend"])?;
-    let yaml = [
-        CLASS.to_string(),
-        gateway("gw", 1, None),
-        route(
-            "r",
-            "gw",
-            &["abc.example.com"],
-            "name: tls-backend, port: 443",
-            "",
-        ),
-        service("tls-backend", "infra", topo.backend_addr(1)),
-    ]
-    .concat();
-    let config = write_manifests(setup.dir.path(), &yaml)?;
     let timeout = Duration::from_millis(1500);
-    let gw = GatewayProcess::start(
-        topo.gateway(),
-        &[&config],
-        &["--tls-handshake-timeout", "1.5"],
-    )?;
+    let gw = setup.one_route_gateway(&["--tls-handshake-timeout", "1.5"])?;
     let addr = SocketAddr::from((topology::vip(1), PORT));
     setup.echo(1, "abc.example.com")?;
     let result = (|| -> Result<()> {
@@ -821,32 +823,14 @@ fn tls_handshake_timeout_closes_a_stalled_client() -> Result<()> {
 fn tls_pending_limits_per_source_and_in_total() -> Result<()> {
     let topo = Topology::builder().backends(1).clients(2).build()?;
     let setup = start(&topo, &["tls-backend"])?;
-    let yaml = [
-        CLASS.to_string(),
-        gateway("gw", 1, None),
-        route(
-            "r",
-            "gw",
-            &["abc.example.com"],
-            "name: tls-backend, port: 443",
-            "",
-        ),
-        service("tls-backend", "infra", topo.backend_addr(1)),
-    ]
-    .concat();
-    let config = write_manifests(setup.dir.path(), &yaml)?;
-    let gw = GatewayProcess::start(
-        topo.gateway(),
-        &[&config],
-        &[
-            "--tls-handshake-timeout",
-            "30",
-            "--tls-max-pending",
-            "3",
-            "--tls-max-pending-per-source",
-            "2",
-        ],
-    )?;
+    let gw = setup.one_route_gateway(&[
+        "--tls-handshake-timeout",
+        "30",
+        "--tls-max-pending",
+        "3",
+        "--tls-max-pending-per-source",
+        "2",
+    ])?;
     let addr = SocketAddr::from((topology::vip(1), PORT));
     let ca = setup.pki.ca_pem();
     let (a, b) = (topo.client_n(1), topo.client_n(2));
