@@ -1,6 +1,6 @@
 //! ClientHello parsing in the kernel: TLS records captured from a connection's first flight are reassembled
 //! into the handshake message and its `server_name` extracted and normalised, with the same outcomes as the
-//! userspace parser (`gateway-userspace/src/passthrough/clienthello.rs`), which the tests compare it against.
+//! userspace parser (`gateway-clienthello/src/lib.rs`), which the tests compare it against.
 //!
 //! Verifier notes: the capture and the handshake live in a per-CPU scratch map value (too large for the 512-byte
 //! stack); every byte read masks its offset to the buffer so it is provably in bounds, while explicit length

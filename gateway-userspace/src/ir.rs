@@ -71,6 +71,34 @@ pub struct Backend {
     /// `false` when the ref is invalid (unknown kind, not found, not permitted): its share of traffic is rejected
     /// (TCP reset, UDP dropped, HTTP 500) rather than spread over the valid backends.
     pub valid: bool,
+    /// How the HTTP proxy speaks to the endpoints, from the Service port's `appProtocol` (ignored by TCP, UDP
+    /// and TLS routes).
+    #[serde(skip_serializing_if = "BackendProtocol::is_http1")]
+    pub protocol: BackendProtocol,
+}
+
+/// The HTTP version spoken to a backend, chosen by the Service port's `appProtocol` (GEP-1911):
+/// `kubernetes.io/h2c` is HTTP/2 with prior knowledge; `kubernetes.io/ws` and every other value (or none) is
+/// HTTP/1.1. GRPCRoute backends are always spoken to over h2c, whatever the port says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum BackendProtocol {
+    #[default]
+    Http1,
+    H2c,
+}
+
+impl BackendProtocol {
+    /// The protocol for a Service port's `appProtocol`.
+    pub fn from_app_protocol(app_protocol: Option<&str>) -> Self {
+        match app_protocol {
+            Some("kubernetes.io/h2c") => Self::H2c,
+            _ => Self::Http1,
+        }
+    }
+
+    fn is_http1(&self) -> bool {
+        *self == Self::Http1
+    }
 }
 
 /// A TLS passthrough listener's routing table.

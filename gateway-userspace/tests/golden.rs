@@ -66,6 +66,12 @@ fn golden_gateway_with_attached_routes() {
     golden("gateway-with-attached-routes.yaml");
 }
 
+/// The Service port's `appProtocol: kubernetes.io/h2c` reaches the IR as the backend's protocol.
+#[test]
+fn golden_httproute_backend_protocol_h2c() {
+    golden("httproute-backend-protocol-h2c.yaml");
+}
+
 #[test]
 fn translation_is_deterministic_across_loads() {
     let a = Conformance::load("httproute-hostname-intersection.yaml");

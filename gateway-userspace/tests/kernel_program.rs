@@ -34,6 +34,7 @@ fn route(kind: &str, name: &str) -> L4Route {
             weight: 1,
             endpoints: vec![SocketAddr::from((BACKEND, 3000))],
             valid: true,
+            protocol: Default::default(),
         }],
     }
 }

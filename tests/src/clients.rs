@@ -221,6 +221,47 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, serde_
     Ok((r.status, v))
 }
 
+/// An HTTPS connection kept open across requests (HTTP/1.1 keep-alive), e.g. to check that it survives a
+/// configuration or certificate change.
+pub struct KeepAliveHttps {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl KeepAliveHttps {
+    /// Connects and completes the TLS handshake (SNI `sni`, server verified against `ca_pem`, ALPN http/1.1).
+    pub fn connect(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<Self> {
+        let stream = tls_connect(addr, sni, tls_client_config(ca_pem, &["http/1.1"])?)?;
+        Ok(Self { stream })
+    }
+
+    /// `GET path` with `Host: host` on this connection, which stays open; the response must carry a
+    /// Content-Length.
+    pub fn get(&mut self, host: &str, path: &str) -> Result<HttpResponse> {
+        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+        self.stream.flush()?;
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .context("keep-alive response without Content-Length")?
+                    .trim()
+                    .parse()?;
+                if raw.len() >= end + 4 + length {
+                    return parse_http_response(&raw[..end + 4 + length], false);
+                }
+            }
+            let n = self.stream.read(&mut chunk)?;
+            ensure!(n > 0, "connection closed after {} bytes", raw.len());
+            raw.extend_from_slice(&chunk[..n]);
+            ensure!(raw.len() as u64 <= MAX_RESPONSE, "response too large");
+        }
+    }
+}
+
 /// One HTTP/1.1 request over TLS (SNI `sni`, server verified against `ca_pem`,
 /// ALPN `http/1.1`), `Connection: close`.
 pub fn https_request(
@@ -251,7 +292,35 @@ pub fn https_request(
 /// Runs its own current-thread runtime, so call it from a plain (e.g.
 /// [`Netns::run`](crate::netns::Netns::run)) thread, not from async code.
 pub fn h2c_get(addr: SocketAddr, authority: &str, path: &str) -> Result<HttpResponse> {
-    use http_body_util::{BodyExt, Empty};
+    h2c_request(addr, "GET", authority, path, &[], Vec::new())
+}
+
+/// A gRPC call over h2c with an empty message: `POST /service/method`, `content-type: application/grpc`,
+/// `te: trailers`. The response's trailers (e.g. `grpc-status`) are appended to its headers.
+pub fn grpc_call(addr: SocketAddr, authority: &str, path: &str) -> Result<HttpResponse> {
+    // One length-prefixed message: uncompressed, zero bytes long.
+    let empty_message = vec![0u8; 5];
+    h2c_request(
+        addr,
+        "POST",
+        authority,
+        path,
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        empty_message,
+    )
+}
+
+/// One request over HTTP/2 with prior knowledge (h2c), `:authority` = `authority`; the response's trailers are
+/// appended to its headers. Runs its own current-thread runtime (call it from a plain thread).
+pub fn h2c_request(
+    addr: SocketAddr,
+    method: &str,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpResponse> {
+    use http_body_util::{BodyExt, Full};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -267,21 +336,31 @@ pub fn h2c_get(addr: SocketAddr, authority: &str, path: &str) -> Result<HttpResp
             .await
             .context("h2 handshake")?;
             tokio::spawn(conn);
-            let req = hyper::Request::get(format!("http://{authority}{path}"))
-                .body(Empty::<bytes::Bytes>::new())?;
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(format!("http://{authority}{path}"));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Full::new(bytes::Bytes::from(body)))?;
             let resp = send.send_request(req).await.context("h2 request")?;
             let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
-            let body = resp.into_body().collect().await?.to_bytes().to_vec();
+            let pairs = |h: &hyper::HeaderMap| -> Vec<(String, String)> {
+                h.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect()
+            };
+            let mut headers = pairs(resp.headers());
+            let collected = resp.into_body().collect().await?;
+            if let Some(trailers) = collected.trailers() {
+                headers.extend(pairs(trailers));
+            }
+            let body = collected.to_bytes().to_vec();
             anyhow::Ok(HttpResponse {
                 status,
                 headers,

@@ -107,10 +107,20 @@ impl Plan {
                     .cloned()
                     .unwrap_or_default();
                 rules.into_iter().flat_map(|r| {
-                    r.get("backendRefs")
+                    let refs = r
+                        .get("backendRefs")
                         .and_then(Value::as_sequence)
                         .cloned()
-                        .unwrap_or_default()
+                        .unwrap_or_default();
+                    // RequestMirror filters name backends too (`filters[].requestMirror.backendRef`).
+                    let mirrors: Vec<Value> = r
+                        .get("filters")
+                        .and_then(Value::as_sequence)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f.get("requestMirror")?.get("backendRef").cloned())
+                        .collect();
+                    refs.into_iter().chain(mirrors)
                 })
             })
             .filter_map(|b| s(&b, &["name"]).map(str::to_string))
@@ -147,6 +157,15 @@ impl Plan {
 
     /// Starts one echo backend per Deployment and the gateway in `topo`, and waits until it is ready.
     pub fn start(self, topo: &Topology) -> Result<ConformanceRun<'_>> {
+        self.start_with_args(topo, &[])
+    }
+
+    /// Like [`Plan::start`], with extra `gateway run` arguments (e.g. `--log-format json`).
+    pub fn start_with_args<'t>(
+        self,
+        topo: &'t Topology,
+        args: &[&str],
+    ) -> Result<ConformanceRun<'t>> {
         let deployments = self.deployments;
         let mut pods = Vec::new();
         let mut echoes = Vec::new();
@@ -194,7 +213,10 @@ impl Plan {
             } else if env.contains_key("UDP_ECHO_SERVER") {
                 cfg.udp(port("UDP_PORT", 8080))
             } else {
+                // Like echo-basic: HTTP/1.1 and h2c listeners; requests logged (mirror checks read them).
                 cfg.http(port("HTTP_PORT", 3000))
+                    .h2c(port("H2C_PORT", 3001))
+                    .log_requests()
             };
             echoes.push(
                 spawn_echo(topo.backend(i + 1), &cfg)
@@ -243,12 +265,12 @@ impl Plan {
             addresses,
             config,
             gateway: None,
-            _echoes: echoes,
+            echoes,
             _dir: tmp,
             topo,
         };
         run.write()?;
-        run.gateway = Some(GatewayProcess::start(topo.gateway(), &[&run.config], &[])?);
+        run.gateway = Some(GatewayProcess::start(topo.gateway(), &[&run.config], args)?);
         Ok(run)
     }
 }
@@ -262,7 +284,7 @@ pub struct ConformanceRun<'t> {
     config: PathBuf,
     // Field order is drop order: the gateway and backends stop before the test drops the topology.
     gateway: Option<GatewayProcess<'t>>,
-    _echoes: Vec<Process>,
+    echoes: Vec<Process>,
     _dir: tempfile::TempDir,
     topo: &'t Topology,
 }
@@ -276,8 +298,30 @@ impl<'t> ConformanceRun<'t> {
         self.gateway.as_ref().expect("started")
     }
 
+    /// The gateway, to stop or restart it.
+    pub fn gateway_mut(&mut self) -> &mut GatewayProcess<'t> {
+        self.gateway.as_mut().expect("started")
+    }
+
     pub fn pods(&self) -> &[Pod] {
         &self.pods
+    }
+
+    /// The HTTP requests the pods of `deployment` logged so far, one `request <method> <host> <uri> <proto>`
+    /// line each (see [`crate::echo::EchoConfig::log_requests`]).
+    pub fn requests_seen(&self, deployment: &str) -> Vec<String> {
+        self.pods
+            .iter()
+            .zip(&self.echoes)
+            .filter(|(pod, _)| pod.deployment == deployment)
+            .flat_map(|(_, echo)| {
+                echo.log()
+                    .lines()
+                    .filter(|l| l.starts_with("request "))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// The address given to Gateway `namespace/name`.

@@ -12,6 +12,7 @@ pub mod clients;
 pub mod conformance;
 pub mod echo;
 pub mod gateway;
+pub mod http_checks;
 pub mod manifests;
 pub mod netns;
 pub mod pki;

@@ -4,140 +4,24 @@
 //! in the client namespace. Also: weights, ReferenceGrant deletion, and 100 route changes under load.
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use gateway_tests::{
-    clients::{self, deployment_of, HttpResponse},
-    conformance::{ConformanceRun, Plan},
+    clients::{self, deployment_of},
+    conformance,
+    conformance::Plan,
+    http_checks::{accepted, eventually, expect_backend, expect_status, request},
     pki::Pki,
 };
 
 const INFRA: &str = "gateway-conformance-infra";
 const WEB: &str = "gateway-conformance-web-backend";
-
-fn request(
-    run: &ConformanceRun,
-    target: SocketAddr,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<HttpResponse> {
-    let host = host.to_string();
-    let path = path.to_string();
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    run.topology().client().run(move || {
-        let h: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        clients::http_request(target, "GET", &host, &path, &h)
-    })
-}
-
-/// Retries `check` until it succeeds 3 times in a row (30 s at most), like the conformance suite.
-fn eventually(what: &str, mut check: impl FnMut() -> Result<()>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut streak = 0;
-    loop {
-        match check() {
-            Ok(()) => {
-                streak += 1;
-                if streak == 3 {
-                    return Ok(());
-                }
-            }
-            Err(e) => {
-                streak = 0;
-                if Instant::now() > deadline {
-                    return Err(e.context(format!("{what}: not consistent within 30 s")));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-}
-
-/// `GET host path` answers 200 from a pod of `backend` (in `namespace`) that saw `path`.
-fn expect_backend(
-    run: &ConformanceRun,
-    target: SocketAddr,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    backend: &str,
-    namespace: &str,
-) -> Result<()> {
-    eventually(&format!("{host}{path} {headers:?} -> {backend}"), || {
-        let r = request(run, target, host, path, headers)?;
-        ensure!(r.status == 200, "status {} ({})", r.status, r.text());
-        let echo = r.echo()?;
-        ensure!(
-            echo.pod.starts_with(&format!("{backend}-")),
-            "answered by {}, expected {backend}",
-            echo.pod
-        );
-        ensure!(echo.namespace == namespace, "namespace {}", echo.namespace);
-        ensure!(echo.path == path, "backend saw path {}", echo.path);
-        Ok(())
-    })
-}
-
-fn expect_status(
-    run: &ConformanceRun,
-    target: SocketAddr,
-    host: &str,
-    path: &str,
-    status: u16,
-) -> Result<()> {
-    eventually(&format!("{host}{path} -> {status}"), || {
-        let r = request(run, target, host, path, &[])?;
-        ensure!(r.status == status, "status {} ({})", r.status, r.text());
-        Ok(())
-    })
-}
-
-fn accepted(run: &ConformanceRun, namespace: &str, name: &str) -> Result<()> {
-    let t = Duration::from_secs(30);
-    run.wait_route_condition("HTTPRoute", namespace, name, "Accepted", "Accepted", t)?;
-    run.wait_route_condition(
-        "HTTPRoute",
-        namespace,
-        name,
-        "ResolvedRefs",
-        "ResolvedRefs",
-        t,
-    )
-}
-
-fn start(file: &str) -> Result<Plan> {
-    Plan::load(file)
-}
-
-macro_rules! conformance {
-    ($file:expr, |$run:ident| $body:block) => {{
-        let plan = start($file)?;
-        let topo = plan.topology()?;
-        #[allow(unused_mut)]
-        let mut $run = plan.start(&topo)?;
-        // A closure, so `?` inside the body ends the body, not the test, and the log is printed on failure.
-        #[allow(clippy::redundant_closure_call)]
-        let result: Result<()> = (|| $body)();
-        if result.is_err() {
-            eprintln!("gateway log:\n{}", $run.gateway().log());
-        }
-        result
-    }};
-}
 
 #[test]
 fn http_simple_same_namespace() -> Result<()> {
@@ -278,6 +162,13 @@ fn http_https_listener() -> Result<()> {
         https("example.org", Some("infra-backend-v1"))?;
         https("second-example.org", Some("infra-backend-v2"))?;
         https("unknown-example.org", None)?;
+        // A connection opened with the first certificate, kept alive across the rotation.
+        let mut held = run
+            .topology()
+            .client()
+            .run(|| clients::KeepAliveHttps::connect(gw, "example.org", &ca))?;
+        let r = held.get("example.org", "/before")?;
+        ensure!(r.status == 200, "held connection: status {}", r.status);
         // A new certificate is served to new connections without a restart.
         let other = Pki::new("second CA")?;
         let cert2 = other.issue(
@@ -294,7 +185,16 @@ fn http_https_listener() -> Result<()> {
                 .run(move || clients::https_request(gw, "example.org", &ca, "example.org", "/"))?;
             ensure!(r.status == 200, "status {}", r.status);
             Ok(())
-        })
+        })?;
+        // The connection made before the rotation was not dropped: it still serves requests.
+        let r = held.get("example.org", "/after")?;
+        ensure!(
+            r.status == 200,
+            "held connection after the rotation: {}",
+            r.status
+        );
+        ensure!(r.echo()?.path == "/after", "{}", r.text());
+        Ok(())
     })
 }
 
@@ -594,15 +494,30 @@ fn http_reference_grant_and_deletion() -> Result<()> {
     })
 }
 
-/// Under a steady request load, 100 route changes (a second route added and removed) give only 200s (the
-/// stable route, and the changing one while present) and 404s (the changing one while absent): no 5xx, no
-/// connection errors.
+/// Under a steady request load, 100 route changes (a second route for changing.example.com added and removed)
+/// give only 200s: from the stable catch-all route, and for changing.example.com from the changing route while
+/// it exists (its RequestHeaderModifier marks the request) or from the catch-all while it does not. No 5xx, no
+/// 404, no connection errors; every change is seen by a request before the next one is made.
 #[test]
 fn http_100_route_changes_under_load() -> Result<()> {
     conformance!("httproute-simple-same-namespace.yaml", |run| {
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
-        let extra = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: changing, namespace: gateway-conformance-infra}\nspec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [changing.example.com]\n  rules:\n  - backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+        let extra = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: changing, namespace: gateway-conformance-infra}\nspec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [changing.example.com]\n  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Route, value: changing}]}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+        /// `host status route` of one request (`route`: which route answered, from the marker header).
+        fn outcome(gw: std::net::SocketAddr, host: &str) -> String {
+            match clients::http_request(gw, "GET", host, "/", &[]) {
+                Ok(r) => {
+                    let route = match r.echo() {
+                        Ok(e) if e.headers.contains_key("X-Route") => "changing",
+                        Ok(_) => "catch-all",
+                        Err(_) => "no-echo",
+                    };
+                    format!("{host} {} {route}", r.status)
+                }
+                Err(e) => format!("{host} error {e:#}"),
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..4)
             .map(|i| {
@@ -617,34 +532,49 @@ fn http_100_route_changes_under_load() -> Result<()> {
                             "changing.example.com"
                         };
                         while !stop.load(Ordering::Relaxed) {
-                            let outcome = match clients::http_request(gw, "GET", host, "/", &[]) {
-                                Ok(r) => format!("{host} {}", r.status),
-                                Err(e) => format!("{host} error {e:#}"),
-                            };
-                            *counts.entry(outcome).or_default() += 1;
+                            *counts.entry(outcome(gw, host)).or_default() += 1;
                         }
                         Ok(counts)
                     })
             })
             .collect::<Result<_>>()?;
-        // Each change is applied (a new configuration generation) before the next one is made, so these are
-        // 100 distinct route-table swaps under load, not a few merged ones.
-        for i in 0..100 {
-            let generation = run.gateway().metric("gateway_config_generation")?;
-            if i % 2 == 0 {
-                run.apply(extra)?;
-            } else {
-                run.delete("HTTPRoute", INFRA, "changing")?;
-            }
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while run.gateway().metric("gateway_config_generation")? == generation {
+        // Each change is applied (a new configuration generation) and seen by a fresh request before the next
+        // one is made, so these are 100 distinct route-table swaps under load, not a few merged ones.
+        let changes = (|| -> Result<()> {
+            let first = run.gateway().metric("gateway_config_generation")?;
+            for i in 0..100 {
+                let generation = run.gateway().metric("gateway_config_generation")?;
+                let present = i % 2 == 0;
+                if present {
+                    run.apply(extra)?;
+                } else {
+                    run.delete("HTTPRoute", INFRA, "changing")?;
+                }
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while run.gateway().metric("gateway_config_generation")? == generation {
+                    ensure!(
+                        std::time::Instant::now() < deadline,
+                        "change {i} not applied within 5 s"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let seen = run
+                    .topology()
+                    .client()
+                    .run(|| outcome(gw, "changing.example.com"));
+                let expected = if present { "changing" } else { "catch-all" };
                 ensure!(
-                    std::time::Instant::now() < deadline,
-                    "change {i} not applied within 5 s"
+                    seen == format!("changing.example.com 200 {expected}"),
+                    "change {i}: generation applied, but a request got {seen:?}"
                 );
-                std::thread::sleep(Duration::from_millis(20));
             }
-        }
+            let swaps = run.gateway().metric("gateway_config_generation")? - first;
+            ensure!(
+                swaps >= 100,
+                "{swaps} configuration generations for 100 changes"
+            );
+            Ok(())
+        })();
         stop.store(true, Ordering::Relaxed);
         let mut total: BTreeMap<String, usize> = BTreeMap::new();
         for c in clients {
@@ -653,22 +583,22 @@ fn http_100_route_changes_under_load() -> Result<()> {
             }
         }
         eprintln!("outcomes: {total:?}");
+        changes?;
         for k in total.keys() {
-            let ok = k == "example.com 200"
-                || k == "changing.example.com 200"
-                || k == "changing.example.com 404";
+            let ok = k == "example.com 200 catch-all"
+                || k == "changing.example.com 200 changing"
+                || k == "changing.example.com 200 catch-all";
             if !ok {
                 bail!("unexpected outcome {k:?}: {total:?}");
             }
         }
-        ensure!(
-            total.get("example.com 200").copied().unwrap_or(0) > 100,
-            "{total:?}"
-        );
-        ensure!(
-            total.get("changing.example.com 200").copied().unwrap_or(0) > 0,
-            "{total:?}"
-        );
+        for k in [
+            "example.com 200 catch-all",
+            "changing.example.com 200 changing",
+            "changing.example.com 200 catch-all",
+        ] {
+            ensure!(total.get(k).copied().unwrap_or(0) > 50, "{k}: {total:?}");
+        }
         let metrics = run.gateway().admin_get("/metrics")?.1;
         ensure!(
             metrics.contains("gateway_http_requests_total"),

@@ -1,6 +1,7 @@
 //! GRPCRoute and HTTP/2 through the userspace HTTP proxy: h2c clients (the harness's hyper client), a GRPCRoute
 //! routing by `/service/method` to backends spoken to over h2c, and an HTTPRoute served to an HTTP/2 client
-//! from an HTTP/1.1 backend. The echo backends answer any path, so routing is checked by which pod answered.
+//! from an HTTP/1.1 backend; gRPC callers get the proxy's own answers as gRPC statuses. The echo backends answer
+//! any path, so routing is checked by which pod answered.
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{ensure, Result};
@@ -77,6 +78,8 @@ spec:
     backendRefs: [{{name: grpc-a, port: 9000}}]
   - matches: [{{method: {{service: echo.Echo}}}}]
     backendRefs: [{{name: grpc-b, port: 9000}}]
+  - matches: [{{method: {{service: echo.Missing}}}}]
+    backendRefs: [{{name: missing, port: 9000}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -99,6 +102,33 @@ spec:
         let (a, p) = (authority.to_string(), path.to_string());
         topo.client().run(move || clients::h2c_get(target, &a, &p))
     };
+    let grpc = |authority: &str, path: &str| {
+        let (a, p) = (authority.to_string(), path.to_string());
+        topo.client()
+            .run(move || clients::grpc_call(target, &a, &p))
+    };
+    // The proxy's own answers to gRPC callers are trailers-only gRPC statuses with HTTP 200, as Envoy sends
+    // them: UNIMPLEMENTED (12) for a call no GRPCRoute matches, UNAVAILABLE (14) for an invalid backend.
+    let grpc_status = |r: &clients::HttpResponse, code: &str| -> Result<()> {
+        ensure!(r.status == 200, "HTTP status {} {:?}", r.status, r.headers);
+        ensure!(
+            r.header("grpc-status") == Some(code),
+            "grpc-status {:?}, want {code}: {:?}",
+            r.header("grpc-status"),
+            r.headers
+        );
+        ensure!(
+            r.header("content-type") == Some("application/grpc"),
+            "{:?}",
+            r.headers
+        );
+        ensure!(
+            r.body.is_empty(),
+            "trailers-only, but a body: {:?}",
+            r.text()
+        );
+        Ok(())
+    };
     let check = || -> Result<()> {
         let r = h2c("grpc.example.com", "/echo.Echo/Exact")?;
         ensure!(r.status == 200, "status {} {}", r.status, r.text());
@@ -112,9 +142,20 @@ spec:
         let r = h2c("grpc.example.com", "/echo.Echo/Other")?;
         ensure!(r.status == 200, "status {}", r.status);
         ensure!(r.echo()?.pod.starts_with("grpc-b-"), "service match");
-        // No matching method or hostname: nothing is routed.
+        // No matching method or hostname: nothing is routed; a gRPC call is told UNIMPLEMENTED, anything else 404.
         ensure!(h2c("grpc.example.com", "/other.Svc/Exact")?.status == 404);
         ensure!(h2c("nothing.example.com", "/echo.Echo/Exact")?.status == 404);
+        grpc_status(&grpc("grpc.example.com", "/other.Svc/Exact")?, "12")?;
+        grpc_status(&grpc("nothing.example.com", "/echo.Echo/Exact")?, "12")?;
+        grpc_status(&grpc("grpc.example.com", "/echo.Missing/Call")?, "14")?;
+        // A matching call reaches its backend, whose answer is passed through (the echo sends no grpc-status).
+        let r = grpc("grpc.example.com", "/echo.Echo/Exact")?;
+        ensure!(
+            r.status == 200 && r.header("grpc-status").is_none(),
+            "{r:?}"
+        );
+        let e = r.echo()?;
+        ensure!(e.pod.starts_with("grpc-a-") && e.method == "POST", "{e:?}");
         // HTTPRoute to an HTTP/1.1 backend, client on HTTP/2.
         let r = h2c("web.example.com", "/x?y=1")?;
         ensure!(r.status == 200, "status {}", r.status);

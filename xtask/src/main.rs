@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -12,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "Tasks for the eBPF gateway: setup, build-ebpf, test, demo, bench"
+    about = "Tasks for the eBPF gateway: setup, build-ebpf, test, fuzz, demo, bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +32,8 @@ enum Task {
     },
     /// Run every test: unit, eBPF program and end-to-end tests in network namespaces. Does its own set-up.
     Test(test::TestArgs),
+    /// Fuzz the TLS ClientHello parser for a bounded time (also part of `test`).
+    Fuzz(fuzz::FuzzArgs),
     /// Build everything, run the gateway in network namespaces, send traffic through it and explain what happened.
     Demo(demo::DemoArgs),
     /// Benchmark the data plane side by side with plain kernel forwarding, HAProxy and NGINX (`bench l4`).
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup(args) => setup::run(&args),
         Task::BuildEbpf { release } => build::ebpf(release),
         Task::Test(args) => test::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
     };

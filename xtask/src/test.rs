@@ -1,17 +1,21 @@
 //! `cargo xtask test`: set-up, eBPF build, workspace build, then every test (unit, eBPF program tests through
-//! BPF_PROG_TEST_RUN, end-to-end tests in network namespaces). Nothing is skipped: a test that needs eBPF fails
-//! when eBPF cannot load.
+//! BPF_PROG_TEST_RUN, end-to-end tests in network namespaces), then a bounded fuzz run of the ClientHello
+//! parser ([`crate::fuzz`]). Nothing is skipped: a test that needs eBPF fails when eBPF cannot load.
 use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd, fuzz, setup};
 
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Skip the set-up step (for quick local iterations on a machine that has everything).
     #[arg(long)]
     pub no_setup: bool,
+    /// How long the ClientHello parser is fuzzed after the tests (seconds; 0 leaves the fuzz run out, with a
+    /// note).
+    #[arg(long, default_value_t = 30)]
+    pub fuzz_seconds: u64,
     /// Extra arguments for the test runner (e.g. a test name filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub runner_args: Vec<String>,
@@ -43,7 +47,18 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         runner.args(build::TEST_FEATURES);
     }
     runner.args(&args.runner_args);
-    cmd::run(&mut runner).context("tests failed")?;
+    let tests = cmd::run(&mut runner).context("tests failed");
+    // Fuzzed even when tests failed, so one run reports everything.
+    let fuzzed = if args.fuzz_seconds > 0 {
+        fuzz::run(&fuzz::FuzzArgs {
+            seconds: args.fuzz_seconds,
+        })
+    } else {
+        eprintln!("fuzz run left out (--fuzz-seconds 0)");
+        Ok(())
+    };
+    tests?;
+    fuzzed?;
     eprintln!(
         "all tests passed ({:.0?} including set-up and builds)",
         started.elapsed()

@@ -1,8 +1,8 @@
-//! Fuzzes `passthrough::clienthello::parse`: no panic on any input, and a complete answer is stable — parsing
+//! Fuzzes `gateway_clienthello::parse` (the passthrough ClientHello parser): no panic on any input, and a complete answer is stable — parsing
 //! exactly the bytes the ClientHello occupied gives the same hello, and every shorter prefix is either
 //! incomplete or rejected (never a different server name).
 #![no_main]
-use gateway_userspace::passthrough::clienthello;
+use gateway_clienthello as clienthello;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

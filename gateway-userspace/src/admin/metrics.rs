@@ -345,6 +345,8 @@ pub struct PassthroughMetrics {
     pub bytes: Family<Labels, Counter>,
     /// Connections currently routed and forwarding.
     pub active: Gauge,
+    /// Connections still sending their ClientHello (holding a pending-hello slot).
+    pub pending: Gauge,
     /// Kernel path: connections between their SYN and the splice (ClientHello captured or being replayed).
     pub kernel_pending: Gauge,
     /// Time from accept to a complete ClientHello (routed or not), in seconds.
@@ -358,6 +360,7 @@ impl Default for PassthroughMetrics {
             connections: Family::default(),
             bytes: Family::default(),
             active: Gauge::default(),
+            pending: Gauge::default(),
             kernel_pending: Gauge::default(),
             // 100 µs .. ~13 s
             clienthello_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 9)),
@@ -382,6 +385,11 @@ impl PassthroughMetrics {
             "active_connections",
             "TLS passthrough connections forwarding now",
             self.active.clone(),
+        );
+        r.register(
+            "pending_clienthellos",
+            "TLS passthrough connections still sending their ClientHello",
+            self.pending.clone(),
         );
         r.register(
             "kernel_pending_handshakes",

@@ -4,9 +4,21 @@
 //!
 //! A request's life: listener by Host → best rule ([`RouteTable::lookup`]) → rule filters (header modifiers,
 //! redirect, URL rewrite, mirrors) → backend by weight (invalid: 500; no ready endpoint: 503; no backendRefs:
-//! 500) → backend filters → random ready endpoint → pooled client (HTTP/1.1, or h2c for GRPCRoute) with the
-//! rule's timeouts (504) → response filters. No route: 404. Every request is counted in
-//! [`HttpMetrics`] and logged as JSON-able fields on the tracing target `access`.
+//! 500) → backend filters → random ready endpoint → pooled client (h2c for GRPCRoute and for Service ports with
+//! `appProtocol: kubernetes.io/h2c`, HTTP/1.1 otherwise) with the rule's timeouts (504) → response filters. No
+//! route: 404. Every request is counted in [`HttpMetrics`] and logged as JSON-able fields on the tracing target
+//! `access`.
+//!
+//! Timeouts: `timeouts.request` runs from the request's arrival, `timeouts.backendRequest` from the moment it is
+//! sent to the backend; both end when the response is complete. Exceeded before the response headers: 504;
+//! exceeded while the body streams: the response is cut (HTTP/2 stream reset, HTTP/1.1 connection closed).
+//!
+//! HTTP/1.1 upgrades (WebSocket; `appProtocol: kubernetes.io/ws` needs nothing more) pass to HTTP/1.1 backends:
+//! on a 101 the two connections become a byte tunnel in a task of its own (outside timeouts and drain).
+//!
+//! gRPC callers (`content-type: application/grpc…`) get the proxy's own answers as gRPC statuses, as Envoy
+//! sends them: HTTP 200, trailers-only, `grpc-status` 12 UNIMPLEMENTED for no route, 14 UNAVAILABLE for an
+//! invalid or unavailable backend and for timeouts (GRPCRoute: "UNAVAILABLE for invalid backends").
 //!
 //! Tables and certificates are swapped with `arc-swap` by [`Proxy::update`]: a request routes with the table
 //! current when it arrived, connections and in-flight requests are never touched, and a TLS handshake picks the
@@ -15,6 +27,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     convert::Infallible,
+    future::Future,
     io,
     net::{IpAddr, SocketAddr},
     sync::{
@@ -54,7 +67,7 @@ use super::{
 };
 use crate::{
     admin::metrics::HttpMetrics,
-    ir::{HttpFilter, HttpListener, Ir, ListenerKind, Mirror, TlsCertificate},
+    ir::{BackendProtocol, HttpFilter, HttpListener, Ir, ListenerKind, Mirror, TlsCertificate},
     local_address::Claim,
     translate::hostname,
 };
@@ -106,6 +119,66 @@ struct Shared {
     settings: Settings,
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
+}
+
+impl Shared {
+    /// The pooled client and HTTP version for a backend: h2c for gRPC and for `kubernetes.io/h2c` ports.
+    fn client(
+        &self,
+        grpc: bool,
+        protocol: BackendProtocol,
+    ) -> (&Client<HttpConnector, ProxyBody>, Version) {
+        if grpc || protocol == BackendProtocol::H2c {
+            (&self.h2c, Version::HTTP_2)
+        } else {
+            (&self.http1, Version::HTTP_11)
+        }
+    }
+}
+
+/// A response body that fails once `deadline` passes (the request or backend timeout ran out while the body was
+/// still streaming): hyper then resets the stream or closes the connection, so the client never takes a cut
+/// body for a complete one.
+struct DeadlineBody {
+    inner: ProxyBody,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: ProxyBody, deadline: tokio::time::Instant) -> Self {
+        Self {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return std::task::Poll::Ready(frame);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                std::task::Poll::Ready(Some(Err("timeout while the response body streamed".into())))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The certificates of one port's HTTPS listeners, most specific hostname first.
@@ -412,7 +485,7 @@ async fn serve_connection<I>(
         async move { Ok::<_, Infallible>(handle(&table, &shared, req, peer, local, tls).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     if *shutdown.borrow() {
         conn.as_mut().graceful_shutdown();
@@ -430,6 +503,10 @@ async fn serve_connection<I>(
     let _ = conn.await;
 }
 
+/// Marks a response the proxy made itself (not a backend's), so gRPC callers get it as a gRPC status.
+#[derive(Clone, Copy, Debug)]
+struct LocalReply;
+
 fn full(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut r = Response::new(
         Full::new(Bytes::from_static(body.as_bytes()))
@@ -439,6 +516,45 @@ fn full(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.extensions_mut().insert(LocalReply);
+    r
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`, …).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
+}
+
+/// The gRPC status for one of the proxy's own HTTP answers (Envoy's mapping; invalid backends are UNAVAILABLE
+/// as GRPCRoute requires).
+fn grpc_status(status: StatusCode) -> (u8, &'static str) {
+    match status.as_u16() {
+        404 => (12, "no route"),
+        500 | 502 | 503 => (14, "backend unavailable"),
+        504 => (14, "upstream request timeout"),
+        400 => (13, "bad request"),
+        413 => (8, "request too large"),
+        _ => (2, "unknown"),
+    }
+}
+
+/// A trailers-only gRPC response carrying the status for one of the proxy's own HTTP answers.
+fn as_grpc(response: &Response<ProxyBody>) -> Response<ProxyBody> {
+    let (code, message) = grpc_status(response.status());
+    let mut r = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    h.insert("grpc-message", HeaderValue::from_static(message));
     r
 }
 
@@ -473,7 +589,9 @@ async fn handle(
         })
         .unwrap_or_default();
     let path = req.uri().path().to_string();
-    let outcome = route(table, shared, req, &host, peer, local, tls).await;
+    let grpc = is_grpc(req.headers());
+    let mut outcome = route(table, shared, req, &host, peer, start, tls).await;
+    let _ = local;
     let status = outcome.response.status().as_u16();
     let elapsed = start.elapsed();
     shared.metrics.request(
@@ -496,6 +614,9 @@ async fn handle(
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
     );
+    if grpc && outcome.response.extensions().get::<LocalReply>().is_some() {
+        outcome.response = as_grpc(&outcome.response);
+    }
     outcome.response
 }
 
@@ -532,7 +653,7 @@ async fn route(
     req: Request<Incoming>,
     host: &str,
     peer: SocketAddr,
-    local: SocketAddr,
+    arrived: Instant,
     tls: bool,
 ) -> Outcome {
     let (mut parts, body) = req.into_parts();
@@ -643,6 +764,9 @@ async fn route(
         Some(h) => h.clone(),
         None => host.to_string(),
     };
+    // An HTTP/1.1 upgrade (WebSocket): the client's half of the future tunnel, and the protocol asked for.
+    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let upgrade = upgrade_protocol(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     if let Ok(v) = HeaderValue::from_str(&host_header) {
         parts.headers.insert(header::HOST, v);
@@ -662,16 +786,22 @@ async fn route(
         "x-forwarded-proto",
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    let _ = local;
     let path_and_query = match &query {
         Some(q) => format!("{new_path}?{q}"),
         None => new_path.clone(),
     };
     let grpc = route_info.grpc;
-    let (client, version) = if grpc {
-        (&shared.h2c, Version::HTTP_2)
-    } else {
-        (&shared.http1, Version::HTTP_11)
+    let (client, version) = shared.client(grpc, chosen.backend.protocol);
+    // `timeouts.request` counts from the request's arrival (mirror buffering included); `backendRequest` from
+    // the moment the request is sent, below.
+    let request_deadline = rule
+        .request_timeout_ms
+        .map(|ms| tokio::time::Instant::from_std(arrived + Duration::from_millis(ms)));
+    let timed_out = || {
+        outcome(
+            backend_name.clone(),
+            full(StatusCode::GATEWAY_TIMEOUT, "request timeout\n"),
+        )
     };
     let uri =
         |addr: SocketAddr| -> Option<Uri> { format!("http://{addr}{path_and_query}").parse().ok() };
@@ -682,10 +812,15 @@ async fn route(
     let body: ProxyBody = if mirrors.is_empty() {
         body.map_err(BoxError::from).boxed()
     } else {
-        match Limited::new(body, shared.settings.max_mirror_body)
-            .collect()
-            .await
-        {
+        let collect = Limited::new(body, shared.settings.max_mirror_body).collect();
+        let collected = match request_deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, collect).await {
+                Ok(c) => c,
+                Err(_) => return timed_out(),
+            },
+            None => collect.await,
+        };
+        match collected {
             Ok(collected) => {
                 let bytes = collected.to_bytes();
                 for mirror in &mirrors {
@@ -698,6 +833,7 @@ async fn route(
                     let ep =
                         mirror.backend.endpoints[fastrand::usize(..mirror.backend.endpoints.len())];
                     let Some(mirror_uri) = uri(ep) else { continue };
+                    let (client, version) = shared.client(grpc, mirror.backend.protocol);
                     let mut copy =
                         Request::new(Full::new(bytes.clone()).map_err(|e| match e {}).boxed());
                     *copy.method_mut() = parts.method.clone();
@@ -727,34 +863,49 @@ async fn route(
             }
         }
     };
+    // Upgrades pass between HTTP/1.1 peers only (an h2c backend gets the request without them).
+    if let Some(protocol) =
+        upgrade.filter(|_| parts.version == Version::HTTP_11 && version == Version::HTTP_11)
+    {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
     parts.uri = target;
     parts.version = version;
     let outbound = Request::from_parts(parts, body);
     let send = client.request(outbound);
-    let timeout = [rule.backend_timeout_ms, rule.request_timeout_ms]
+    let backend_deadline = rule
+        .backend_timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let deadline = [request_deadline, backend_deadline]
         .into_iter()
         .flatten()
         .min();
-    let result = match timeout {
-        Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), send).await {
+    let result = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
             Ok(r) => r,
-            Err(_) => {
-                return outcome(
-                    backend_name,
-                    full(StatusCode::GATEWAY_TIMEOUT, "backend timeout\n"),
-                )
-            }
+            Err(_) => return timed_out(),
         },
         None => send.await,
     };
     let response = match result {
+        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tunnel(resp, client_upgrade, &response_mods)
+        }
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             for m in &response_mods {
                 modify_headers(m, &mut parts.headers);
             }
-            Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+            let body = body.map_err(BoxError::from).boxed();
+            let body = match deadline {
+                Some(deadline) => DeadlineBody::new(body, deadline).boxed(),
+                None => body,
+            };
+            Response::from_parts(parts, body)
         }
         Err(e) => {
             debug!(backend = %backend_name, %endpoint, error = %e, "backend request failed");
@@ -762,4 +913,149 @@ async fn route(
         }
     };
     outcome(backend_name, response)
+}
+
+/// The protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` and `Upgrade: <protocol>`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// A backend's 101 answer: the client's and the backend's upgraded connections are joined into one tunnel (a
+/// task of its own, outside the request's timeouts), and the 101 goes to the client with the protocol.
+fn tunnel(
+    mut resp: Response<Incoming>,
+    client: Option<hyper::upgrade::OnUpgrade>,
+    response_mods: &[crate::ir::HeaderModifier],
+) -> Response<ProxyBody> {
+    let Some(client) = client else {
+        return full(
+            StatusCode::BAD_GATEWAY,
+            "backend switched protocols unasked\n",
+        );
+    };
+    let backend = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, backend) {
+            Ok((client, backend)) => {
+                let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+            }
+            Err(e) => debug!(error = %e, "HTTP upgrade not completed"),
+        }
+    });
+    let protocol = resp.headers().get(header::UPGRADE).cloned();
+    let (mut parts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for m in response_mods {
+        modify_headers(m, &mut parts.headers);
+    }
+    if let Some(protocol) = protocol {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
+    Response::from_parts(
+        parts,
+        Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_requests_are_told_by_their_content_type() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            is_grpc(&h)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(with("application/grpc;charset=utf-8"));
+        assert!(!with("application/grpc-web"));
+        assert!(!with("application/json"));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn local_answers_become_trailers_only_grpc_statuses() {
+        for (status, code) in [
+            (StatusCode::NOT_FOUND, "12"),
+            (StatusCode::INTERNAL_SERVER_ERROR, "14"),
+            (StatusCode::SERVICE_UNAVAILABLE, "14"),
+            (StatusCode::GATEWAY_TIMEOUT, "14"),
+        ] {
+            let r = as_grpc(&full(status, "x"));
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["grpc-status"], code, "{status}");
+            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/grpc");
+            assert!(
+                http_body::Body::is_end_stream(r.body()),
+                "trailers-only: no body"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_still_streaming_at_the_deadline_fails() {
+        // A body whose only frame comes after 2 s, with a deadline at 1 s.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let slow = Later(Some(rx)).boxed();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let body = DeadlineBody::new(slow, deadline);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = tx.send(());
+        });
+        let err = body.collect().await.expect_err("cut at the deadline");
+        assert!(err.to_string().contains("timeout"), "{err}");
+        assert_eq!(
+            tokio::time::Instant::now(),
+            deadline,
+            "not before the deadline"
+        );
+
+        // A body that ends before the deadline is passed through whole.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let quick = Full::new(Bytes::from_static(b"whole"))
+            .map_err(|e| match e {})
+            .boxed();
+        let got = DeadlineBody::new(quick, deadline).collect().await.unwrap();
+        assert_eq!(got.to_bytes(), Bytes::from_static(b"whole"));
+    }
+
+    /// A body of one data frame that arrives when `rx` fires.
+    struct Later(Option<tokio::sync::oneshot::Receiver<()>>);
+
+    impl http_body::Body for Later {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            let Some(rx) = self.0.as_mut() else {
+                return std::task::Poll::Ready(None);
+            };
+            match std::pin::Pin::new(rx).poll(cx) {
+                std::task::Poll::Ready(_) => {
+                    self.0 = None;
+                    let frame = http_body::Frame::data(Bytes::from_static(b"late"));
+                    std::task::Poll::Ready(Some(Ok(frame)))
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        }
+    }
 }

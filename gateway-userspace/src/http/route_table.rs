@@ -660,6 +660,7 @@ mod tests {
                 weight,
                 endpoints: Vec::new(),
                 valid: true,
+                protocol: Default::default(),
             },
             filters: Vec::new(),
         };

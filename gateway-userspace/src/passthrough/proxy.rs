@@ -387,6 +387,7 @@ async fn route(
     let Some(pending) = context.limits.acquire(peer.ip()) else {
         return Err((client, ConnectionError::Overloaded));
     };
+    context.metrics.pending.inc();
     let mut buffered = Vec::with_capacity(2048);
     let read = tokio::time::timeout(
         context.settings.handshake_timeout,
@@ -397,6 +398,7 @@ async fn route(
         Ok(result) => result,
     };
     drop(pending);
+    context.metrics.pending.dec();
     let hello = match hello {
         Ok(hello) => hello,
         Err(e) => return Err((client, e)),

@@ -195,6 +195,7 @@ mod tests {
             weight,
             endpoints,
             valid,
+            protocol: Default::default(),
         }
     }
 

@@ -5,11 +5,12 @@
 //! Service up); the Service and the port must exist (`BackendNotFound`) with the route's transport
 //! (`UnsupportedProtocol`). Endpoints come only from EndpointSlices labelled `kubernetes.io/service-name`, so
 //! headless and selector-less Services work the same; endpoints whose `ready` condition is `false` are skipped.
+//! The port's `appProtocol` gives the HTTP version spoken to the backend ([`BackendProtocol`]).
 use super::conditions::{reason, Problem};
 use super::refgrant::{self, RefFrom, RefTo};
 use super::route::RouteKind;
 use super::Context;
-use crate::ir::Backend;
+use crate::ir::{Backend, BackendProtocol};
 use crate::model::{BackendRef, EndpointSlice, IntOrString, ServicePort, GATEWAY_GROUP};
 use std::net::{IpAddr, SocketAddr};
 
@@ -36,16 +37,18 @@ pub fn resolve(
             weight: backend.weight(),
             endpoints: Vec::new(),
             valid: false,
+            protocol: BackendProtocol::default(),
         };
         (backend, Some(problem))
     };
     match endpoints(ctx, kind, route_ns, namespace, backend) {
-        Ok(endpoints) => (
+        Ok((endpoints, protocol)) => (
             Backend {
                 name: written.clone(),
                 weight: backend.weight(),
                 endpoints,
                 valid: true,
+                protocol,
             },
             None,
         ),
@@ -59,7 +62,7 @@ fn endpoints(
     route_ns: &str,
     namespace: &str,
     backend: &BackendRef,
-) -> Result<Vec<SocketAddr>, Problem> {
+) -> Result<(Vec<SocketAddr>, BackendProtocol), Problem> {
     let what = format!("{namespace}/{}", backend.name);
     if backend.group() != "" || backend.kind() != "Service" {
         let message = format!(
@@ -118,7 +121,8 @@ fn endpoints(
         .collect();
     addrs.sort();
     addrs.dedup();
-    Ok(addrs)
+    let protocol = BackendProtocol::from_app_protocol(service_port.app_protocol.as_deref());
+    Ok((addrs, protocol))
 }
 
 /// Ready endpoints of one slice for one Service port: the slice port with the Service port's name (and

@@ -51,6 +51,12 @@ struct Args {
     /// Private key (PEM).
     #[arg(long, env = "TLS_SERVER_PRIVKEY")]
     key: Option<PathBuf>,
+    /// Print one line per HTTP request on stdout.
+    #[arg(long)]
+    log_requests: bool,
+    /// Expect a PROXY protocol v2 header on the TCP/TLS listeners and report its addresses.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Also create this file once ready.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -83,6 +89,8 @@ fn main() -> Result<()> {
         tls: a.tls,
         udp: a.udp,
         tls_pem,
+        log_requests: a.log_requests,
+        proxy_protocol: a.proxy_protocol,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

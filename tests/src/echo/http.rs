@@ -35,6 +35,7 @@ pub(super) async fn serve(
     id: Arc<Identity>,
     flavor: Flavor,
     tls: Option<TlsAcceptor>,
+    log: bool,
 ) -> Result<()> {
     loop {
         let (stream, _peer) = listener.accept().await?;
@@ -44,13 +45,13 @@ pub(super) async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_conn(TokioIo::new(stream), id, port, None, flavor).await,
+                None => serve_conn(TokioIo::new(stream), id, port, None, flavor, log).await,
                 Some(acc) => {
                     let Ok(s) = acc.accept(stream).await else {
                         return;
                     };
                     let info = http_tls_info(s.get_ref().1);
-                    serve_conn(TokioIo::new(s), id, port, Some(info), flavor).await
+                    serve_conn(TokioIo::new(s), id, port, Some(info), flavor, log).await
                 }
             }
         });
@@ -63,18 +64,21 @@ async fn serve_conn<I>(
     port: u16,
     tls: Option<HttpTlsInfo>,
     flavor: Flavor,
+    log: bool,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let tls = Arc::new(tls);
-    let svc = hyper::service::service_fn(move |req| handle(req, id.clone(), port, tls.clone()));
+    let svc =
+        hyper::service::service_fn(move |req| handle(req, id.clone(), port, tls.clone(), log));
     let _ = match flavor {
         Flavor::Http1 => hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
+            .with_upgrades()
             .await
             .map_err(|e| e.to_string()),
         Flavor::Auto => hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
+            .serve_connection_with_upgrades(io, svc)
             .await
             .map_err(|e| e.to_string()),
     };
@@ -111,14 +115,54 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     id: Arc<Identity>,
     port: u16,
     tls: Arc<Option<HttpTlsInfo>>,
+    log: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    if log {
+        let host = req
+            .headers()
+            .get(HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let uri = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("");
+        println!("request {} {host} {uri} {:?}", req.method(), req.version());
+    }
     let query = req.uri().query().unwrap_or("").to_string();
 
+    // An HTTP/1.1 upgrade (e.g. WebSocket): answer 101 with the same protocol, then echo raw bytes back.
+    let upgrade = req
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if let Some(protocol) = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .cloned()
+        .filter(|_| upgrade)
+    {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, "");
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        resp.headers_mut().insert(hyper::header::UPGRADE, protocol);
+        return Ok(resp);
+    }
     if let Some(d) = query_param(&query, "delay").and_then(parse_go_duration) {
         tokio::time::sleep(d.min(MAX_DELAY)).await;
     }

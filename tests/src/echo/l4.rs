@@ -54,6 +54,8 @@ pub(super) struct TcpCtx {
     pub id: Arc<Identity>,
     pub tcpport: String,
     pub tlsport: String,
+    /// Connections start with a PROXY protocol v2 header.
+    pub proxy_protocol: bool,
 }
 
 /// TLS facts in the TCP echo's format (`TLS 1.3`, Go cipher-suite names).
@@ -106,19 +108,32 @@ pub(super) async fn serve_tcp(
     tls: Option<TlsAcceptor>,
 ) -> Result<()> {
     loop {
-        let (stream, _peer) = listener.accept().await?;
+        let (mut stream, _peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let proxy = if ctx.proxy_protocol {
+                let read = super::proxy_protocol::read_v2(&mut stream);
+                match tokio::time::timeout(Duration::from_secs(10), read).await {
+                    Ok(Ok(header)) => Some(header),
+                    Ok(Err(e)) => {
+                        println!("PROXY header refused: {e:#}");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            } else {
+                None
+            };
             match tls {
                 None => {
-                    let _ = session(stream, &ctx, None).await;
+                    let _ = session(stream, &ctx, None, proxy).await;
                 }
                 Some(acc) => {
                     if let Ok(s) = acc.accept(stream).await {
                         let info = tls_info(s.get_ref().1);
-                        let _ = session(s, &ctx, Some(info)).await;
+                        let _ = session(s, &ctx, Some(info), proxy).await;
                     }
                 }
             }
@@ -130,6 +145,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     ctx: &TcpCtx,
     tls: Option<TcpTlsInfo>,
+    proxy: Option<super::proxy_protocol::ProxyHeader>,
 ) -> Result<()> {
     let mut s = BufReader::new(stream);
     s.get_mut().write_all(TCP_GREETING.as_bytes()).await?;
@@ -158,6 +174,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     tlsport: ctx.tlsport.clone(),
                     is_tls: tls.is_some(),
                     tls: tls.clone(),
+                    proxy: proxy.clone(),
                 };
                 format!("{}\n", serde_json::to_string(&r)?)
             }

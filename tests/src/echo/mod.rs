@@ -12,6 +12,7 @@
 
 mod http;
 mod l4;
+pub mod proxy_protocol;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -79,6 +80,12 @@ pub struct EchoConfig {
     pub udp: Option<u16>,
     /// Certificate for `https`/`tls`.
     pub tls_pem: Option<TlsPem>,
+    /// HTTP listeners print one `request <method> <host> <uri> <proto>` line per request on stdout (what the
+    /// conformance suite reads from echo-basic's log, e.g. to see mirrored requests).
+    pub log_requests: bool,
+    /// TCP/TLS listeners expect a PROXY protocol v2 header first and report its addresses
+    /// ([`TcpEchoReply::proxy`]); a connection without a valid header is closed.
+    pub proxy_protocol: bool,
 }
 
 impl EchoConfig {
@@ -98,6 +105,8 @@ impl EchoConfig {
             tls: None,
             udp: None,
             tls_pem: None,
+            log_requests: false,
+            proxy_protocol: false,
         }
     }
     /// Sets the service name.
@@ -143,6 +152,16 @@ impl EchoConfig {
     /// Enables UDP on `port`.
     pub fn udp(mut self, port: u16) -> Self {
         self.udp = Some(port);
+        self
+    }
+    /// Logs every HTTP request on stdout (see [`EchoConfig::log_requests`]).
+    pub fn log_requests(mut self) -> Self {
+        self.log_requests = true;
+        self
+    }
+    /// Expects PROXY protocol v2 on the TCP/TLS listeners (see [`EchoConfig::proxy_protocol`]).
+    pub fn proxy_protocol(mut self) -> Self {
+        self.proxy_protocol = true;
         self
     }
     /// Sets the certificate (PEM) for the TLS listeners.
@@ -197,6 +216,12 @@ impl EchoConfig {
                 a.push(flag.into());
                 a.push(p.to_string());
             }
+        }
+        if self.log_requests {
+            a.push("--log-requests".into());
+        }
+        if self.proxy_protocol {
+            a.push("--proxy-protocol".into());
         }
         if let Some((c, k)) = cert_files {
             a.push("--cert".into());
@@ -293,6 +318,10 @@ pub struct TcpEchoReply {
     /// TLS details when `is_tls`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TcpTlsInfo>,
+    /// The addresses of the PROXY v2 header that opened the connection (listeners with
+    /// [`EchoConfig::proxy_protocol`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<proxy_protocol::ProxyHeader>,
 }
 
 /// TLS details in the TCP echo.
@@ -409,13 +438,15 @@ impl BoundEcho {
             id: id.clone(),
             tcpport: port_str(self.addrs.tcp),
             tlsport: port_str(self.addrs.tls),
+            proxy_protocol: self.cfg.proxy_protocol,
         });
+        let log = self.cfg.log_requests;
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(l) = self.http {
-            tasks.spawn(http::serve(l, id.clone(), http::Flavor::Http1, None));
+            tasks.spawn(http::serve(l, id.clone(), http::Flavor::Http1, None, log));
         }
         if let Some(l) = self.h2c {
-            tasks.spawn(http::serve(l, id.clone(), http::Flavor::Auto, None));
+            tasks.spawn(http::serve(l, id.clone(), http::Flavor::Auto, None, log));
         }
         if let (Some(l), Some(acc)) = (self.https, &self.acceptor) {
             tasks.spawn(http::serve(
@@ -423,6 +454,7 @@ impl BoundEcho {
                 id.clone(),
                 http::Flavor::Auto,
                 Some(acc.https.clone()),
+                log,
             ));
         }
         if let Some(l) = self.tcp {

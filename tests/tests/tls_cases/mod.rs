@@ -3,6 +3,10 @@
 // connections from the client namespace routed by the SNI of their ClientHello to TLS echo backends, which
 // complete the handshake themselves and report the SNI they saw. Mirrors the conformance TLSRoute cases
 // (CONFORMANCE-CASES.md §1); rejections must be EOF or RST, never a TLS alert.
+// Some helpers serve only the userspace path's own tests (in tls_passthrough.rs); the kernel binary leaves them
+// unused.
+#![allow(dead_code)]
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -19,16 +23,16 @@ use gateway_tests::{
     topology, GatewayProcess, Process, Topology,
 };
 
-pub(super) const PORT: u16 = 443;
-pub(super) const TLS_PORT: u16 = 8443;
-pub(super) const CLASS: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+pub(crate) const PORT: u16 = 443;
+pub(crate) const TLS_PORT: u16 = 8443;
+pub(crate) const CLASS: &str = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: ebpf}
 spec: {controllerName: ebpf-gateway.dev/gatewayclass-controller}
 "#;
 
 /// A Gateway at `198.18.100.{vip}` with one TLS Passthrough listener on 443.
-pub(super) fn gateway(name: &str, vip: u8, hostname: Option<&str>) -> String {
+pub(crate) fn gateway(name: &str, vip: u8, hostname: Option<&str>) -> String {
     let hostname = hostname
         .map(|h| format!(", hostname: \"{h}\""))
         .unwrap_or_default();
@@ -49,7 +53,7 @@ spec:
 
 /// A TLSRoute on `gateway` for `hostnames` to the Service `backend` (namespace `backend_ns`), with extra
 /// backendRef fields (e.g. `group: x, kind: Y`) and annotations.
-pub(super) fn route(
+pub(crate) fn route(
     name: &str,
     gateway: &str,
     hostnames: &[&str],
@@ -73,7 +77,7 @@ spec:
 }
 
 /// A Service on port 443 → 8443 with an EndpointSlice at `endpoint`.
-pub(super) fn service(name: &str, namespace: &str, endpoint: std::net::Ipv4Addr) -> String {
+pub(crate) fn service(name: &str, namespace: &str, endpoint: std::net::Ipv4Addr) -> String {
     format!(
         r#"---
 apiVersion: v1
@@ -97,16 +101,16 @@ endpoints:
     )
 }
 
-struct Setup<'t> {
-    topo: &'t Topology,
-    pki: Pki,
+pub(crate) struct Setup<'t> {
+    pub(crate) topo: &'t Topology,
+    pub(crate) pki: Pki,
     _echoes: Vec<Process>,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 /// Starts a TLS echo on each backend i, with pod name `<deployments[i-1]>-5f9c-x<i>` and a certificate for
 /// abc.example.com and other.example.com (conformance's `tls-checks-certificate`).
-fn start<'t>(topo: &'t Topology, deployments: &[&str]) -> Result<Setup<'t>> {
+pub(crate) fn start<'t>(topo: &'t Topology, deployments: &[&str]) -> Result<Setup<'t>> {
     let pki = Pki::new("tls-checks-ca")?;
     let cert: CertBundle = pki.issue(
         "tls-checks-certificate",
@@ -129,7 +133,7 @@ fn start<'t>(topo: &'t Topology, deployments: &[&str]) -> Result<Setup<'t>> {
 }
 
 impl Setup<'_> {
-    fn gateway(&self, yaml: &str) -> Result<GatewayProcess<'_>> {
+    pub(crate) fn gateway(&self, yaml: &str) -> Result<GatewayProcess<'_>> {
         let config = write_manifests(self.dir.path(), &format!("{CLASS}{yaml}"))?;
         GatewayProcess::start(
             self.topo.gateway(),
@@ -138,9 +142,29 @@ impl Setup<'_> {
         )
     }
 
+    /// A Gateway `gw` at vip 1 with one TLSRoute for abc.example.com to the first backend (`tls-backend`),
+    /// started with the extra `gateway run` arguments `args`.
+    pub(crate) fn one_route_gateway(&self, args: &[&str]) -> Result<GatewayProcess<'_>> {
+        let yaml = [
+            CLASS.to_string(),
+            gateway("gw", 1, None),
+            route(
+                "r",
+                "gw",
+                &["abc.example.com"],
+                "name: tls-backend, port: 443",
+                "",
+            ),
+            service("tls-backend", "infra", self.topo.backend_addr(1)),
+        ]
+        .concat();
+        let config = write_manifests(self.dir.path(), &yaml)?;
+        GatewayProcess::start(self.topo.gateway(), &[&config], args)
+    }
+
     /// TLS dial (rustls, the harness client) with `sni`, then the echo's `TEST` line; retried briefly while the
     /// listener comes up.
-    fn echo(&self, vip: u8, sni: &str) -> Result<TcpEchoReply> {
+    pub(crate) fn echo(&self, vip: u8, sni: &str) -> Result<TcpEchoReply> {
         let addr = SocketAddr::from((topology::vip(vip), PORT));
         let mut last = None;
         for _ in 0..20 {
@@ -159,7 +183,7 @@ impl Setup<'_> {
 
     /// Asserts that a TLS dial with `sni` is rejected by EOF or RST before the handshake completes (a TLS alert
     /// does not count, per the conformance suite).
-    fn assert_rejected(&self, vip: u8, sni: &str) -> Result<()> {
+    pub(crate) fn assert_rejected(&self, vip: u8, sni: &str) -> Result<()> {
         let addr = SocketAddr::from((topology::vip(vip), PORT));
         let outcome = self
             .topo
@@ -176,7 +200,7 @@ impl Setup<'_> {
 }
 
 #[derive(Debug)]
-enum DialOutcome {
+pub(crate) enum DialOutcome {
     /// The handshake completed: the connection was routed.
     Handshake,
     /// EOF or ECONNRESET during the handshake: the accepted rejection.
@@ -185,7 +209,7 @@ enum DialOutcome {
     Other(#[allow(dead_code)] String),
 }
 
-fn raw_tls_dial(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<DialOutcome> {
+pub(crate) fn raw_tls_dial(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<DialOutcome> {
     let config = clients::tls_client_config(ca_pem, &[])?;
     let name = rustls::pki_types::ServerName::try_from(sni.to_string())?;
     let mut conn = rustls::ClientConnection::new(Arc::clone(&config), name)?;
@@ -209,7 +233,7 @@ fn raw_tls_dial(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<DialOutcome
 
 /// A one-connection TCP relay on 127.0.0.1 towards `upstream` that writes the first `slow` bytes from its client
 /// one byte per segment (TCP_NODELAY and a pause between bytes), then copies normally. Call inside a namespace.
-fn byte_by_byte_relay(upstream: SocketAddr, slow: usize) -> Result<SocketAddr> {
+pub(crate) fn byte_by_byte_relay(upstream: SocketAddr, slow: usize) -> Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let local = listener.local_addr()?;
     let up = TcpStream::connect_timeout(&upstream, Duration::from_secs(3))?;
@@ -239,7 +263,7 @@ fn byte_by_byte_relay(upstream: SocketAddr, slow: usize) -> Result<SocketAddr> {
     Ok(local)
 }
 
-fn check_reply(reply: &TcpEchoReply, deployment: &str, sni: &str) -> Result<()> {
+pub(crate) fn check_reply(reply: &TcpEchoReply, deployment: &str, sni: &str) -> Result<()> {
     ensure!(
         reply.pod.starts_with(&format!("{deployment}-")),
         "answered by {} not {deployment}",
@@ -256,7 +280,7 @@ fn check_reply(reply: &TcpEchoReply, deployment: &str, sni: &str) -> Result<()> 
     Ok(())
 }
 
-fn metric(gw: &GatewayProcess, needle: &str) -> Result<u64> {
+pub(crate) fn metric(gw: &GatewayProcess, needle: &str) -> Result<u64> {
     let (status, body) = gw.admin_get("/metrics")?;
     ensure!(status == 200);
     Ok(body
@@ -270,7 +294,7 @@ fn metric(gw: &GatewayProcess, needle: &str) -> Result<u64> {
 
 /// TLSRouteSimpleSameNamespace, with the rustls client and with `openssl s_client`.
 #[test]
-fn tls_route_simple_same_namespace() -> Result<()> {
+pub(crate) fn tls_route_simple_same_namespace() -> Result<()> {
     let topo = Topology::builder().backends(1).build()?;
     let setup = start(&topo, &["tcp-backend"])?;
     let gw = setup.gateway(&format!(
@@ -361,7 +385,7 @@ fn tls_route_simple_same_namespace() -> Result<()> {
 
 /// TLSRouteHostnameIntersection: four Gateways whose listener hostnames intersect the routes' differently.
 #[test]
-fn tls_route_hostname_intersection() -> Result<()> {
+pub(crate) fn tls_route_hostname_intersection() -> Result<()> {
     let topo = Topology::builder().backends(2).build()?;
     let setup = start(&topo, &["tls-backend", "tls-backend-2"])?;
     let b1 = "name: tls-backend, port: 443";
@@ -410,7 +434,7 @@ fn tls_route_hostname_intersection() -> Result<()> {
 
 /// TLSRouteInvalidBackendRefNonexistent and ...UnknownKind: the route is accepted, its connections rejected.
 #[test]
-fn tls_route_invalid_backend_refs_are_rejected() -> Result<()> {
+pub(crate) fn tls_route_invalid_backend_refs_are_rejected() -> Result<()> {
     let topo = Topology::builder().backends(1).build()?;
     let setup = start(&topo, &["tls-backend"])?;
     let yaml = [
@@ -457,7 +481,7 @@ fn tls_route_invalid_backend_refs_are_rejected() -> Result<()> {
 
 /// A backend in another namespace needs a ReferenceGrant; without one the connection is rejected.
 #[test]
-fn tls_route_cross_namespace_backend_needs_a_reference_grant() -> Result<()> {
+pub(crate) fn tls_route_cross_namespace_backend_needs_a_reference_grant() -> Result<()> {
     let topo = Topology::builder().backends(1).build()?;
     let setup = start(&topo, &["tls-backend"])?;
     let grant = r#"---
@@ -502,7 +526,7 @@ spec:
 /// Weighted backends split connections by weight; a route change swaps the table without breaking an
 /// established connection.
 #[test]
-fn tls_route_weights_and_table_swap_keep_established_connections() -> Result<()> {
+pub(crate) fn tls_route_weights_and_table_swap_keep_established_connections() -> Result<()> {
     let topo = Topology::builder().backends(2).build()?;
     let setup = start(&topo, &["tls-a", "tls-b"])?;
     let routes = |weight_b: u32| {
@@ -587,4 +611,281 @@ fn tls_route_weights_and_table_swap_keep_established_connections() -> Result<()>
         "held connection answered {line:?} after the table swap"
     );
     Ok(())
+}
+
+/// `TEST` on an established TLS echo session: the echo's JSON reply.
+pub(crate) fn echo_test<S: Read + Write>(tls: &mut S) -> Result<TcpEchoReply> {
+    let mut reader = BufReader::new(tls);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting)?;
+    ensure!(
+        greeting.starts_with("Gateway API Test TCP Server"),
+        "greeting {greeting:?}"
+    );
+    reader.get_mut().write_all(b"TEST\n")?;
+    reader.get_mut().flush()?;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+/// A connection that sent part of a real ClientHello and stalls.
+pub(crate) struct Stalled {
+    sock: TcpStream,
+    conn: rustls::ClientConnection,
+    rest: Vec<u8>,
+}
+
+/// Connects from `ns` to `addr` and sends the first half of a rustls ClientHello for `sni`.
+pub(crate) fn stall(
+    ns: &gateway_tests::Netns,
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+) -> Result<Stalled> {
+    let cfg = clients::tls_client_config(ca_pem, &[])?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())?;
+    let mut conn = rustls::ClientConnection::new(cfg, name)?;
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello)?;
+    }
+    ensure!(hello.len() > 100, "ClientHello of {} bytes", hello.len());
+    let mut sock = ns.run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3)))?;
+    sock.set_nodelay(true)?;
+    let rest = hello.split_off(hello.len() / 2);
+    sock.write_all(&hello)?;
+    Ok(Stalled { sock, conn, rest })
+}
+
+impl Stalled {
+    /// Sends the rest of the ClientHello, completes the handshake and runs `TEST` with the echo.
+    pub(crate) fn finish(mut self) -> Result<TcpEchoReply> {
+        self.sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        self.sock.write_all(&self.rest)?;
+        let mut tls = rustls::StreamOwned::new(self.conn, self.sock);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        echo_test(&mut tls)
+    }
+
+    /// Waits (≤ `limit`) for the gateway to close the connection; how it closed (EOF or RST) and after how long
+    /// since `since`. Anything else (data, another error, still open) is an error.
+    pub(crate) fn closed(
+        &mut self,
+        since: std::time::Instant,
+        limit: Duration,
+    ) -> Result<(String, Duration)> {
+        self.sock.set_read_timeout(Some(limit))?;
+        let mut buf = [0u8; 64];
+        let how = match self.sock.read(&mut buf) {
+            Ok(0) => "eof".to_string(),
+            Ok(n) => bail!("got {n} bytes instead of a close: {:?}", &buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "rst".to_string(),
+            Err(e) => bail!("not closed within {limit:?}: {e} ({:?})", e.kind()),
+        };
+        Ok((how, since.elapsed()))
+    }
+}
+
+/// A raw TCP backend in `ns` on `TLS_PORT` that reads each connection to EOF — slowly, 64 KiB at a time with
+/// a pause, so a fast sender meets backpressure — then, 100 ms after the client's EOF (the gateway must keep
+/// the other direction open), answers `<bytes> <hash>` and closes. Stops accepting when `stop` is set.
+pub(crate) fn counting_backend(
+    ns: &gateway_tests::Netns,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.spawn_thread(move || -> Result<()> {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", TLS_PORT))?;
+        listener.set_nonblocking(true)?;
+        let _ = ready_tx.send(());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let (mut conn, _) = match listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            std::thread::spawn(move || -> Result<()> {
+                conn.set_nonblocking(false)?;
+                conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+                let (mut total, mut hash) = (0usize, Fnv::default());
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = conn.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                    hash.write(&buf[..n]);
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                conn.write_all(format!("{total} {:x}\n", hash.0).as_bytes())?;
+                Ok(())
+            });
+        }
+        Ok(())
+    })?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("backend did not start")?;
+    Ok(handle)
+}
+
+/// FNV-1a, 64 bits: the same on both sides of the wire.
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Sends `bytes`, closes the sending side and reads until the gateway or the backend closes. `Ok(reply)` or
+/// how the connection ended without one.
+pub(crate) fn send_and_half_close(
+    addr: SocketAddr,
+    bytes: &[u8],
+) -> Result<std::result::Result<String, String>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    if let Err(e) = s.write_all(bytes) {
+        return Ok(Err(format!("{:?} while sending", e.kind())));
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut reply = Vec::new();
+    Ok(match s.read_to_end(&mut reply) {
+        Ok(_) if reply.is_empty() => Err("eof".into()),
+        Ok(_) => Ok(String::from_utf8_lossy(&reply).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && reply.is_empty() => {
+            Err("rst".into())
+        }
+        Err(e) => bail!("{e} ({:?}) after {} bytes", e.kind(), reply.len()),
+    })
+}
+
+/// The ClientHello corpus through the running gateway (not only the parser): every `sni:` case is routed and
+/// its bytes reach the backend unchanged; every `reject:` case is closed with EOF or RST, no byte back, and
+/// counted under its reason. Then forwarding itself: half-close (the backend answers after the client's EOF),
+/// and a 32 MiB upload to a slow backend arrives whole while the gateway's memory stays flat (backpressure).
+#[test]
+pub(crate) fn tls_corpus_through_the_gateway_then_half_close_and_backpressure() -> Result<()> {
+    let topo = Topology::builder().backends(1).build()?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backend = counting_backend(topo.backend(1), stop.clone())?;
+    let dir = tempfile::tempdir()?;
+    let yaml = [
+        CLASS.to_string(),
+        gateway("gw", 1, None),
+        route("all", "gw", &["*.example.com"], "name: raw, port: 443", ""),
+        service("raw", "infra", topo.backend_addr(1)),
+    ]
+    .concat();
+    let config = write_manifests(dir.path(), &yaml)?;
+    let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
+    let addr = SocketAddr::from((topology::vip(1), PORT));
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../gateway-userspace/tests/corpus/clienthello");
+    let manifest = std::fs::read_to_string(corpus.join("MANIFEST"))?;
+    let cases: Vec<(String, String)> = manifest
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
+        .collect();
+    ensure!(cases.len() >= 30, "{} corpus cases", cases.len());
+    let result = (|| -> Result<()> {
+        // The listener comes up asynchronously: wait for the first routed case.
+        let routed = |bytes: &[u8]| -> Result<std::result::Result<String, String>> {
+            topo.client().run(|| send_and_half_close(addr, bytes))
+        };
+        let first = std::fs::read(corpus.join("rustls.bin"))?;
+        let mut up = false;
+        for _ in 0..40 {
+            if matches!(routed(&first), Ok(Ok(_))) {
+                up = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        ensure!(up, "the passthrough listener never routed a hello");
+        let mut rejected: std::collections::BTreeMap<String, u64> = Default::default();
+        for (file, outcome) in &cases {
+            let bytes = std::fs::read(corpus.join(file))?;
+            let got = routed(&bytes)?;
+            match outcome.split_once(':') {
+                Some(("sni", _)) => {
+                    let mut hash = Fnv::default();
+                    hash.write(&bytes);
+                    let want = format!("{} {:x}\n", bytes.len(), hash.0);
+                    ensure!(
+                        got.as_deref() == Ok(want.as_str()),
+                        "{file} ({outcome}): backend answered {got:?}, want {want:?}"
+                    );
+                }
+                Some(("reject", reason)) => {
+                    ensure!(got.is_err(), "{file} ({outcome}) was routed: {got:?}");
+                    *rejected.entry(reason.to_string()).or_default() += 1;
+                }
+                _ => bail!("MANIFEST outcome {outcome:?}"),
+            }
+        }
+        for (reason, count) in &rejected {
+            let counted = metric(&gw, &format!("reason=\"{reason}\""))?;
+            ensure!(
+                counted >= *count,
+                "{reason}: {counted} counted, {count} sent"
+            );
+        }
+
+        // 32 MiB after the hello to a backend that reads slowly: all of it arrives, in order, and the gateway's
+        // peak memory does not grow by anything like the amount in flight.
+        let hwm = |pid: u32| -> Result<u64> {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .context("VmHWM")
+        };
+        let pid = gw.pid().context("gateway pid")?;
+        let before = hwm(pid)?;
+        let mut upload = first.clone();
+        upload.extend((0..32u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        let mut hash = Fnv::default();
+        hash.write(&upload);
+        let got = routed(&upload)?;
+        let want = format!("{} {:x}\n", upload.len(), hash.0);
+        ensure!(
+            got.as_deref() == Ok(want.as_str()),
+            "upload: {got:?}, want {want:?}"
+        );
+        let grew = hwm(pid)?.saturating_sub(before);
+        ensure!(
+            grew < 8 * 1024,
+            "the gateway's peak RSS grew by {grew} KiB while 32 MiB went to a slow backend"
+        );
+        Ok(())
+    })();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = backend.join();
+    if result.is_err() {
+        eprintln!("gateway log:\n{}", gw.log());
+    }
+    result
 }

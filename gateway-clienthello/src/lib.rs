@@ -1,4 +1,5 @@
-//! ClientHello reassembly and SNI extraction for TLS passthrough.
+//! ClientHello reassembly and SNI extraction for TLS passthrough (used by the gateway as
+//! `gateway_userspace::passthrough::clienthello`; a crate of its own so the fuzz target builds only this).
 //!
 //! The proxy buffers the first bytes a client sends and calls [`parse`] after every read. The buffer is read as
 //! TLS records (any number, any split across TCP segments), their handshake fragments are concatenated, and once

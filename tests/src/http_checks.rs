@@ -1,0 +1,151 @@
+//! HTTP checks the way the conformance suite makes them, against a [`ConformanceRun`]: a request from the client
+//! namespace, retried until it gives the expected answer 3 times in a row (30 s at most), and the
+//! [`conformance!`](crate::conformance!) macro that runs a conformance manifest around a test body.
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Result};
+
+use crate::{
+    clients::{self, HttpResponse},
+    conformance::ConformanceRun,
+    echo::HttpEchoReply,
+};
+
+/// Runs a conformance manifest (`Plan::load(file)`, its topology, the gateway) around `body`, which may use `?`;
+/// the gateway's log is printed when the body fails.
+///
+/// ```ignore
+/// conformance!("httproute-simple-same-namespace.yaml", |run| { expect_status(&run, gw, "example.com", "/", 200) })
+/// ```
+#[macro_export]
+macro_rules! conformance {
+    ($file:expr, |$run:ident| $body:block) => {{
+        let plan = $crate::conformance::Plan::load($file)?;
+        let topo = plan.topology()?;
+        #[allow(unused_mut)]
+        let mut $run = plan.start(&topo)?;
+        // A closure, so `?` inside the body ends the body, not the test, and the log is printed on failure.
+        #[allow(clippy::redundant_closure_call)]
+        let result: ::anyhow::Result<()> = (|| $body)();
+        if result.is_err() {
+            eprintln!("gateway log:\n{}", $run.gateway().log());
+        }
+        result
+    }};
+}
+
+/// One HTTP/1.1 request from the client namespace.
+pub fn request(
+    run: &ConformanceRun,
+    target: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse> {
+    let host = host.to_string();
+    let path = path.to_string();
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    run.topology().client().run(move || {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        clients::http_request(target, "GET", &host, &path, &h)
+    })
+}
+
+/// Retries `check` until it succeeds 3 times in a row (30 s at most), like the conformance suite.
+pub fn eventually(what: &str, mut check: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut streak = 0;
+    loop {
+        match check() {
+            Ok(()) => {
+                streak += 1;
+                if streak == 3 {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                streak = 0;
+                if Instant::now() > deadline {
+                    return Err(e.context(format!("{what}: not consistent within 30 s")));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// `GET host path` answers 200 with echo JSON that passes `check` (retried like [`eventually`]).
+pub fn expect_echo(
+    run: &ConformanceRun,
+    target: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    check: impl Fn(&HttpEchoReply) -> Result<()>,
+) -> Result<()> {
+    eventually(&format!("{host}{path} {headers:?}"), || {
+        let r = request(run, target, host, path, headers)?;
+        ensure!(r.status == 200, "status {} ({})", r.status, r.text());
+        check(&r.echo()?)
+    })
+}
+
+/// `GET host path` answers 200 from a pod of `backend` (in `namespace`) that saw `path`.
+pub fn expect_backend(
+    run: &ConformanceRun,
+    target: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    backend: &str,
+    namespace: &str,
+) -> Result<()> {
+    expect_echo(run, target, host, path, headers, |echo| {
+        ensure!(
+            echo.pod.starts_with(&format!("{backend}-")),
+            "answered by {}, expected {backend}",
+            echo.pod
+        );
+        ensure!(echo.namespace == namespace, "namespace {}", echo.namespace);
+        ensure!(echo.path == path, "backend saw path {}", echo.path);
+        Ok(())
+    })
+}
+
+/// `GET host path` answers `status`.
+pub fn expect_status(
+    run: &ConformanceRun,
+    target: SocketAddr,
+    host: &str,
+    path: &str,
+    status: u16,
+) -> Result<()> {
+    eventually(&format!("{host}{path} -> {status}"), || {
+        let r = request(run, target, host, path, &[])?;
+        ensure!(r.status == status, "status {} ({})", r.status, r.text());
+        Ok(())
+    })
+}
+
+/// The HTTPRoute `namespace/name` is Accepted and its refs resolved (30 s at most).
+pub fn accepted(run: &ConformanceRun, namespace: &str, name: &str) -> Result<()> {
+    let t = Duration::from_secs(30);
+    run.wait_route_condition("HTTPRoute", namespace, name, "Accepted", "Accepted", t)?;
+    run.wait_route_condition(
+        "HTTPRoute",
+        namespace,
+        name,
+        "ResolvedRefs",
+        "ResolvedRefs",
+        t,
+    )
+}

@@ -1,0 +1,128 @@
+//! What operators rely on in the userspace HTTP proxy, end to end: 503 for a valid backend without ready
+//! endpoints, request metrics (per listener, route, backend, status class, latency histogram) on the admin
+//! port, JSON access logs, and SIGTERM draining an in-flight request before the agent exits.
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use gateway_tests::{
+    clients,
+    conformance::Plan,
+    http_checks::{expect_backend, expect_status, request},
+};
+
+const INFRA: &str = "gateway-conformance-infra";
+
+/// The value of the Prometheus series whose line starts with `name{` and contains every label of `labels`.
+fn series(metrics: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[test]
+fn http_503_metrics_json_access_log_and_sigterm_drain() -> Result<()> {
+    let plan = Plan::load("httproute-simple-same-namespace.yaml")?;
+    let topo = plan.topology()?;
+    let mut run = plan.start_with_args(&topo, &["--log-format", "json"])?;
+    let result = (|| -> Result<()> {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
+        // A Service whose selector matches no pod has no EndpointSlice: valid backend, no ready endpoint → 503.
+        run.apply(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: no-endpoints, namespace: gateway-conformance-infra}\n\
+             spec:\n  selector: {app: nothing-runs-this}\n  ports: [{port: 8080, targetPort: 3000, protocol: TCP}]\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: empty, namespace: gateway-conformance-infra}\n\
+             spec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [empty.example]\n  \
+             rules:\n  - backendRefs: [{name: no-endpoints, port: 8080}]\n",
+        )?;
+        expect_status(&run, gw, "empty.example", "/", 503)?;
+        for _ in 0..5 {
+            let r = request(&run, gw, "example.com", "/counted", &[])?;
+            ensure!(r.status == 200, "status {}", r.status);
+        }
+
+        // Metrics: requests by listener/route/backend/class, and the latency histogram by route/class.
+        let (_, metrics) = run.gateway().admin_get("/metrics")?;
+        let route = "gateway-conformance-infra/gateway-conformance-infra-test";
+        let ok = series(
+            &metrics,
+            "gateway_http_requests_total",
+            &[
+                ("listener", "gateway-conformance-infra/same-namespace/http"),
+                ("route", route),
+                ("backend", "gateway-conformance-infra/infra-backend-v1:8080"),
+                ("code", "2xx"),
+            ],
+        );
+        ensure!(ok >= 8, "{ok} 2xx requests counted for the route");
+        let unavailable = series(
+            &metrics,
+            "gateway_http_requests_total",
+            &[
+                ("route", "gateway-conformance-infra/empty"),
+                ("backend", "gateway-conformance-infra/no-endpoints:8080"),
+                ("code", "5xx"),
+            ],
+        );
+        ensure!(
+            unavailable >= 3,
+            "{unavailable} 5xx counted for the empty route"
+        );
+        let timed = series(
+            &metrics,
+            "gateway_http_request_duration_seconds_count",
+            &[("route", route), ("code", "2xx")],
+        );
+        ensure!(timed >= 8, "{timed} requests in the latency histogram");
+
+        // JSON access log: one object per request, with what an operator greps for.
+        let log = run.gateway().log();
+        let entry = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "access" && v["fields"]["path"] == "/counted")
+            .with_context(|| format!("no JSON access log line for /counted in:\n{log}"))?;
+        let fields = &entry["fields"];
+        ensure!(fields["status"] == 200, "{entry}");
+        ensure!(fields["route"] == route, "{entry}");
+        ensure!(
+            fields["method"] == "GET" && fields["host"] == "example.com",
+            "{entry}"
+        );
+        ensure!(
+            fields["client"].as_str().is_some_and(|c| !c.is_empty()),
+            "{entry}"
+        );
+        ensure!(fields["duration_ms"].as_f64().is_some(), "{entry}");
+
+        // SIGTERM with a request in flight: it completes with its 200, then the agent exits cleanly.
+        let slow = run.topology().client().spawn_thread(move || {
+            clients::http_request(gw, "GET", "example.com", "/?delay=1500ms", &[])
+        })?;
+        std::thread::sleep(Duration::from_millis(500));
+        let status = run
+            .gateway_mut()
+            .stop(Duration::from_secs(10))?
+            .context("the gateway was not running")?;
+        let answer = slow.join().expect("client thread")?;
+        ensure!(
+            answer.status == 200,
+            "in-flight request got {}",
+            answer.status
+        );
+        ensure!(status.success(), "gateway exited with {status}");
+        Ok(())
+    })();
+    if result.is_err() {
+        eprintln!("gateway log:\n{}", run.gateway().log());
+    }
+    result
+}
