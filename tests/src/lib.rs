@@ -17,6 +17,7 @@ pub mod manifests;
 pub mod netns;
 pub mod pki;
 pub mod sockets;
+pub mod stream;
 pub mod topology;
 
 pub use echo::{spawn_echo, EchoConfig, EchoServer};

@@ -2,16 +2,17 @@
 //! established ones; a thousand long-lived flows survive a hundred configuration changes with no reset; a
 //! gigabyte goes each way through one connection with every byte checked.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use gateway_tests::{
     echo::{spawn_echo, EchoConfig},
     gateway::write_manifests,
     manifests::{l4_gateway, L4Listener},
+    stream::{check_stream, send_stream},
     topology, GatewayProcess, Process, Topology,
 };
 
@@ -161,48 +162,6 @@ fn a_thousand_flows_survive_a_hundred_configuration_changes() -> Result<()> {
     );
     assert_eq!(gw.kernel_packets("no_flow_reset")?, 0);
     Ok(())
-}
-
-/// Deterministic content: 8-byte word `i` of the stream.
-fn word(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-const CHUNK: usize = 64 * 1024;
-
-fn send_stream(s: &mut TcpStream, total: usize, seed: u64) -> Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut sent = 0usize;
-    while sent < total {
-        for (j, w) in buf.chunks_exact_mut(8).enumerate() {
-            w.copy_from_slice(&word(seed + ((sent / 8) + j) as u64).to_le_bytes());
-        }
-        s.write_all(&buf)?;
-        sent += CHUNK;
-    }
-    Ok(())
-}
-
-fn check_stream(s: &mut TcpStream, total: usize, seed: u64) -> Result<usize> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut got = 0usize;
-    while got < total {
-        s.read_exact(&mut buf)
-            .with_context(|| format!("after {got} bytes"))?;
-        for (j, w) in buf.chunks_exact(8).enumerate() {
-            let i = (got / 8) + j;
-            ensure!(
-                u64::from_le_bytes(w.try_into().unwrap()) == word(seed + i as u64),
-                "byte {} differs",
-                i * 8
-            );
-        }
-        got += CHUNK;
-    }
-    Ok(got)
 }
 
 #[test]

@@ -19,7 +19,12 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use gateway_tests::{gateway::write_manifests, sockets, topology, GatewayProcess, Topology};
+use gateway_tests::{
+    gateway::write_manifests,
+    sockets,
+    stream::{check_stream, send_stream, CHUNK},
+    topology, GatewayProcess, Topology,
+};
 
 /// The corpus's post-quantum-sized ClientHello (X25519MLKEM768 key share, 1,828 bytes: two segments at MSS
 /// 1,460), SNI `pq.example.com`.
@@ -31,6 +36,15 @@ fn pq_hello() -> Result<Vec<u8>> {
 
 /// Gateway `stream` at VIP 1 with a kernel TLS passthrough listener routing `pq.example.com` to backend 1.
 fn start_gateway<'t>(topo: &'t Topology, dir: &std::path::Path) -> Result<GatewayProcess<'t>> {
+    start_gateway_with(topo, dir, &[])
+}
+
+/// [`start_gateway`] with more `gateway run` arguments.
+fn start_gateway_with<'t>(
+    topo: &'t Topology,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> Result<GatewayProcess<'t>> {
     let yaml = [
         cases::CLASS,
         &cases::gateway("stream", 1, None),
@@ -45,53 +59,13 @@ fn start_gateway<'t>(topo: &'t Topology, dir: &std::path::Path) -> Result<Gatewa
     ]
     .concat();
     let config = write_manifests(dir, &yaml)?;
-    GatewayProcess::start(topo.gateway(), &[&config], &["--tls-passthrough", MODE])
+    let mut all = vec!["--tls-passthrough", MODE];
+    all.extend_from_slice(args);
+    GatewayProcess::start(topo.gateway(), &[&config], &all)
 }
 
 fn target() -> SocketAddr {
     SocketAddr::from((topology::vip(1), cases::PORT))
-}
-
-/// Deterministic content: 8-byte word `i` of a stream.
-fn word(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-const CHUNK: usize = 64 * 1024;
-
-fn send_stream(s: &mut TcpStream, total: usize, seed: u64) -> Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut sent = 0usize;
-    while sent < total {
-        for (j, w) in buf.chunks_exact_mut(8).enumerate() {
-            w.copy_from_slice(&word(seed + ((sent / 8) + j) as u64).to_le_bytes());
-        }
-        s.write_all(&buf)?;
-        sent += CHUNK;
-    }
-    Ok(())
-}
-
-fn check_stream(s: &mut TcpStream, total: usize, seed: u64) -> Result<usize> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut got = 0usize;
-    while got < total {
-        s.read_exact(&mut buf)
-            .with_context(|| format!("after {got} bytes"))?;
-        for (j, w) in buf.chunks_exact(8).enumerate() {
-            let i = (got / 8) + j;
-            ensure!(
-                u64::from_le_bytes(w.try_into().unwrap()) == word(seed + i as u64),
-                "byte {} differs",
-                i * 8
-            );
-        }
-        got += CHUNK;
-    }
-    Ok(got)
 }
 
 /// Reads the replayed ClientHello on a backend connection and checks it is byte for byte what the client sent.
@@ -192,24 +166,13 @@ fn a_gigabyte_each_way_through_one_spliced_connection() -> Result<()> {
     let mut w = s.try_clone()?;
     let writer = std::thread::spawn(move || send_stream(&mut w, TOTAL, 0));
     // Midway, the gateway's namespace has no socket on the listener port: the kernel splices.
-    let mut first = vec![0u8; CHUNK];
-    s.read_exact(&mut first)?;
+    let first = check_stream(&mut s, CHUNK, 1 << 40)?;
     ensure!(
         !sockets::has_socket_on_port(topo.gateway(), cases::PORT)?,
         "the gateway holds a socket on {}",
         cases::PORT
     );
-    let downloaded = CHUNK + {
-        // `first` was the first chunk of the stream: check it, then the rest.
-        for (j, w) in first.chunks_exact(8).enumerate() {
-            ensure!(
-                u64::from_le_bytes(w.try_into().unwrap()) == word((1 << 40) + j as u64),
-                "byte {} differs",
-                j * 8
-            );
-        }
-        check_stream_from(&mut s, TOTAL - CHUNK, (1 << 40) + (CHUNK / 8) as u64)?
-    };
+    let downloaded = first + check_stream(&mut s, TOTAL - CHUNK, (1 << 40) + (CHUNK / 8) as u64)?;
     writer.join().expect("client writer")?;
     let uploaded = server.join().expect("server")?;
     assert_eq!((uploaded, downloaded), (TOTAL, TOTAL));
@@ -219,10 +182,6 @@ fn a_gigabyte_each_way_through_one_spliced_connection() -> Result<()> {
     );
     ensure!(gw.kernel_packets("tls_spliced")? == 1, "one splice counted");
     Ok(())
-}
-
-fn check_stream_from(s: &mut TcpStream, total: usize, seed: u64) -> Result<usize> {
-    check_stream(s, total, seed)
 }
 
 /// A thousand spliced connections open at once, each answering a ping-pong, with no socket in the gateway's
@@ -480,27 +439,11 @@ fn stalled_handshakes_time_out_and_the_pending_table_is_bounded() -> Result<()> 
     let hello = pq_hello()?;
     let topo = Topology::builder().backends(1).build()?;
     let (_backend, _good) = echo_backend(&topo, hello.clone())?;
-    let yaml = [
-        cases::CLASS,
-        &cases::gateway("stream", 1, None),
-        &cases::route(
-            "stream",
-            "stream",
-            &["pq.example.com"],
-            "name: stream-backend, port: 443",
-            "",
-        ),
-        &cases::service("stream-backend", "infra", topo.backend_addr(1)),
-    ]
-    .concat();
     let dir = tempfile::tempdir()?;
-    let config = write_manifests(dir.path(), &yaml)?;
-    let gw = GatewayProcess::start(
-        topo.gateway(),
-        &[&config],
+    let gw = start_gateway_with(
+        &topo,
+        dir.path(),
         &[
-            "--tls-passthrough",
-            MODE,
             "--tls-handshake-timeout",
             "1",
             "--tls-connect-timeout",

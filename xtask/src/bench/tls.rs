@@ -499,32 +499,19 @@ fn start_peer<'a>(tb: &'a TlsBench, kind: PeerKind) -> anyhow::Result<Box<dyn Pe
     let (ns, vip, backend) = (tb.bt.gateway(), tb.bt.vip(), tb.bt.backend_addr());
     Ok(match kind {
         PeerKind::Plain => Box::new(peers::plain::Plain::start(ns, backend)?),
-        PeerKind::Gateway => Box::new(peers::gateway::Gateway::start_with(
-            ns,
-            vip,
-            peers::gateway::tls_manifests(
+        PeerKind::Gateway | PeerKind::GatewayKernel => {
+            let path = if kind == PeerKind::GatewayKernel {
+                PassthroughPath::Kernel
+            } else {
+                PassthroughPath::Userspace
+            };
+            Box::new(peers::gateway::Gateway::start_with(
+                ns,
                 vip,
-                PORT,
-                &SNIS,
-                backend,
-                BACKEND_PORT,
-                PassthroughPath::Userspace,
-            ),
-            peers::gateway::Counter::Sum("gateway_tls_passthrough_connections_total"),
-        )?),
-        PeerKind::GatewayKernel => Box::new(peers::gateway::Gateway::start_with(
-            ns,
-            vip,
-            peers::gateway::tls_manifests(
-                vip,
-                PORT,
-                &SNIS,
-                backend,
-                BACKEND_PORT,
-                PassthroughPath::Kernel,
-            ),
-            peers::gateway::Counter::Sum("gateway_tls_passthrough_connections_total"),
-        )?),
+                peers::gateway::tls_manifests(vip, PORT, &SNIS, backend, BACKEND_PORT, path),
+                peers::gateway::Counter::Sum("gateway_tls_passthrough_connections_total"),
+            )?)
+        }
         PeerKind::Haproxy => Box::new(peers::haproxy::Haproxy::start_with(ns, vip, |socket| {
             peers::haproxy::tls_config(vip, PORT, &SNIS, backend, BACKEND_PORT, socket)
         })?),
