@@ -2,13 +2,12 @@
 //! streams and UDP packets per second (iperf3), new connections per second and request/response latency
 //! (`loadgen`), and the CPU used meanwhile (`cpu`).
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use indicatif::ProgressBar;
 
 use super::{
@@ -42,24 +41,10 @@ pub fn run(args: &BenchArgs, session: &Session) -> anyhow::Result<String> {
     let mut bt = topology::BenchTopology::build()?;
     let phases = Phase::ALL.len() as u64;
     let bar = super::progress_bar("l4", args.runs as u64 * kinds.len() as u64 * phases);
-    let mut results: BTreeMap<PeerKind, Vec<RunValues>> = BTreeMap::new();
-    // Runs are interleaved (run 1 of every data plane, then run 2, ...) so a slow drift of the machine does
-    // not favour one of them.
-    for run in 1..=args.runs {
-        for &kind in &kinds {
-            let dir = raw.join(format!("run{run}")).join(kind.name());
-            std::fs::create_dir_all(&dir)?;
-            let values = run_peer(&mut bt, kind, run, args, &bar, &dir).with_context(|| {
-                format!("run {run} of {kind}; raw outputs in {}", dir.display())
-            })?;
-            std::fs::write(
-                dir.join("values.json"),
-                serde_json::to_string_pretty(&values)?,
-            )?;
-            super::print_run(&bar, &report::L4, run, args.runs, kind, &values);
-            results.entry(kind).or_default().push(values);
-        }
-    }
+    let results =
+        super::interleaved_runs(args, &kinds, &raw, &bar, &report::L4, |kind, run, dir| {
+            run_peer(&mut bt, kind, run, args, &bar, dir)
+        })?;
     bar.finish_and_clear();
     let names = bt.topo.namespace_names();
     drop(bt);

@@ -176,6 +176,36 @@ pub fn progress_bar(suite: &str, len: u64) -> ProgressBar {
     bar
 }
 
+/// Measures every data plane in `kinds` `args.runs` times, interleaved (run 1 of every data plane, then run 2,
+/// ...) so a slow drift of the machine favours none of them. `one(kind, run, dir)` measures one data plane once;
+/// its values are written to `raw/run<run>/<peer>/values.json` and printed as they come.
+pub fn interleaved_runs(
+    args: &BenchArgs,
+    kinds: &[PeerKind],
+    raw: &Path,
+    bar: &ProgressBar,
+    suite: &report::Suite,
+    mut one: impl FnMut(PeerKind, usize, &Path) -> anyhow::Result<RunValues>,
+) -> anyhow::Result<BTreeMap<PeerKind, Vec<RunValues>>> {
+    let mut results: BTreeMap<PeerKind, Vec<RunValues>> = BTreeMap::new();
+    for run in 1..=args.runs {
+        for &kind in kinds {
+            let dir = raw.join(format!("run{run}")).join(kind.name());
+            std::fs::create_dir_all(&dir)?;
+            let values = one(kind, run, &dir).with_context(|| {
+                format!("run {run} of {kind}; raw outputs in {}", dir.display())
+            })?;
+            std::fs::write(
+                dir.join("values.json"),
+                serde_json::to_string_pretty(&values)?,
+            )?;
+            print_run(bar, suite, run, args.runs, kind, &values);
+            results.entry(kind).or_default().push(values);
+        }
+    }
+    Ok(results)
+}
+
 /// Prints one run's line above the progress bar (indicatif's println is silent when stderr is not a terminal).
 pub fn print_run(
     bar: &ProgressBar,

@@ -13,7 +13,6 @@
 //! Adding a data plane (e.g. the in-kernel passthrough path): a `PeerKind`, a line in `PEERS` and in
 //! `start_peer`; everything else (phases, checks, report) is shared.
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -300,22 +299,9 @@ pub fn run(args: &BenchArgs, session: &Session) -> anyhow::Result<String> {
         "tls",
         args.runs as u64 * kinds.len() as u64 * Phase::ALL.len() as u64,
     );
-    let mut results: BTreeMap<PeerKind, Vec<RunValues>> = BTreeMap::new();
-    for run in 1..=args.runs {
-        for &kind in &kinds {
-            let dir = raw.join(format!("run{run}")).join(kind.name());
-            std::fs::create_dir_all(&dir)?;
-            let values = run_peer(&mut tb, kind, run, args, &bar, &dir).with_context(|| {
-                format!("run {run} of {kind}; raw outputs in {}", dir.display())
-            })?;
-            std::fs::write(
-                dir.join("values.json"),
-                serde_json::to_string_pretty(&values)?,
-            )?;
-            super::print_run(&bar, &SUITE, run, args.runs, kind, &values);
-            results.entry(kind).or_default().push(values);
-        }
-    }
+    let results = super::interleaved_runs(args, &kinds, &raw, &bar, &SUITE, |kind, run, dir| {
+        run_peer(&mut tb, kind, run, args, &bar, dir)
+    })?;
     bar.finish_and_clear();
     let names = tb.bt.topo.namespace_names();
     drop(tb);
