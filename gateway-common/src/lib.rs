@@ -404,15 +404,9 @@ pub mod tls {
         pub gateway_isn: u32,
         /// The backend's initial sequence number (once its SYN-ACK arrived).
         pub backend_isn: u32,
-        /// Configuration generation the listener was found in.
-        pub generation: u32,
-        /// Interface the client's packets arrive on (answers go back out of it).
-        pub client_ifindex: u32,
         /// Bytes the backend has acknowledged of the capture, and bytes sent to it.
         pub acked: u32,
         pub sent: u32,
-        /// Bytes of the capture that complete the ClientHello (the last segment, held unacknowledged).
-        pub hello_end: u32,
         /// The client's MSS option (536 when absent) and the MSS the backend announced.
         pub client_mss: u16,
         pub backend_mss: u16,
@@ -425,8 +419,10 @@ pub mod tls {
         pub client_sack: u8,
         /// One of [`crate::tls::splice`] (mirrors the conntrack entries once they exist).
         pub state: u8,
-        pub _pad: [u8; 13],
-        /// The captured first flight: `capture.len` bytes from sequence number `client_isn + 1`.
+        pub _pad: [u8; 25],
+        /// The captured first flight: `capture.len` bytes from sequence number `client_isn + 1`. It stops
+        /// growing once the ClientHello is complete; its last segment is held unacknowledged until the backend
+        /// has acknowledged all of it.
         pub capture: Capture,
     }
 }

@@ -62,7 +62,7 @@ pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> 
     // ClientHello that arrived as one GSO/GRO skb of several segments (none of them acknowledged). Later data
     // waits: the client sends it again once the splice is up.
     let start = t.seq.wrapping_sub(h.client_isn.wrapping_add(1));
-    if start >= h.hello_end {
+    if start >= h.capture.len {
         return Some(TC_ACT_SHOT);
     }
     if flow.splice == state::SYN_SENT {
@@ -232,7 +232,6 @@ fn replay(ctx: &TcContext, h: &mut Handshake, from: u32, window: u16) -> i32 {
     let Ok(ports) = ctx.load::<[u16; 2]>(crate::headers::ETH_HLEN as usize + 20) else {
         return TC_ACT_SHOT;
     };
-    let mss = (h.backend_mss as u32).clamp(MIN_MSS, MAX_PAYLOAD);
     let mut seg = Segment {
         macs,
         saddr: addrs[1],
@@ -249,26 +248,14 @@ fn replay(ctx: &TcContext, h: &mut Handshake, from: u32, window: u16) -> i32 {
     let mut off = from;
     let mut i = 0;
     while i < REPLAY_BURST {
-        let len = h.capture.len;
-        if off >= len {
+        if off >= h.capture.len {
             break;
         }
-        let n = (len - off).min(mss);
-        let last = off + n >= len || i + 1 == REPLAY_BURST;
-        seg.seq = h.client_isn.wrapping_add(1).wrapping_add(off);
-        seg.flags = if off + n >= len {
-            segment::ACK | segment::PSH
-        } else {
-            segment::ACK
-        };
-        if segment::write_with_payload(ctx, &seg, &h.capture, off, n).is_err() {
+        let Ok(next) = write_replayed(ctx, h, &mut seg, off) else {
             return TC_ACT_SHOT;
-        }
-        off += n;
-        if off > h.sent {
-            h.sent = off;
-        }
-        if last {
+        };
+        off = next;
+        if off >= h.capture.len || i + 1 == REPLAY_BURST {
             // SAFETY: plain helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
             return unsafe { bpf_redirect(out, 0) as i32 };
         }
@@ -285,29 +272,52 @@ fn replay(ctx: &TcContext, h: &mut Handshake, from: u32, window: u16) -> i32 {
 /// retransmission is the timer).
 #[inline(always)]
 fn replay_one(ctx: &TcContext, h: &mut Handshake, original: &Flow) -> i32 {
-    let mss = (h.backend_mss as u32).clamp(MIN_MSS, MAX_PAYLOAD);
-    let off = h.acked;
-    if off >= h.capture.len {
+    if h.acked >= h.capture.len {
         return TC_ACT_SHOT;
     }
-    let n = (h.capture.len - off).min(mss);
-    let seg = Segment {
+    let mut seg = Segment {
         macs: [0; 12],
         saddr: original.new_src,
         daddr: original.new_dst,
         sport: original.new_sport,
         dport: original.new_dport,
-        seq: h.client_isn.wrapping_add(1).wrapping_add(off),
+        seq: 0,
         ack: h.backend_isn.wrapping_add(1),
-        flags: segment::ACK | segment::PSH,
+        flags: segment::ACK,
         window: splice::rescale(h.client_window, original.win_shift),
         syn_options: None,
     };
-    if segment::write_with_payload(ctx, &seg, &h.capture, off, n).is_err() {
+    if write_replayed(ctx, h, &mut seg, h.acked).is_err() {
         return TC_ACT_SHOT;
     }
     // SAFETY: plain helper call without neighbour parameters.
     unsafe { bpf_redirect_neigh(original.out_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Writes the capture's segment starting at `off` (at most the backend's MSS) into the skb with `seg`'s
+/// addresses; returns the offset after it.
+#[inline(always)]
+fn write_replayed(
+    ctx: &TcContext,
+    h: &mut Handshake,
+    seg: &mut Segment,
+    off: u32,
+) -> Result<u32, ()> {
+    let mss = (h.backend_mss as u32).clamp(MIN_MSS, MAX_PAYLOAD);
+    let len = h.capture.len;
+    let n = (len - off).min(mss);
+    let end = off + n;
+    seg.seq = h.client_isn.wrapping_add(1).wrapping_add(off);
+    seg.flags = if end >= len {
+        segment::ACK | segment::PSH
+    } else {
+        segment::ACK
+    };
+    segment::write_with_payload(ctx, seg, &h.capture, off, n)?;
+    if end > h.sent {
+        h.sent = end;
+    }
+    Ok(end)
 }
 
 #[inline(always)]

@@ -43,13 +43,7 @@ const OFFER_SACK: bool = true;
 
 /// A client SYN: a new handshake entry (or the existing one, for a retransmitted SYN) and a SYN-ACK.
 #[inline(always)]
-pub fn syn(
-    ctx: &TcContext,
-    pkt: &Packet,
-    t: &Tcp,
-    listener: &ListenerValue,
-    generation: u32,
-) -> i32 {
+pub fn syn(ctx: &TcContext, pkt: &Packet, t: &Tcp, listener: &ListenerValue) -> i32 {
     let Some(opts) = options::read(ctx, pkt.l4_off, t.doff) else {
         count(counter::MALFORMED);
         return TC_ACT_SHOT;
@@ -75,11 +69,8 @@ pub fn syn(
                 h.client_isn = t.seq;
                 h.gateway_isn = bpf_get_prandom_u32();
                 h.backend_isn = 0;
-                h.generation = generation;
-                h.client_ifindex = ifindex(ctx);
                 h.acked = 0;
                 h.sent = 0;
-                h.hello_end = 0;
                 h.client_mss = opts.mss;
                 h.backend_mss = 0;
                 h.client_syn_window = t.window;
@@ -301,7 +292,6 @@ fn connect(ctx: &TcContext, pkt: &Packet, h: &mut Handshake, route_id: u32) -> i
             return reset::send(ctx, pkt);
         }
     };
-    h.hello_end = h.capture.len;
     h.state = state::SYN_SENT;
     send_backend_syn(ctx, h, &flow)
 }

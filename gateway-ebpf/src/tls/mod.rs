@@ -65,9 +65,8 @@ pub fn listener_program(ctx: &TcContext) -> i32 {
     let Some(config) = CONFIG.get(CONFIG_KEY) else {
         return TC_ACT_SHOT;
     };
-    let generation = config.generation;
     let key = ListenerKey {
-        generation,
+        generation: config.generation,
         addr: pkt.key.dst,
         port: pkt.key.dport,
         proto: pkt.key.proto,
@@ -77,7 +76,7 @@ pub fn listener_program(ctx: &TcContext) -> i32 {
     let Some(listener) = (unsafe { LISTENERS.get(key) }).copied() else {
         return TC_ACT_SHOT;
     };
-    on_listener(ctx, &pkt, &listener, generation)
+    on_listener(ctx, &pkt, &listener)
 }
 
 /// Program `tls_flow`: a segment of a flow whose splice is being set up.
@@ -154,7 +153,7 @@ fn tcp(ctx: &TcContext, pkt: &Packet) -> Option<Tcp> {
 /// A segment to a kernel TLS passthrough listener with no conntrack entry: a new handshake, or a segment of one
 /// in progress.
 #[inline(always)]
-fn on_listener(ctx: &TcContext, pkt: &Packet, listener: &ListenerValue, generation: u32) -> i32 {
+fn on_listener(ctx: &TcContext, pkt: &Packet, listener: &ListenerValue) -> i32 {
     if pkt.key.proto != PROTO_TCP {
         count(counter::TLS_UNEXPECTED);
         return TC_ACT_SHOT;
@@ -169,7 +168,7 @@ fn on_listener(ctx: &TcContext, pkt: &Packet, listener: &ListenerValue, generati
         return TC_ACT_SHOT;
     };
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
-        return handshake::syn(ctx, pkt, &t, listener, generation);
+        return handshake::syn(ctx, pkt, &t, listener);
     }
     match TLS_HANDSHAKES.get_ptr_mut(pkt.key) {
         Some(hs) => handshake::client_segment(ctx, pkt, &t, hs),
