@@ -157,6 +157,8 @@ pub struct Dataplane {
     flows: HashMap<MapData, FlowKey, Flow>,
     /// Kernel TLS passthrough connections between SYN and splice.
     tls_handshakes: HashMap<MapData, FlowKey, Handshake>,
+    /// When each pending handshake started, as read from its entry (see [`Dataplane::expire_handshakes`]).
+    handshakes_started: StdHashMap<FlowKey, u64>,
     counters: PerCpuArray<MapData, u64>,
     generation: u32,
     /// Interfaces the program is attached to: name -> ifindex.
@@ -265,6 +267,7 @@ impl Dataplane {
             sni_routes,
             flows,
             tls_handshakes,
+            handshakes_started: StdHashMap::new(),
             counters,
             generation,
             attached: BTreeMap::new(),
@@ -703,16 +706,29 @@ impl Dataplane {
 
     /// Removes kernel TLS passthrough handshakes older than the handshake timeout, with the conntrack entries
     /// of those that had reached a backend. Returns (handshakes still pending, handshakes removed).
+    ///
+    /// Each entry carries a 32 KiB capture, so a value is read when its key is first seen (to learn when the
+    /// handshake started) and again only once that start is older than the timeout (the key may belong to a
+    /// newer handshake by then), not at every sweep.
     pub fn expire_handshakes(&mut self) -> Result<(usize, usize), DataplaneError> {
-        let now = conntrack::now_ns();
-        let limit = self.settings.tls_handshake_timeout.as_nanos() as u64;
+        let limit = self.settings.tls_handshake_timeout;
         let keys: Vec<FlowKey> = self.tls_handshakes.keys().filter_map(Result::ok).collect();
+        let present: std::collections::HashSet<FlowKey> = keys.iter().copied().collect();
+        self.handshakes_started.retain(|k, _| present.contains(k));
+        let now = conntrack::now_ns();
         let (mut pending, mut expired) = (0, 0);
         for key in keys {
+            let known = self.handshakes_started.get(&key).copied();
+            if known.is_some_and(|started| now.saturating_sub(started) < limit.as_nanos() as u64) {
+                pending += 1;
+                continue;
+            }
             let Ok(h) = self.tls_handshakes.get(&key, 0) else {
-                continue; // finished meanwhile
+                self.handshakes_started.remove(&key); // finished meanwhile
+                continue;
             };
-            if now.saturating_sub(h.created_ns) < limit {
+            if now.saturating_sub(h.created_ns) < limit.as_nanos() as u64 {
+                self.handshakes_started.insert(key, h.created_ns);
                 pending += 1;
                 continue;
             }
@@ -723,6 +739,7 @@ impl Dataplane {
                     .remove(&conntrack::peer_key(&original, key.proto));
                 let _ = self.flows.remove(&key);
             }
+            self.handshakes_started.remove(&key);
             expired += 1;
         }
         if expired > 0 {
