@@ -39,7 +39,6 @@ pub fn translate_sack(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Result<(), 
     else {
         return Ok(());
     };
-    let csum = pkt.l4_off as usize + 16;
     let mut i = 0;
     while i < MAX_SACK_BLOCKS * 2 {
         if i >= blocks * 2 {
@@ -47,10 +46,7 @@ pub fn translate_sack(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Result<(), 
         }
         let at = (first + i * 4) as usize;
         let old = ctx.load::<u32>(at).map_err(|_| ())?;
-        let new = u32::from_be(old).wrapping_add(flow.ack_delta).to_be();
-        ctx.l4_csum_replace(csum, old as u64, new as u64, 4)
-            .map_err(|_| ())?;
-        ctx.store(at, &new, 0).map_err(|_| ())?;
+        shift(ctx, pkt.l4_off as usize, at, old, flow.ack_delta)?;
         i += 1;
     }
     count(counter::TLS_SACK_TRANSLATED);
@@ -61,31 +57,35 @@ pub fn translate_sack(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Result<(), 
 #[inline(always)]
 pub fn translate(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Result<(), ()> {
     let l4 = pkt.l4_off as usize;
-    let csum = l4 + 16;
+    // Sequence number, acknowledgement number, and the word holding the window, read at once.
+    let [seq, ack, word] = ctx.load::<[u32; 3]>(l4 + 4).map_err(|_| ())?;
     if flow.seq_delta != 0 {
-        let old = ctx.load::<u32>(l4 + 4).map_err(|_| ())?;
-        let new = u32::from_be(old).wrapping_add(flow.seq_delta).to_be();
-        ctx.l4_csum_replace(csum, old as u64, new as u64, 4)
-            .map_err(|_| ())?;
-        ctx.store(l4 + 4, &new, 0).map_err(|_| ())?;
+        shift(ctx, l4, l4 + 4, seq, flow.seq_delta)?;
     }
     if flow.ack_delta != 0 && pkt.tcp_flags & TCP_ACK != 0 {
-        let old = ctx.load::<u32>(l4 + 8).map_err(|_| ())?;
-        let new = u32::from_be(old).wrapping_add(flow.ack_delta).to_be();
-        ctx.l4_csum_replace(csum, old as u64, new as u64, 4)
-            .map_err(|_| ())?;
-        ctx.store(l4 + 8, &new, 0).map_err(|_| ())?;
+        shift(ctx, l4, l4 + 8, ack, flow.ack_delta)?;
     }
     if flow.win_shift >> 4 != flow.win_shift & 0x0f {
-        let old = ctx.load::<u16>(l4 + 14).map_err(|_| ())?;
+        // The window is the last two bytes of the word (network order in memory).
+        let old = (word >> 16) as u16;
         let new = rescale(u16::from_be(old), flow.win_shift).to_be();
         if new != old {
-            ctx.l4_csum_replace(csum, old as u64, new as u64, 2)
+            ctx.l4_csum_replace(l4 + 16, old as u64, new as u64, 2)
                 .map_err(|_| ())?;
             ctx.store(l4 + 14, &new, 0).map_err(|_| ())?;
         }
     }
     Ok(())
+}
+
+/// Adds `delta` to the 32-bit number `old` (network order) at `at` in the TCP header at `l4`, updating the
+/// checksum.
+#[inline(always)]
+fn shift(ctx: &TcContext, l4: usize, at: usize, old: u32, delta: u32) -> Result<(), ()> {
+    let new = u32::from_be(old).wrapping_add(delta).to_be();
+    ctx.l4_csum_replace(l4 + 16, old as u64, new as u64, 4)
+        .map_err(|_| ())?;
+    ctx.store(at, &new, 0).map_err(|_| ())
 }
 
 /// A window field in the sender's scale, in the receiver's: `(window << in) >> out`, saturating.
