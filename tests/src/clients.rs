@@ -44,6 +44,35 @@ pub fn deployment_of(pod: &str) -> &str {
 fn connect(addr: SocketAddr) -> Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
+    with_timeouts(s)
+}
+
+/// Connects from local port `local_port`.
+fn connect_from(addr: SocketAddr, local_port: u16) -> Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&unspecified(addr, local_port).into())
+        .with_context(|| format!("binding local port {local_port}"))?;
+    socket
+        .connect_timeout(&addr.into(), CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to {addr} from port {local_port}"))?;
+    with_timeouts(socket.into())
+}
+
+fn unspecified(peer: SocketAddr, port: u16) -> SocketAddr {
+    if peer.is_ipv4() {
+        SocketAddr::from(([0u8; 4], port))
+    } else {
+        SocketAddr::from(([0u16; 8], port))
+    }
+}
+
+fn with_timeouts(s: TcpStream) -> Result<TcpStream> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let _ = s.set_nodelay(true);
@@ -81,6 +110,13 @@ fn line_command<S: Read + Write>(stream: S, cmds: &[&str]) -> Result<Vec<String>
 /// Connects to a TCP echo, checks the greeting, sends `TEST` and parses the JSON.
 pub fn tcp_echo_test(addr: SocketAddr) -> Result<TcpEchoReply> {
     let lines = line_command(connect(addr)?, &["TEST"])?;
+    serde_json::from_str(&lines[0]).with_context(|| format!("parsing TEST reply {:?}", lines[0]))
+}
+
+/// [`tcp_echo_test`] from local port `local_port`: a test that picks its source ports sends the same 5-tuples,
+/// hence the same flow hashes, on every run, so a statistical check (weights) gives the same answer every time.
+pub fn tcp_echo_test_from(addr: SocketAddr, local_port: u16) -> Result<TcpEchoReply> {
+    let lines = line_command(connect_from(addr, local_port)?, &["TEST"])?;
     serde_json::from_str(&lines[0]).with_context(|| format!("parsing TEST reply {:?}", lines[0]))
 }
 
@@ -141,12 +177,27 @@ pub fn udp_echo_timeout(
     payload: &str,
     timeout: Duration,
 ) -> Result<UdpEchoReply> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
-    };
-    let s = UdpSocket::bind(bind)?;
+    udp_exchange(
+        UdpSocket::bind(unspecified(addr, 0))?,
+        addr,
+        payload,
+        timeout,
+    )
+}
+
+/// [`udp_echo`] from local port `local_port` (see [`tcp_echo_test_from`] for why a test picks it).
+pub fn udp_echo_from(addr: SocketAddr, local_port: u16, payload: &str) -> Result<UdpEchoReply> {
+    let s = UdpSocket::bind(unspecified(addr, local_port))
+        .with_context(|| format!("binding local UDP port {local_port}"))?;
+    udp_exchange(s, addr, payload, IO_TIMEOUT)
+}
+
+fn udp_exchange(
+    s: UdpSocket,
+    addr: SocketAddr,
+    payload: &str,
+    timeout: Duration,
+) -> Result<UdpEchoReply> {
     s.connect(addr)?;
     s.set_read_timeout(Some(timeout))?;
     s.send(payload.as_bytes())

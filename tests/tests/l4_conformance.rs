@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpStream, UdpSocket},
+    sync::atomic::{AtomicU16, Ordering},
     time::Duration,
 };
 
@@ -15,6 +16,15 @@ use gateway_tests::{
 
 const INFRA: &str = "gateway-conformance-infra";
 
+/// Local ports the spreads send from, a fresh block per call: flows hash the same on every run, so the weight
+/// checks are reproducible rather than right 98% of the time.
+fn local_ports(n: usize) -> std::ops::Range<u16> {
+    static NEXT: AtomicU16 = AtomicU16::new(40_000);
+    let n = u16::try_from(n).expect("a few hundred flows");
+    let start = NEXT.fetch_add(n, Ordering::Relaxed);
+    start..start + n
+}
+
 /// Deployments answering `n` new TCP connections (`concurrency` at a time).
 fn tcp_spread(
     run: &ConformanceRun,
@@ -25,11 +35,12 @@ fn tcp_spread(
     let per_thread = n / concurrency;
     let handles: Vec<_> = (0..concurrency)
         .map(|_| {
+            let ports = local_ports(per_thread);
             run.topology()
                 .client()
                 .spawn_thread(move || -> Result<Vec<String>> {
-                    (0..per_thread)
-                        .map(|_| Ok(clients::tcp_echo_test(target)?.pod))
+                    ports
+                        .map(|port| Ok(clients::tcp_echo_test_from(target, port)?.pod))
                         .collect()
                 })
         })
@@ -43,16 +54,17 @@ fn tcp_spread(
     Ok(seen)
 }
 
-/// Deployments answering `n` datagrams, each from a new socket (a new flow).
+/// Deployments answering `n` datagrams, each from a new local port (a new flow).
 fn udp_spread(
     run: &ConformanceRun,
     target: SocketAddr,
     n: usize,
 ) -> Result<BTreeMap<String, usize>> {
+    let ports = local_ports(n);
     run.topology().client().run(move || {
         let mut seen = BTreeMap::new();
-        for i in 0..n {
-            let reply = clients::udp_echo(target, &format!("hello {i}"))?;
+        for port in ports {
+            let reply = clients::udp_echo_from(target, port, &format!("hello {port}"))?;
             *seen
                 .entry(deployment_of(&reply.pod).to_string())
                 .or_default() += 1;

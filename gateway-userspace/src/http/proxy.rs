@@ -3,8 +3,8 @@
 //! port's [`RouteTable`] and forwarded over pooled connections.
 //!
 //! A request's life: listener by Host → best rule ([`RouteTable::lookup`]) → rule filters (header modifiers,
-//! redirect, URL rewrite, mirrors) → backend by weight (invalid: 500; no ready endpoint: 503; no backendRefs:
-//! 500) → backend filters → random ready endpoint → pooled client (h2c for GRPCRoute and for Service ports with
+//! redirect, URL rewrite, mirrors) → backend by weighted round robin (invalid: 500; no ready endpoint: 503; no
+//! backendRefs: 500) → backend filters → random ready endpoint → pooled client (h2c for GRPCRoute and for Service ports with
 //! `appProtocol: kubernetes.io/h2c`, HTTP/1.1 otherwise) with the rule's timeouts (504) → response filters. No
 //! route: 404. Every request is counted in [`HttpMetrics`] and logged as JSON-able fields on the tracing target
 //! `access`.
@@ -679,6 +679,7 @@ async fn route(
         };
     };
     let rule = m.rule.clone();
+    let turn = m.next_turn();
     let route_info = m.route.clone();
     let path_match = m.path_match.clone();
     let listener_port = m.listener.port;
@@ -735,7 +736,7 @@ async fn route(
     if let Some(resp) = apply(&rule.filters, &mut parts) {
         return outcome(String::new(), resp);
     }
-    let Some(chosen) = pick_backend(&rule.backends, fastrand::u64(..)) else {
+    let Some(chosen) = pick_backend(&rule.backends, turn) else {
         return outcome(
             String::new(),
             full(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n"),

@@ -9,7 +9,13 @@
 //! 2. Exact path, then RegularExpression path, then the longest PathPrefix;
 //! 3. a method match; 4. more header matches; 5. more query parameter matches;
 //! 6. the older route (creationTimestamp, then namespace/name); 7. rule order; 8. match order.
-use std::{cmp::Reverse, sync::Arc};
+use std::{
+    cmp::Reverse,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use http::HeaderMap;
 use regex::Regex;
@@ -68,6 +74,9 @@ struct Entry {
     route: Arc<RouteInfo>,
     rule: Arc<HttpRule>,
     rule_index: usize,
+    /// Requests that reached this rule so far, shared by the rule's entries: the weighted backend schedule's
+    /// position.
+    turns: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -104,6 +113,14 @@ pub struct Match<'t> {
     pub rule_index: usize,
     /// The path match that matched (for `ReplacePrefixMatch`).
     pub path_match: &'t PathMatch,
+    turns: &'t AtomicU64,
+}
+
+impl Match<'_> {
+    /// This request's position in the rule's weighted backend schedule (see [`pick_backend`]).
+    pub fn next_turn(&self) -> u64 {
+        self.turns.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// Every listener on one (address, port), most specific hostname first.
@@ -299,6 +316,7 @@ impl ListenerRoutes {
             });
             for (rule_index, rule) in route.rules.iter().enumerate() {
                 let shared = Arc::new(rule.clone());
+                let turns = Arc::new(AtomicU64::new(0));
                 let default = [ir::HttpMatch::default()];
                 let matches = if rule.matches.is_empty() {
                     &default[..]
@@ -321,6 +339,7 @@ impl ListenerRoutes {
                             route: info.clone(),
                             rule: shared.clone(),
                             rule_index,
+                            turns: turns.clone(),
                         });
                     }
                 }
@@ -352,6 +371,7 @@ impl ListenerRoutes {
                 rule: &e.rule,
                 rule_index: e.rule_index,
                 path_match: &e.matcher.source,
+                turns: &e.turns,
             })
     }
 }
@@ -387,13 +407,18 @@ impl RouteTable {
     }
 }
 
-/// Picks a backend by weight with `random` uniformly drawn from `0..u64::MAX`; `None` when every weight is 0.
-pub fn pick_backend(backends: &[ir::HttpBackend], random: u64) -> Option<&ir::HttpBackend> {
+/// Picks the backend for a rule's `turn`-th request: weighted round robin, so every `total weight` consecutive
+/// requests give each backend exactly its weight, spread over the cycle rather than in runs (70/30 is not 70 to
+/// one then 30 to the other); `None` when every weight is 0.
+pub fn pick_backend(backends: &[ir::HttpBackend], turn: u64) -> Option<&ir::HttpBackend> {
+    /// A prime above any total weight (16 backendRefs of at most 1,000,000 each): multiplying by it permutes
+    /// `0..total`, which spreads each backend's share over the cycle.
+    const STRIDE: u64 = 2_654_435_761;
     let total: u64 = backends.iter().map(|b| u64::from(b.backend.weight)).sum();
     if total == 0 {
         return None;
     }
-    let mut point = random % total;
+    let mut point = (turn % total) * STRIDE % total;
     for b in backends {
         let w = u64::from(b.backend.weight);
         if point < w {
@@ -665,15 +690,26 @@ mod tests {
             filters: Vec::new(),
         };
         let backends = vec![b("a", 70), b("b", 30), b("c", 0)];
-        let mut counts = std::collections::HashMap::new();
-        for i in 0..100u64 {
-            *counts
-                .entry(pick_backend(&backends, i).unwrap().backend.name.clone())
-                .or_insert(0) += 1;
+        // Any 100 consecutive turns, wherever the cycle starts, give exactly the weights.
+        for start in [0u64, 37, 1_000_003] {
+            let mut counts = std::collections::HashMap::new();
+            for turn in start..start + 100 {
+                *counts
+                    .entry(pick_backend(&backends, turn).unwrap().backend.name.clone())
+                    .or_insert(0) += 1;
+            }
+            assert_eq!(counts.get("a"), Some(&70), "from turn {start}");
+            assert_eq!(counts.get("b"), Some(&30), "from turn {start}");
+            assert_eq!(counts.get("c"), None);
         }
-        assert_eq!(counts.get("a"), Some(&70));
-        assert_eq!(counts.get("b"), Some(&30));
-        assert_eq!(counts.get("c"), None);
+        // Spread, not in runs: b (30%) turns up within every 10 turns.
+        let picks: Vec<_> = (0..100u64)
+            .map(|t| pick_backend(&backends, t).unwrap().backend.name.as_str())
+            .collect();
+        assert!(
+            picks.windows(10).all(|w| w.contains(&"b")),
+            "a run of 10 without b: {picks:?}"
+        );
         assert!(pick_backend(&[b("z", 0)], 5).is_none());
     }
 
