@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`/sys/fs/bpf/ebpf-gateway/v{ABI_VERSION}/...`).
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -143,6 +143,11 @@ pub mod tcp_seen {
     pub const RST: u8 = 8;
     /// A segment with ACK and no SYN after the handshake: the direction is established.
     pub const ESTABLISHED: u8 = 16;
+    /// The SYN the backend got carried a timestamp option ([`Flow::ts_base`](super::Flow::ts_base) is valid).
+    pub const TIMESTAMPS: u8 = 32;
+    /// This direction's FIN came before the other's (or with it): its sender closed first, so it holds the
+    /// connection's TIME_WAIT.
+    pub const FIN_FIRST: u8 = 64;
 }
 
 /// Value of the `FLOWS` map: the rewrite to apply and the state needed to expire the entry.
@@ -182,6 +187,12 @@ pub struct Flow {
     /// route and backend.
     pub packets: u64,
     pub bytes: u64,
+    /// TCP: the sequence number of the SYN the backend got. With [`Flow::ts_base`] it lets admission predict
+    /// whether the backend's TIME_WAIT for this flow would accept another client's SYN on the same SNAT port.
+    pub syn_seq: u32,
+    /// TCP with [`tcp_seen::TIMESTAMPS`]: the client's timestamp clock at gateway time 0 (SYN `TSval` minus the
+    /// gateway's monotonic milliseconds then), so `ts_base + now_ms` bounds any timestamp the flow sent.
+    pub ts_base: u32,
 }
 
 /// Indexes of the per-CPU `COUNTERS` array (packets unless named otherwise).
@@ -276,7 +287,7 @@ mod tests {
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 64);
+        assert_eq!(size_of::<Flow>(), 72);
         assert_eq!(
             size_of::<tls::Handshake>(),
             64 + size_of::<clienthello::Capture>()

@@ -1,5 +1,5 @@
-//! Conntrack: flow entries in both directions, their TCP state bits, and admission of new flows with an SNAT
-//! source port that makes the reply direction's key unique.
+//! Conntrack: flow entries in both directions, their TCP state bits, and admission of new flows (both entries,
+//! with the SNAT port [`snat`](crate::snat) finds, which makes the reply direction's key unique).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use gateway_common::{counter, direction, tcp_seen, Backend, Config, Flow, FlowKey, PROTO_TCP};
 
@@ -7,17 +7,11 @@ use crate::{
     counters::count,
     headers::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     maps::FLOWS,
+    snat::{self, BackendSyn, PortSearch},
 };
 
 /// `bpf_map_update_elem` flag: fail if the key exists.
 const BPF_NOEXIST: u64 = 1;
-/// Attempts at a free SNAT port before the flow is refused.
-const SNAT_ATTEMPTS: u32 = 16;
-/// A closed TCP flow's SNAT port may be reused once the flow has been quiet this long (its last FIN/ACK
-/// retransmissions are over); after a RST at once.
-const RECLAIM_CLOSED_NS: u64 = 1_000_000_000;
-/// A UDP flow's SNAT port may be reused for a new flow once it has been idle this long.
-const RECLAIM_UDP_NS: u64 = 5_000_000_000;
 /// Timestamps are refreshed at most this often, to keep the shared cache line quiet under load.
 const LAST_SEEN_GRANULARITY_NS: u64 = 500_000_000;
 
@@ -56,74 +50,75 @@ pub fn peer_key(flow: &Flow, proto: u8) -> FlowKey {
     }
 }
 
-/// Looks up the packet's flow and records what it shows (timestamp, TCP flags). Returns a copy of the entry.
-///
-/// A bare SYN on an original-direction entry that has already closed (FIN or RST seen) is a new connection
-/// reusing the 4-tuple: the old entries are removed and `None` is returned, so it is admitted afresh.
+/// What conntrack knows of a packet.
+pub enum Tracked {
+    /// A packet of this flow (a copy of its entry for the packet's direction).
+    Flow(Flow),
+    /// A bare SYN reusing the 4-tuple of a closed flow, which was NATed as given: a new connection, to be
+    /// admitted afresh. The closed flow's reply entry stays as the record of its SNAT port.
+    Reopened(PreviousNat),
+    /// No flow.
+    New,
+}
+
+/// Where a closed flow of the same 4-tuple went: its SNAT address and port, and its backend.
+#[derive(Clone, Copy)]
+pub struct PreviousNat {
+    pub snat_addr: u32,
+    pub snat_port: u16,
+    pub backend_port: u16,
+    pub backend_addr: u32,
+}
+
+/// Looks up the packet's flow and records what it shows (timestamp, TCP flags).
 #[inline(always)]
-pub fn track(pkt: &Packet, len: u32) -> Option<Flow> {
-    let entry = FLOWS.get_ptr_mut(pkt.key)?;
+pub fn track(pkt: &Packet, len: u32) -> Tracked {
+    let Some(entry) = FLOWS.get_ptr_mut(pkt.key) else {
+        return Tracked::New;
+    };
     // SAFETY: pointer from a successful lookup; concurrent writers only OR bits and store timestamps, which
     // tolerate races (the agent's expiry allows for a stale timestamp of LAST_SEEN_GRANULARITY_NS).
     let flow = unsafe { &mut *entry };
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     if pkt.key.proto == PROTO_TCP {
-        let bits = seen_bits(pkt.tcp_flags);
+        let mut bits = seen_bits(pkt.tcp_flags);
         if bits == tcp_seen::SYN
             && flow.direction == direction::ORIGINAL
             && flow.tcp_flags & (tcp_seen::FIN | tcp_seen::RST) != 0
         {
-            let peer = peer_key(flow, pkt.key.proto);
-            let _ = FLOWS.remove(peer);
+            let previous = PreviousNat {
+                snat_addr: flow.new_src,
+                snat_port: flow.new_sport,
+                backend_port: flow.new_dport,
+                backend_addr: flow.new_dst,
+            };
             let _ = FLOWS.remove(pkt.key);
-            return None;
+            return Tracked::Reopened(previous);
+        }
+        if bits & tcp_seen::FIN != 0 && flow.tcp_flags & tcp_seen::FIN == 0 {
+            // This direction's first FIN: the flow's first unless the other direction has one already.
+            // SAFETY: a plain read of a map value returned by a successful lookup.
+            let other_closed = unsafe { FLOWS.get(peer_key(flow, pkt.key.proto)) }
+                .is_some_and(|peer| peer.tcp_flags & tcp_seen::FIN != 0);
+            if !other_closed {
+                bits |= tcp_seen::FIN_FIRST;
+            }
         }
         if flow.tcp_flags & bits != bits {
             flow.tcp_flags |= bits;
         }
+        if bits & (tcp_seen::FIN | tcp_seen::RST) != 0 {
+            // Closing segments are rare and date the close exactly (see RECLAIM_CLOSED_NS).
+            flow.last_seen_ns = now;
+        }
     }
     flow.packets += 1;
     flow.bytes += len as u64;
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
         flow.last_seen_ns = now;
     }
-    Some(*flow)
-}
-
-/// Frees the SNAT port held by the flow whose reply entry is `reply_key`, if that flow is over: TCP closed by a
-/// RST, or by FINs both ways and quiet for a second; UDP idle for five seconds. Without this, a closed flow would
-/// hold its port until the agent's expiry (seconds later), which caps new connections per backend endpoint.
-#[inline(always)]
-fn reclaim(reply_key: &FlowKey, now: u64) -> bool {
-    // SAFETY: a plain read of a map value returned by a successful lookup.
-    let Some(old_reply) = (unsafe { FLOWS.get(reply_key) }).copied() else {
-        return false;
-    };
-    let original_key = peer_key(&old_reply, reply_key.proto);
-    // SAFETY: as above.
-    let original = unsafe { FLOWS.get(original_key) }.copied();
-    let last_seen = match original {
-        Some(o) => o.last_seen_ns.max(old_reply.last_seen_ns),
-        None => old_reply.last_seen_ns,
-    };
-    let idle = now.saturating_sub(last_seen);
-    let over = if reply_key.proto == PROTO_TCP {
-        let both = original.map(|o| o.tcp_flags).unwrap_or(0);
-        let rst = (both | old_reply.tcp_flags) & tcp_seen::RST != 0;
-        let fins = both & tcp_seen::FIN != 0 && old_reply.tcp_flags & tcp_seen::FIN != 0;
-        rst || (fins && idle > RECLAIM_CLOSED_NS)
-            || (original.is_none() && idle > RECLAIM_CLOSED_NS)
-    } else {
-        idle > RECLAIM_UDP_NS
-    };
-    if !over {
-        return false;
-    }
-    let _ = FLOWS.remove(original_key);
-    let _ = FLOWS.remove(reply_key);
-    count(counter::SNAT_RECLAIMED);
-    true
+    Tracked::Flow(*flow)
 }
 
 /// Why a new flow could not be admitted.
@@ -139,6 +134,11 @@ pub struct FlowIds {
     pub route_id: u32,
     pub backend_id: u32,
     pub splice: u8,
+    /// TCP: the SYN the backend gets (see [`snat`](crate::snat)); `None` for UDP.
+    pub syn: Option<BackendSyn>,
+    /// Where the closed flow this 4-tuple had went ([`Tracked::Reopened`]): its SNAT port is tried first, since
+    /// the backend's TIME_WAIT on it accepts the same client's new SYN.
+    pub reopened: Option<PreviousNat>,
 }
 
 /// Creates both conntrack entries for a new flow to `backend` and returns the original-direction entry.
@@ -146,6 +146,8 @@ pub struct FlowIds {
 /// The reply entry is inserted first with NOEXIST: that claims the SNAT port atomically. If another CPU admitted
 /// the same flow meanwhile (a retransmitted SYN), its entry wins and ours is withdrawn.
 #[inline(always)]
+// Entries are passed to the map by reference: a by-value copy would put 72 bytes on the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 pub fn admit(
     pkt: &Packet,
     len: u32,
@@ -154,16 +156,31 @@ pub fn admit(
     ids: FlowIds,
     config: &Config,
     hash: u32,
-) -> Result<Flow, AdmitError> {
+) -> Result<&'static Flow, AdmitError> {
     let key = &pkt.key;
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let bits = if key.proto == PROTO_TCP {
+    // The new entries are built in the per-CPU search state, not on the stack: the TLS program that also admits
+    // flows has no 72 bytes of stack to spare.
+    let Some(search) = PortSearch::start(key, backend, config, hash, ids.syn, ids.reopened) else {
+        return Err(AdmitError::TableFull);
+    };
+    let now = search.now;
+    let mut bits = if key.proto == PROTO_TCP {
         seen_bits(pkt.tcp_flags)
     } else {
         0
     };
-    let reply = Flow {
+    let (syn_seq, ts_base) = match ids.syn {
+        Some(syn) => {
+            if let Some(tsval) = syn.tsval {
+                bits |= tcp_seen::TIMESTAMPS;
+                (syn.seq, tsval.wrapping_sub((now / 1_000_000) as u32))
+            } else {
+                (syn.seq, 0)
+            }
+        }
+        None => (0, 0),
+    };
+    search.reply = Flow {
         new_src: key.dst,
         new_sport: key.dport,
         new_dst: key.src,
@@ -174,65 +191,37 @@ pub fn admit(
         route_id: ids.route_id,
         backend_id: ids.backend_id,
         direction: direction::REPLY,
-        tcp_flags: 0,
+        // The reply entry outlives the original when the client reopens its 4-tuple: it keeps the SYN's facts.
+        tcp_flags: bits & tcp_seen::TIMESTAMPS,
         splice: ids.splice,
         win_shift: 0,
         seq_delta: 0,
         ack_delta: 0,
         packets: 0,
         bytes: 0,
+        syn_seq,
+        ts_base,
     };
-    let min = config.snat_port_min as u32;
-    let span = (config.snat_port_max as u32).saturating_sub(min) + 1;
-    let mut reply_key = FlowKey {
-        src: backend.addr,
-        dst: backend.snat_addr,
-        sport: backend.port,
-        dport: 0,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
-    let mut claimed = false;
-    let mut attempt = 0;
-    while attempt < SNAT_ATTEMPTS {
-        let port = min + (hash.wrapping_add(attempt.wrapping_mul(7919)) % span);
-        reply_key.dport = (port as u16).to_be();
-        if FLOWS.insert(reply_key, reply, BPF_NOEXIST).is_ok()
-            || (reclaim(&reply_key, now) && FLOWS.insert(reply_key, reply, BPF_NOEXIST).is_ok())
-        {
-            claimed = true;
-            break;
-        }
-        attempt += 1;
-    }
-    if !claimed {
+    let Some(reply_key) = snat::claim_port() else {
         return Err(AdmitError::TableFull);
-    }
-    let original = Flow {
-        new_src: backend.snat_addr,
-        new_sport: reply_key.dport,
-        new_dst: backend.addr,
-        new_dport: backend.port,
-        out_ifindex: backend.ifindex,
-        last_seen_ns: now,
-        listener_id: reply.listener_id,
-        route_id: reply.route_id,
-        backend_id: reply.backend_id,
-        direction: direction::ORIGINAL,
-        tcp_flags: bits,
-        splice: ids.splice,
-        win_shift: 0,
-        seq_delta: 0,
-        ack_delta: 0,
-        packets: 1,
-        bytes: len as u64,
     };
-    if FLOWS.insert(key, original, BPF_NOEXIST).is_err() {
+    // The original-direction entry is written over the reply entry: the map holds its own copy.
+    let original = &mut search.reply;
+    original.new_src = backend.snat_addr;
+    original.new_sport = reply_key.dport;
+    original.new_dst = backend.addr;
+    original.new_dport = backend.port;
+    original.out_ifindex = backend.ifindex;
+    original.direction = direction::ORIGINAL;
+    original.tcp_flags = bits;
+    original.packets = 1;
+    original.bytes = len as u64;
+    if FLOWS.insert(key, &*original, BPF_NOEXIST).is_err() {
         let _ = FLOWS.remove(reply_key);
         // Lost a race with another CPU admitting the same packet's flow: use its entry.
         // SAFETY: a plain read of a map value returned by a successful lookup.
         return match unsafe { FLOWS.get(key) } {
-            Some(existing) => Ok(*existing),
+            Some(existing) => Ok(existing),
             None => Err(AdmitError::TableFull),
         };
     }

@@ -43,6 +43,8 @@ pub struct Packet {
     pub ihl: u32,
     /// IPv4 total length (host order).
     pub ip_len: u32,
+    /// TCP header length in bytes, options included (0 for UDP).
+    pub tcp_doff: u32,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
     /// First fragment of a fragmented datagram (has ports, but the rest will not follow the same path).
@@ -113,6 +115,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         return Parsed::Malformed;
     };
     let mut tcp_flags = 0;
+    let mut tcp_doff = 0;
     if ip.proto == PROTO_TCP {
         let Ok(doff_flags) = ctx.load::<[u8; 2]>(l4_off as usize + 12) else {
             return Parsed::Malformed;
@@ -121,6 +124,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
             return Parsed::Malformed;
         }
         tcp_flags = doff_flags[1];
+        tcp_doff = ((doff_flags[0] >> 4) as u32) * 4;
     } else if ip_len < ihl + 8 {
         return Parsed::Malformed;
     }
@@ -136,6 +140,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         l4_off,
         ihl,
         ip_len,
+        tcp_doff,
         tcp_flags,
         first_fragment: frag & 0x2000 != 0,
         dont_fragment: frag & 0x4000 != 0,

@@ -11,12 +11,14 @@ use gateway_common::{
 
 use crate::{
     counters::count,
-    flow::{self, AdmitError, FlowIds},
+    flow::{self, AdmitError, FlowIds, Tracked},
     headers::{self, IcmpError, Packet, Parsed, TCP_ACK, TCP_RST, TCP_SYN},
     icmp,
     maglev::{self, Pick},
     maps::{CONFIG, FLOWS, LISTENERS},
-    nat, reset, tls,
+    nat, reset,
+    snat::BackendSyn,
+    tcp_options, tls,
 };
 
 #[inline(always)]
@@ -31,19 +33,24 @@ pub fn run(ctx: &TcContext) -> i32 {
         Parsed::Packet(pkt) => pkt,
     };
     let len = ctx.len();
-    if let Some(flow) = flow::track(&pkt, len) {
-        if pkt.first_fragment {
-            count(counter::UNSUPPORTED_IP);
-            return TC_ACT_SHOT;
+    let reopened = match flow::track(&pkt, len) {
+        Tracked::Flow(flow) => {
+            if pkt.first_fragment {
+                count(counter::UNSUPPORTED_IP);
+                return TC_ACT_SHOT;
+            }
+            if flow.splice != splice::NONE
+                && (flow.splice != splice::SPLICED
+                    || tls::has_options_to_translate(ctx, &pkt, &flow))
+            {
+                // A splice being set up, or a spliced segment with SACK blocks to translate.
+                return tls::enter(ctx, tls::FLOW_PROGRAM);
+            }
+            return forward(ctx, &pkt, &flow);
         }
-        if flow.splice != splice::NONE
-            && (flow.splice != splice::SPLICED || tls::has_options_to_translate(ctx, &pkt, &flow))
-        {
-            // A splice being set up, or a spliced segment with SACK blocks to translate.
-            return tls::enter(ctx, tls::FLOW_PROGRAM);
-        }
-        return forward(ctx, &pkt, &flow);
-    }
+        Tracked::Reopened(closed) => Some(closed),
+        Tracked::New => None,
+    };
     let Some(config) = CONFIG.get(CONFIG_KEY) else {
         return TC_ACT_OK;
     };
@@ -92,9 +99,15 @@ pub fn run(ctx: &TcContext) -> i32 {
         route_id: listener.route_id,
         backend_id,
         splice: splice::NONE,
+        syn: if is_tcp {
+            Some(backend_syn(ctx, &pkt))
+        } else {
+            None
+        },
+        reopened,
     };
     match flow::admit(&pkt, len, ingress_ifindex, &backend, ids, config, hash) {
-        Ok(flow) => forward(ctx, &pkt, &flow),
+        Ok(flow) => forward(ctx, &pkt, flow),
         Err(AdmitError::TableFull) => {
             count(counter::TABLE_FULL);
             if is_tcp {
@@ -103,6 +116,19 @@ pub fn run(ctx: &TcContext) -> i32 {
                 TC_ACT_SHOT
             }
         }
+    }
+}
+
+/// The client's SYN as the backend will get it (NAT changes neither number): what admission needs to choose an
+/// SNAT port the backend's TIME_WAIT accepts.
+#[inline(always)]
+fn backend_syn(ctx: &TcContext, pkt: &Packet) -> BackendSyn {
+    BackendSyn {
+        seq: ctx
+            .load::<u32>(pkt.l4_off as usize + 4)
+            .map(u32::from_be)
+            .unwrap_or(0),
+        tsval: tcp_options::tsval(ctx, pkt.l4_off, pkt.tcp_doff),
     }
 }
 

@@ -20,6 +20,8 @@ mod maglev;
 mod maps;
 mod nat;
 mod reset;
+mod snat;
+mod tcp_options;
 mod tls;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

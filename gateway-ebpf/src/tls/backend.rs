@@ -15,9 +15,7 @@ use gateway_common::{
 };
 
 use super::{
-    client_key, handshake, ifindex,
-    options::{self, NO_WSCALE},
-    reply_macs,
+    client_key, handshake, ifindex, reply_macs,
     segment::{self, Segment, MAX_PAYLOAD},
     splice, Tcp, TLS_HANDSHAKES,
 };
@@ -26,6 +24,7 @@ use crate::{
     flow::peer_key,
     headers::{Packet, TCP_ACK, TCP_RST, TCP_SYN},
     maps::FLOWS,
+    tcp_options::{self as options, NO_WSCALE},
 };
 
 /// Segments replayed per packet that triggers a replay (bounded loop; more follow on the backend's ACKs).

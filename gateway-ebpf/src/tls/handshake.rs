@@ -19,9 +19,7 @@ use gateway_common::{
 };
 
 use super::{
-    ifindex,
-    options::{self, SynOptions, NO_WSCALE},
-    reply_macs,
+    ifindex, reply_macs,
     segment::{self, Segment},
     Tcp, HANDSHAKE_TEMPLATE, TLS_HANDSHAKES, TLS_REJECTS, TLS_VERDICT,
 };
@@ -33,6 +31,7 @@ use crate::{
     maglev::{self, Pick},
     maps::CONFIG,
     reset,
+    tcp_options::{self as options, SynOptions, NO_WSCALE},
 };
 
 /// Sequence-number state before any backend exists (the conntrack entries carry the later states).
@@ -283,6 +282,12 @@ fn connect(ctx: &TcContext, pkt: &Packet, h: &mut Handshake, route_id: u32) -> i
         route_id,
         backend_id,
         splice: state::SYN_SENT,
+        // The backend SYN is the gateway's (send_backend_syn): the client's ISN, no timestamps.
+        syn: Some(crate::snat::BackendSyn {
+            seq: h.client_isn,
+            tsval: None,
+        }),
+        reopened: None,
     };
     let flow = match flow::admit(pkt, ctx.len(), ifindex(ctx), &backend, ids, config, hash) {
         Ok(flow) => flow,
@@ -293,7 +298,7 @@ fn connect(ctx: &TcContext, pkt: &Packet, h: &mut Handshake, route_id: u32) -> i
         }
     };
     h.state = state::SYN_SENT;
-    send_backend_syn(ctx, h, &flow)
+    send_backend_syn(ctx, h, flow)
 }
 
 /// Turns the skb into the backend SYN of the spliced connection: the client's initial sequence number (so the

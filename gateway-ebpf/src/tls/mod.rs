@@ -13,7 +13,6 @@
 //! verification and stack are untouched. Spliced segments stay in the ingress program ([`translate`]).
 mod backend;
 mod handshake;
-mod options;
 mod segment;
 mod splice;
 

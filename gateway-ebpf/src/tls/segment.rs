@@ -10,9 +10,9 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use gateway_common::clienthello::{Capture, CAPTURE_BUF};
 
-use super::options::{SynOptions, NO_WSCALE};
 use crate::checksum::{fold, sum_words};
 use crate::headers::ETH_HLEN;
+use crate::tcp_options::{SynOptions, NO_WSCALE};
 
 /// Ethernet + IPv4 without options + TCP without options.
 pub const HEADER_LEN: u32 = 54;

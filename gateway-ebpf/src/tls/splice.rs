@@ -5,7 +5,7 @@
 use aya_ebpf::programs::TcContext;
 use gateway_common::{counter, direction, Flow};
 
-use super::options;
+use crate::tcp_options as options;
 use crate::{
     counters::count,
     headers::{Packet, TCP_ACK},

@@ -18,6 +18,11 @@ pub struct Timeouts {
     pub tcp_established: Duration,
     /// TCP after a RST, or after FIN in both directions.
     pub tcp_closing: Duration,
+    /// TCP closed by FINs when the backend closed first, while the table is at most half full: the backend holds
+    /// the 4-tuple in TIME_WAIT (60 s on Linux) that long, and the entries are what lets the kernel give the
+    /// SNAT port only to a SYN that TIME_WAIT accepts (see the eBPF `flow` module). Under pressure,
+    /// `tcp_closing` applies.
+    pub tcp_time_wait: Duration,
     /// UDP since the last datagram in either direction.
     pub udp: Duration,
 }
@@ -28,6 +33,7 @@ impl Default for Timeouts {
             tcp_syn: Duration::from_secs(60),
             tcp_established: Duration::from_secs(3600),
             tcp_closing: Duration::from_secs(10),
+            tcp_time_wait: Duration::from_secs(65),
             udp: Duration::from_secs(60),
         }
     }
@@ -121,10 +127,14 @@ pub fn timeout_for(original: &Flow, reply: Option<&Flow>, proto: u8, t: &Timeout
     }
     let reply_bits = reply.map(|r| r.tcp_flags).unwrap_or(0);
     let bits = original.tcp_flags | reply_bits;
-    if bits & tcp_seen::RST != 0
-        || (original.tcp_flags & tcp_seen::FIN != 0 && reply_bits & tcp_seen::FIN != 0)
-    {
+    if bits & tcp_seen::RST != 0 {
         t.tcp_closing
+    } else if original.tcp_flags & tcp_seen::FIN != 0 && reply_bits & tcp_seen::FIN != 0 {
+        if reply_bits & tcp_seen::FIN_FIRST != 0 {
+            t.tcp_time_wait
+        } else {
+            t.tcp_closing
+        }
     } else if reply_bits & tcp_seen::SYN_ACK == 0 {
         t.tcp_syn
     } else {
@@ -154,11 +164,21 @@ pub(crate) fn now_ns() -> u64 {
 /// Removes expired flows from `flows`, moving their final counts into `closed`.
 pub fn sweep(
     flows: &mut BpfHashMap<MapData, FlowKey, Flow>,
+    capacity: u32,
     t: &Timeouts,
     closed: &mut FlowTotals,
 ) -> Result<Sweep, DataplaneError> {
     let now = now_ns();
     let entries: Vec<(FlowKey, Flow)> = flows.iter().filter_map(Result::ok).collect();
+    let pressure = Timeouts {
+        tcp_time_wait: t.tcp_closing,
+        ..t.clone()
+    };
+    let t = if entries.len() > capacity as usize / 2 {
+        &pressure
+    } else {
+        t
+    };
     let by_key: HashMap<FlowKey, Flow> = entries.iter().copied().collect();
     let mut doomed = Vec::new();
     for (key, flow) in &entries {
@@ -192,9 +212,15 @@ pub fn sweep(
         })
         .collect();
     for (key, flow) in &entries {
+        // An orphan left by a client that reopened its 4-tuple keeps the record of a backend TIME_WAIT.
+        let timeout = if flow.tcp_flags & tcp_seen::FIN_FIRST != 0 {
+            t.tcp_time_wait
+        } else {
+            t.tcp_syn
+        };
         if flow.direction == direction::REPLY
             && !originals.contains(key)
-            && now.saturating_sub(flow.last_seen_ns) > t.tcp_syn.as_nanos() as u64
+            && now.saturating_sub(flow.last_seen_ns) > timeout.as_nanos() as u64
         {
             doomed.push(*key);
         }
@@ -263,6 +289,15 @@ mod tests {
         assert_eq!(
             timeout_for(&half_closed, Some(&fin_reply), PROTO_TCP, &t),
             t.tcp_closing
+        );
+        // The backend closed first: its TIME_WAIT lasts a minute, and so does the record of the port.
+        let first_fin_reply = flow(
+            direction::REPLY,
+            tcp_seen::SYN_ACK | tcp_seen::FIN | tcp_seen::FIN_FIRST,
+        );
+        assert_eq!(
+            timeout_for(&half_closed, Some(&first_fin_reply), PROTO_TCP, &t),
+            t.tcp_time_wait
         );
         let rst = flow(direction::ORIGINAL, tcp_seen::SYN | tcp_seen::RST);
         assert_eq!(

@@ -751,7 +751,12 @@ impl Dataplane {
     /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep and the
     /// traffic totals by listener, route and backend.
     pub fn expire_flows(&mut self) -> Result<conntrack::Sweep, DataplaneError> {
-        conntrack::sweep(&mut self.flows, &self.settings.timeouts, &mut self.closed)
+        conntrack::sweep(
+            &mut self.flows,
+            self.settings.conntrack_entries,
+            &self.settings.timeouts,
+            &mut self.closed,
+        )
     }
 
     /// Names of listener, route and backend ids (`namespace/gateway/listener`, `namespace/gateway/listener/Kind/

@@ -11,7 +11,7 @@ use anyhow::ensure;
 use indicatif::ProgressBar;
 
 use super::{
-    cpu, iperf, loadgen,
+    cpu, iperf, loadgen, netstat,
     peers::{self, Peer, PeerKind, Proto},
     report, topology, BenchArgs, RunValues, Session, IPERF_PORT,
 };
@@ -257,6 +257,10 @@ fn measure(
             }
             Phase::ConnRate => {
                 let accepted_before = bt.backend_accepted();
+                let counters_before = [
+                    netstat::Snapshot::take(client)?,
+                    netstat::Snapshot::take(bt.backend())?,
+                ];
                 let r = loadgen::connection_rate(
                     client,
                     SocketAddr::from((target, loadgen::ACCEPT_CLOSE_PORT)),
@@ -277,6 +281,25 @@ fn measure(
                 );
                 put("cps", r.per_second());
                 put("cps_failed", r.failed as f64);
+                let client_changes =
+                    netstat::Snapshot::take(client)?.changes_since(&counters_before[0]);
+                let backend_changes =
+                    netstat::Snapshot::take(bt.backend())?.changes_since(&counters_before[1]);
+                put(
+                    "cps_syn_retrans",
+                    client_changes
+                        .get("TcpExtTCPSynRetrans")
+                        .copied()
+                        .unwrap_or(0) as f64,
+                );
+                let mut text = String::new();
+                for (side, changes) in [("client", client_changes), ("backend", backend_changes)] {
+                    text += &format!("# {side} namespace, counters changed during the run\n");
+                    for (name, delta) in changes {
+                        text += &format!("{name} {delta}\n");
+                    }
+                }
+                std::fs::write(dir.join("netstat-conn_rate.txt"), text)?;
             }
             Phase::LatencyPersistent | Phase::LatencyFresh => {
                 let t = SocketAddr::from((target, loadgen::ECHO_PORT));

@@ -209,6 +209,13 @@ pub const L4_METRICS: &[Metric] = &[
         0,
     ),
     m(
+        "cps_syn_retrans",
+        "Client SYN retransmissions during that run (each stalls a connection ≥ 1 s)",
+        "count",
+        Better::Neither,
+        0,
+    ),
+    m(
         "rr_p50_us",
         "Request/response latency p50, one connection",
         "µs",

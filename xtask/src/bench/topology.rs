@@ -51,6 +51,10 @@ impl BenchTopology {
         self.topo.client()
     }
 
+    pub fn backend(&self) -> &Netns {
+        self.topo.backend(1)
+    }
+
     pub fn gateway(&self) -> &Netns {
         self.topo.gateway()
     }

@@ -1,5 +1,5 @@
-//! TCP options: those of a handshake segment (MSS, window scale, SACK-permitted) and where a segment's SACK
-//! blocks are, read from the skb into a per-CPU
+//! TCP options: those of a handshake segment (MSS, window scale, SACK-permitted, timestamp) and where a
+//! segment's SACK blocks are, read from the skb into a per-CPU
 //! scratch value and walked with `bpf_loop`: data-dependent offsets into the stack are rejected by the verifier,
 //! and an open-coded walk costs it hundreds of thousands of instructions (see ../shared/KERNEL-SPLICE-NOTES.md).
 use aya_ebpf::{
@@ -23,6 +23,7 @@ const KIND_MSS: u8 = 2;
 const KIND_WSCALE: u8 = 3;
 const KIND_SACK_PERMITTED: u8 = 4;
 const KIND_SACK: u8 = 5;
+const KIND_TIMESTAMP: u8 = 8;
 
 /// The options a SYN or SYN-ACK announced.
 #[derive(Clone, Copy)]
@@ -45,6 +46,8 @@ pub struct Walk {
     /// Offset of the SACK option inside the options, and its length (0: none).
     sack_at: u32,
     sack_len: u32,
+    has_tsval: u32,
+    tsval: u32,
 }
 
 #[map]
@@ -59,6 +62,13 @@ pub fn read(ctx: &TcContext, l4_off: u32, doff_bytes: u32) -> Option<SynOptions>
         wscale: walk.wscale as u8,
         sack_permitted: walk.sack_permitted != 0,
     })
+}
+
+/// The `TSval` of the segment's timestamp option, if it has one.
+#[inline(always)]
+pub fn tsval(ctx: &TcContext, l4_off: u32, doff_bytes: u32) -> Option<u32> {
+    let walk = walk(ctx, l4_off, doff_bytes)?;
+    (walk.has_tsval != 0).then_some(walk.tsval)
 }
 
 /// Where the SACK blocks of a segment are: the frame offset of the first block and the number of blocks.
@@ -82,6 +92,7 @@ fn walk(ctx: &TcContext, l4_off: u32, doff_bytes: u32) -> Option<&'static Walk> 
     walk.sack_permitted = 0;
     walk.sack_at = 0;
     walk.sack_len = 0;
+    walk.has_tsval = 0;
     walk.len = 0;
     let len = doff_bytes.saturating_sub(20);
     if len > 0 {
@@ -145,6 +156,10 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         }
         (KIND_WSCALE, 3) => w.wscale = at(2).min(MAX_WSCALE) as u32,
         (KIND_SACK_PERMITTED, 2) => w.sack_permitted = 1,
+        (KIND_TIMESTAMP, 10) => {
+            w.tsval = u32::from_be_bytes([at(2), at(3), at(4), at(5)]);
+            w.has_tsval = 1;
+        }
         (KIND_SACK, _) => {
             w.sack_at = pos;
             w.sack_len = olen;
