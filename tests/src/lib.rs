@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod http_checks;
 pub mod manifests;
 pub mod netns;
+pub mod netstat;
 pub mod pki;
 pub mod sockets;
 pub mod stream;

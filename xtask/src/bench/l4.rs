@@ -8,10 +8,11 @@ use std::{
 };
 
 use anyhow::ensure;
+use gateway_tests::netstat;
 use indicatif::ProgressBar;
 
 use super::{
-    cpu, iperf, loadgen, netstat,
+    cpu, iperf, loadgen,
     peers::{self, Peer, PeerKind, Proto},
     report, topology, BenchArgs, RunValues, Session, IPERF_PORT,
 };

@@ -32,7 +32,6 @@ mod iperf;
 mod l4;
 mod loadgen;
 mod memory;
-mod netstat;
 mod peers;
 mod report;
 mod tls;

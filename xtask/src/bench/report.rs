@@ -210,7 +210,7 @@ pub const L4_METRICS: &[Metric] = &[
     ),
     m(
         "cps_syn_retrans",
-        "Client SYN retransmissions during that run (each stalls a connection ≥ 1 s)",
+        "Client SYN retransmissions during that run",
         "count",
         Better::Neither,
         0,

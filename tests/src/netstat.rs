@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use gateway_tests::Netns;
+
+use crate::Netns;
 
 /// Counter name (`TcpExtTCPSynRetrans`, `TcpActiveOpens`, …) → value.
 #[derive(Clone, Debug, Default)]
@@ -25,7 +26,12 @@ impl Snapshot {
         })
     }
 
-    /// Counters that changed since `before`, as `name delta` lines.
+    /// One counter (0 if the kernel does not have it).
+    pub fn get(&self, name: &str) -> i64 {
+        self.0.get(name).copied().unwrap_or(0)
+    }
+
+    /// Counters that changed since `before`, by name.
     pub fn changes_since(&self, before: &Snapshot) -> BTreeMap<String, i64> {
         self.0
             .iter()
