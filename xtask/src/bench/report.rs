@@ -768,11 +768,11 @@ impl Report {
         {
             f.push(format!(
                 "The gateway's kernel counted a median of {full:.0} new flows per run refused as `table_full` (answered \
-                 with RST). Cause: a flow's SNAT port (default range 10000–32767, one range per backend address and port) \
-                 stays claimed until the closed flow expires (10 s), and a new flow probes only 8 hashed ports, so one backend \
-                 endpoint sustains on the order of 22 768 / 10 s ≈ 2 300 new connections per second before refusals \
-                 start. This caps the connection-rate result and shows in the fresh-connection latency; plain \
-                 forwarding and the proxies have no such limit in this set-up."));
+                 with RST): none of a new flow's 32 hashed SNAT ports was free. With one backend endpoint the 22,768 \
+                 ports of the default range (10000–32767) are all in use at this rate: by live flows, by flows closed \
+                 in the last 250 ms, and by closed flows whose port the backend still holds in TIME_WAIT for another \
+                 client's 4-tuple (docs/l4.md, \"SNAT ports and the backend's TIME_WAIT\"). More backend endpoints \
+                 or SNAT addresses spread the load; plain forwarding and the proxies have no such limit here."));
         }
         if let Some(c) = g.median.get("cpu_tcp1_dataplane") {
             f.push(format!(

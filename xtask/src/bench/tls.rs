@@ -6,6 +6,9 @@
 //! - `cps`: new passthrough connections per second, closed loop: 32 connections each sending the canned rustls
 //!   ClientHello and closing at the server's first byte (`--protocol tls-canned --mode concurrent`), so the
 //!   client does no handshake work and the data plane's per-connection cost shows;
+//! - `cps_canned`: the same with the backend in canned mode (`tls_echo`: it reads the ClientHello and answers a
+//!   fixed record, no cryptography), so neither end's TLS work bounds the rate and the data planes' own
+//!   per-connection cost decides it;
 //! - `ttfb`: time to first byte (connect + ClientHello → ServerHello) at a moderate open-loop rate;
 //! - `mem`: memory per established passthrough connection — the data plane's RSS and its namespace's TCP
 //!   socket memory, before and while `MEM_CONNECTIONS` TLS connections are held open, ÷ the count.
@@ -77,6 +80,20 @@ const METRICS: &[Metric] = &[
         0,
     ),
     m(
+        "cps_canned",
+        "New passthrough connections per second, backend without cryptography (fixed answer)",
+        "conn/s",
+        Better::Higher,
+        0,
+    ),
+    m(
+        "cps_canned_errors",
+        "Failed attempts during that run",
+        "count",
+        Better::Neither,
+        0,
+    ),
+    m(
         "ttfb_p50_us",
         "Time to first byte p50 (connect + ClientHello → ServerHello)",
         "µs",
@@ -133,6 +150,20 @@ const METRICS: &[Metric] = &[
         2,
     ),
     m(
+        "cpu_cps_canned_machine",
+        "Machine CPU during the connection-rate run without backend cryptography",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cpu_cps_canned_dataplane",
+        "Data plane processes' CPU during that run",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
         "cpu_bulk_dataplane",
         "Data plane processes' CPU during the bulk run",
         "cores",
@@ -146,8 +177,8 @@ pub const SUITE: report::Suite = report::Suite {
     title: "TLS passthrough benchmark: this gateway vs plain forwarding, HAProxy, NGINX, Envoy",
     metrics: METRICS,
     relative: (
-        &["bulk_gbps", "cps", "ttfb_p50_us", "ttfb_p99_us"],
-        &["bulk", "conn/s", "1/TTFB p50", "1/TTFB p99"],
+        &["bulk_gbps", "cps", "cps_canned", "ttfb_p50_us", "ttfb_p99_us"],
+        &["bulk", "conn/s", "conn/s (no backend crypto)", "1/TTFB p50", "1/TTFB p99"],
     ),
     charts: &[
         Chart {
@@ -161,8 +192,8 @@ pub const SUITE: report::Suite = report::Suite {
             file: "connections.svg",
             title: "New passthrough connections per second",
             unit: "conn/s",
-            labels: &["conn/s"],
-            keys: &["cps"],
+            labels: &["backend TLS", "backend without cryptography"],
+            keys: &["cps", "cps_canned"],
         },
         Chart {
             file: "ttfb.svg",
@@ -182,6 +213,7 @@ pub const SUITE: report::Suite = report::Suite {
     spread: &[
         "bulk_gbps",
         "cps",
+        "cps_canned",
         "ttfb_p50_us",
         "ttfb_p99_us",
         "mem_rss_kib_per_conn",
@@ -189,6 +221,7 @@ pub const SUITE: report::Suite = report::Suite {
     findings: &[
         "bulk_gbps",
         "cps",
+        "cps_canned",
         "ttfb_p50_us",
         "ttfb_p99_us",
         "mem_rss_kib_per_conn",
@@ -201,17 +234,25 @@ pub const SUITE: report::Suite = report::Suite {
 enum Phase {
     Bulk,
     Cps,
+    CpsCanned,
     Ttfb,
     Memory,
 }
 
 impl Phase {
-    const ALL: [Phase; 4] = [Phase::Bulk, Phase::Cps, Phase::Ttfb, Phase::Memory];
+    const ALL: [Phase; 5] = [
+        Phase::Bulk,
+        Phase::Cps,
+        Phase::CpsCanned,
+        Phase::Ttfb,
+        Phase::Memory,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Phase::Bulk => "bulk",
             Phase::Cps => "cps",
+            Phase::CpsCanned => "cps_canned",
             Phase::Ttfb => "ttfb",
             Phase::Memory => "mem",
         }
@@ -588,6 +629,17 @@ fn measure(
                 let used = meter.stop();
                 put("cpu_cps_machine", used.machine_cores);
                 put("cpu_cps_dataplane", used.dataplane_cores);
+            }
+            Phase::CpsCanned => {
+                tb.echo.set_canned(true);
+                let r = cps(tb, client, &target, secs, &save);
+                tb.echo.set_canned(false);
+                let r = r?;
+                put("cps_canned", r.connections_per_sec());
+                put("cps_canned_errors", r.errors as f64);
+                let used = meter.stop();
+                put("cpu_cps_canned_machine", used.machine_cores);
+                put("cpu_cps_canned_dataplane", used.dataplane_cores);
             }
             Phase::Ttfb => {
                 let hello = tb.hello.display().to_string();

@@ -1,9 +1,13 @@
 //! The TLS backend of `bench tls`: a rustls echo (TLS 1.3, ECDSA P-256 certificate from the harness's PKI) on
 //! threads of the bench process inside the backend namespace. It counts accepted, completed-handshake and
 //! currently open connections, so the memory phase knows when every connection is established end to end.
+//!
+//! In canned mode ([`TlsEcho::set_canned`]) it does no cryptography: it reads the ClientHello and answers with
+//! [`CANNED_ANSWER`], then closes. The backend's handshake work then no longer bounds a connection-rate run, and
+//! what is left to measure is the data planes' own cost per connection.
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
     },
     time::Duration,
@@ -14,11 +18,17 @@ use gateway_tests::Netns;
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The canned-mode answer: the header of a TLS handshake record carrying a ServerHello (the client stops at the
+/// first byte).
+pub const CANNED_ANSWER: &[u8] = &[0x16, 0x03, 0x03, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00];
+
 #[derive(Default)]
 pub struct Counts {
     pub accepted: AtomicU64,
     pub handshakes: AtomicU64,
     pub open: AtomicU64,
+    /// Canned mode (see the module docs).
+    canned: AtomicBool,
 }
 
 /// A running echo; stopped (runtime shut down, thread joined) on drop.
@@ -80,6 +90,14 @@ impl TlsEcho {
                         let _ = tcp.set_nodelay(true);
                         let (c, acceptor) = (Arc::clone(&c), acceptor.clone());
                         tokio::spawn(async move {
+                            if c.canned.load(Relaxed) {
+                                let mut tcp = tcp;
+                                let mut hello = [0u8; 4096];
+                                if matches!(tcp.read(&mut hello).await, Ok(1..)) {
+                                    let _ = tcp.write_all(CANNED_ANSWER).await;
+                                }
+                                return;
+                            }
                             c.open.fetch_add(1, Relaxed);
                             if let Ok(mut tls) = acceptor.accept(tcp).await {
                                 c.handshakes.fetch_add(1, Relaxed);
@@ -120,6 +138,11 @@ impl TlsEcho {
 
     pub fn open(&self) -> u64 {
         self.counts.open.load(Relaxed)
+    }
+
+    /// Switches canned mode (see the module docs) for the connections accepted from now on.
+    pub fn set_canned(&self, canned: bool) {
+        self.counts.canned.store(canned, Relaxed);
     }
 }
 
