@@ -38,8 +38,7 @@ const MIN_MSS: u32 = 88;
 #[inline(always)]
 pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> Option<i32> {
     let Some(hs) = TLS_HANDSHAKES.get_ptr_mut(pkt.key) else {
-        count(counter::TLS_UNEXPECTED);
-        return Some(TC_ACT_SHOT);
+        return spliced_meanwhile(&pkt.key);
     };
     // SAFETY: pointer from a successful lookup of this flow's handshake.
     let h = unsafe { &mut *hs };
@@ -77,8 +76,7 @@ pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> 
 pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Option<i32> {
     let ckey = client_key(reply);
     let Some(hs) = TLS_HANDSHAKES.get_ptr_mut(ckey) else {
-        count(counter::TLS_UNEXPECTED);
-        return Some(TC_ACT_SHOT);
+        return spliced_meanwhile(&pkt.key);
     };
     // SAFETY: pointer from a successful lookup of this flow's handshake.
     let h = unsafe { &mut *hs };
@@ -317,6 +315,20 @@ fn write_replayed(
         h.sent = end;
     }
     Ok(end)
+}
+
+/// A segment of a splice being set up whose handshake state is gone: if another CPU completed the splice since
+/// this segment read its conntrack entry (the two directions arrive on different CPUs), it is a spliced segment
+/// and goes on (`None`: the caller forwards and translates it; the numbers were set before the switch).
+/// Otherwise it is dropped and counted.
+#[inline(always)]
+fn spliced_meanwhile(key: &FlowKey) -> Option<i32> {
+    // SAFETY: a one-byte read of a map value returned by a successful lookup.
+    if unsafe { FLOWS.get(key) }.is_some_and(|f| f.splice == state::SPLICED) {
+        return None;
+    }
+    count(counter::TLS_UNEXPECTED);
+    Some(TC_ACT_SHOT)
 }
 
 #[inline(always)]
