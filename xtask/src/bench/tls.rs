@@ -182,8 +182,20 @@ pub const SUITE: report::Suite = report::Suite {
     title: "TLS passthrough benchmark: this gateway vs plain forwarding, HAProxy, NGINX, Envoy",
     metrics: METRICS,
     relative: (
-        &["bulk_gbps", "cps", "cps_canned", "ttfb_p50_us", "ttfb_p99_us"],
-        &["bulk", "conn/s", "conn/s (no backend crypto)", "1/TTFB p50", "1/TTFB p99"],
+        &[
+            "bulk_gbps",
+            "cps",
+            "cps_canned",
+            "ttfb_p50_us",
+            "ttfb_p99_us",
+        ],
+        &[
+            "bulk",
+            "conn/s",
+            "conn/s (no backend crypto)",
+            "1/TTFB p50",
+            "1/TTFB p99",
+        ],
     ),
     charts: &[
         Chart {

@@ -33,7 +33,8 @@ impl BenchTopology {
         // first keeps them 60 s); with them every connect(2) of the next phase scans the port space under locks
         // (`__inet_hash_connect`: 60% of the machine in a profile, the next phase's rate collapsing). Capping them
         // in the client's namespace keeps phases independent; nothing measured depends on the client's TIME_WAIT.
-        topo.client().set_sysctl("net.ipv4.tcp_max_tw_buckets", "4096")?;
+        topo.client()
+            .set_sysctl("net.ipv4.tcp_max_tw_buckets", "4096")?;
         // In the gateway namespace, where the proxies open their upstream connections: a proxy that closes first
         // keeps each upstream port in TIME_WAIT for 60 s, which capped every proxy at ~470 new connections per
         // second in `bench tls`; TIME_WAIT reuse lifts that. The port range stays above the eBPF gateway's SNAT

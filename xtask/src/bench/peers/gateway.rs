@@ -195,8 +195,18 @@ impl<'a> Gateway<'a> {
         );
         let config = gateway_tests::netns::temp_dir("bench-gateway")?;
         std::fs::write(config.path().join("bench.yaml"), manifests)?;
-        let process =
-            GatewayProcess::start(ns, &[config.path()], &[]).context("starting the gateway")?;
+        // No per-request access log, like the proxies' configurations (`access_log off` for NGINX, none for
+        // Envoy and HAProxy): the comparison is of forwarding, not of logging.
+        let mut process = GatewayProcess::spawn_with_env(
+            ns,
+            &[config.path()],
+            &[],
+            &[("RUST_LOG", "info,access=off")],
+        )
+        .context("starting the gateway")?;
+        process
+            .wait_ready(gateway_tests::gateway::READY_TIMEOUT)
+            .context("the gateway did not become ready")?;
         Ok(Gateway {
             ns,
             vip,
