@@ -127,6 +127,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// mimalloc instead of glibc's allocator: the HTTP proxy allocates per request (headers, bodies, futures), and
+/// glibc's malloc/free took ~10% of its CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
