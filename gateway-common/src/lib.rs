@@ -251,6 +251,9 @@ pub mod counter {
     pub const TLS_INVALID_BACKEND: u32 = 24;
     /// Kernel TLS passthrough: client segments whose SACK blocks were translated into the backend's numbers.
     pub const TLS_SACK_TRANSLATED: u32 = 25;
+    /// Kernel TLS passthrough: backends that answered the gateway's SYN with an ACK for an older connection on
+    /// the same 4-tuple (a TIME_WAIT refusing it): reset, and the SYN sent again at once.
+    pub const TLS_BACKEND_TIME_WAIT: u32 = 26;
     /// Number of counters.
     pub const COUNT: u32 = 32;
 }

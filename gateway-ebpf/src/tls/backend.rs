@@ -157,6 +157,12 @@ fn synack(
         remove_flows(&pkt.key, reply);
         return handshake::send_to(ctx, &seg, out);
     }
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+        // An ACK for another connection: the backend holds this 4-tuple from an older one (TIME_WAIT refusing
+        // the SYN). A client would reset it and retry; the gateway does both at once.
+        count(counter::TLS_BACKEND_TIME_WAIT);
+        return reset_and_resend_syn(ctx, pkt, t, h, ckey);
+    }
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) != (TCP_SYN | TCP_ACK)
         || t.ack != h.client_isn.wrapping_add(1)
     {
@@ -204,6 +210,46 @@ fn synack(
     h.sent = 0;
     let window = splice::rescale(h.client_window, (to_backend_in << 4) | to_backend_out);
     replay(ctx, h, 0, window)
+}
+
+/// Answers a backend's ACK for an older connection (RFC 9293, SYN-SENT: `<SEQ=SEG.ACK><CTL=RST>`), which ends
+/// the backend's TIME_WAIT for the 4-tuple (Linux, `tcp_rfc1337` off), and sends the SYN again right behind it
+/// instead of waiting for the client's retransmission (which would meet the same TIME_WAIT until it expired).
+#[inline(always)]
+fn reset_and_resend_syn(
+    ctx: &TcContext,
+    pkt: &Packet,
+    t: &Tcp,
+    h: &Handshake,
+    ckey: &FlowKey,
+) -> i32 {
+    let Some(macs) = reply_macs(ctx) else {
+        return TC_ACT_SHOT;
+    };
+    let rst = Segment {
+        macs,
+        saddr: pkt.key.dst,
+        daddr: pkt.key.src,
+        sport: pkt.key.dport,
+        dport: pkt.key.sport,
+        seq: t.ack,
+        ack: 0,
+        flags: segment::RST,
+        window: 0,
+        syn_options: None,
+    };
+    if segment::write(ctx, &rst).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: helper call on the program's own skb: the reset goes out now, the skb is rewritten next.
+    if unsafe { bpf_clone_redirect(ctx.skb.skb.cast(), ifindex(ctx), 0) } != 0 {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: a plain read of a map value returned by a successful lookup.
+    match unsafe { FLOWS.get(ckey) } {
+        Some(original) => handshake::send_backend_syn(ctx, h, original),
+        None => TC_ACT_SHOT,
+    }
 }
 
 /// The client's latest window, as the backend must read it (the client-direction entry knows the scales).

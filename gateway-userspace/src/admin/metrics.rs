@@ -36,6 +36,7 @@ pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::TLS_UNEXPECTED, "tls_unexpected"),
     (counter::TLS_INVALID_BACKEND, "tls_invalid_backend"),
     (counter::TLS_SACK_TRANSLATED, "tls_sack_translated"),
+    (counter::TLS_BACKEND_TIME_WAIT, "tls_backend_time_wait"),
 ];
 
 /// Kernel TLS passthrough counters that are connection outcomes, exported in
