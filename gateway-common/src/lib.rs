@@ -195,6 +195,22 @@ pub struct Flow {
     pub ts_base: u32,
 }
 
+impl Flow {
+    /// Key of the entry for the other direction of the flow this entry belongs to (`proto` is the flow's: the
+    /// entry does not store it).
+    #[inline(always)]
+    pub fn peer_key(&self, proto: u8) -> FlowKey {
+        FlowKey {
+            src: self.new_dst,
+            dst: self.new_src,
+            sport: self.new_dport,
+            dport: self.new_sport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Indexes of the per-CPU `COUNTERS` array (packets unless named otherwise).
 pub mod counter {
     /// Packets that matched no listener or flow and went to the local stack untouched.

@@ -1,7 +1,7 @@
 //! Conntrack: flow entries in both directions, their TCP state bits, and admission of new flows (both entries,
 //! with the SNAT port [`snat`](crate::snat) finds, which makes the reply direction's key unique).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use gateway_common::{counter, direction, tcp_seen, Backend, Config, Flow, FlowKey, PROTO_TCP};
+use gateway_common::{counter, direction, tcp_seen, Backend, Config, Flow, PROTO_TCP};
 
 use crate::{
     counters::count,
@@ -35,19 +35,6 @@ fn seen_bits(tcp_flags: u8) -> u8 {
         bits |= tcp_seen::RST;
     }
     bits
-}
-
-/// Key of the entry for the other direction of the flow `flow` belongs to.
-#[inline(always)]
-pub fn peer_key(flow: &Flow, proto: u8) -> FlowKey {
-    FlowKey {
-        src: flow.new_dst,
-        dst: flow.new_src,
-        sport: flow.new_dport,
-        dport: flow.new_sport,
-        proto,
-        _pad: [0; 3],
-    }
 }
 
 /// What conntrack knows of a packet.
@@ -99,7 +86,7 @@ pub fn track(pkt: &Packet, len: u32) -> Tracked {
         if bits & tcp_seen::FIN != 0 && flow.tcp_flags & tcp_seen::FIN == 0 {
             // This direction's first FIN: the flow's first unless the other direction has one already.
             // SAFETY: a plain read of a map value returned by a successful lookup.
-            let other_closed = unsafe { FLOWS.get(peer_key(flow, pkt.key.proto)) }
+            let other_closed = unsafe { FLOWS.get(flow.peer_key(pkt.key.proto)) }
                 .is_some_and(|peer| peer.tcp_flags & tcp_seen::FIN != 0);
             if !other_closed {
                 bits |= tcp_seen::FIN_FIRST;

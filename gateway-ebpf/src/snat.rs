@@ -20,11 +20,7 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use gateway_common::{counter, tcp_seen, Backend, Config, Flow, FlowKey, PROTO_TCP};
 
-use crate::{
-    counters::count,
-    flow::{peer_key, PreviousNat},
-    maps::FLOWS,
-};
+use crate::{counters::count, flow::PreviousNat, maps::FLOWS};
 
 /// `bpf_map_update_elem` flag: fail if the key exists.
 const BPF_NOEXIST: u64 = 1;
@@ -173,7 +169,7 @@ fn reclaim(reply_key: &FlowKey, client: &FlowKey, syn: Option<BackendSyn>, now: 
     let Some(old_reply) = (unsafe { FLOWS.get(reply_key) }) else {
         return false;
     };
-    let original_key = peer_key(old_reply, reply_key.proto);
+    let original_key = old_reply.peer_key(reply_key.proto);
     // The original entry, if it still belongs to this reply entry: a client that reopened its 4-tuple has a
     // new original entry, mapped to another port, and this reply entry is then an orphan.
     // SAFETY: as above.

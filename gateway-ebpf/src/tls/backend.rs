@@ -11,17 +11,16 @@ use aya_ebpf::{
 use gateway_common::{
     counter,
     tls::{splice as state, Handshake, CLIENT_WINDOW_SCALE},
-    Flow, FlowKey,
+    Flow, FlowKey, PROTO_TCP,
 };
 
 use super::{
-    client_key, handshake, ifindex, reply_macs,
+    handshake, ifindex, reply_macs,
     segment::{self, Segment, MAX_PAYLOAD},
     splice, Tcp, TLS_HANDSHAKES,
 };
 use crate::{
     counters::count,
-    flow::peer_key,
     headers::{Packet, TCP_ACK, TCP_RST, TCP_SYN},
     maps::FLOWS,
     tcp_options::{self as options, NO_WSCALE},
@@ -74,7 +73,7 @@ pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> 
 /// A backend segment while the splice is being set up.
 #[inline(always)]
 pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Option<i32> {
-    let ckey = client_key(reply);
+    let ckey = reply.peer_key(PROTO_TCP);
     let Some(hs) = TLS_HANDSHAKES.get_ptr_mut(ckey) else {
         return spliced_meanwhile(&pkt.key);
     };
@@ -388,6 +387,6 @@ fn set_state(key: &FlowKey, splice: u8) {
 /// Removes both conntrack entries of the flow `flow` (the entry for `key`) belongs to.
 #[inline(always)]
 fn remove_flows(key: &FlowKey, flow: &Flow) {
-    let _ = FLOWS.remove(peer_key(flow, key.proto));
+    let _ = FLOWS.remove(flow.peer_key(key.proto));
     let _ = FLOWS.remove(key);
 }

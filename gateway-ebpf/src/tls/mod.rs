@@ -209,19 +209,6 @@ fn on_flow(ctx: &TcContext, pkt: &Packet, flow: &Flow) -> Option<i32> {
     }
 }
 
-/// Key of the client's direction of a flow, from its reply-direction entry.
-#[inline(always)]
-fn client_key(reply: &Flow) -> FlowKey {
-    FlowKey {
-        src: reply.new_dst,
-        dst: reply.new_src,
-        sport: reply.new_dport,
-        dport: reply.new_sport,
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    }
-}
-
 /// The Ethernet addresses of the skb, swapped: for a segment sent back out of the interface it came in on.
 #[inline(always)]
 fn reply_macs(ctx: &TcContext) -> Option<[u8; 12]> {

@@ -142,18 +142,6 @@ pub fn timeout_for(original: &Flow, reply: Option<&Flow>, proto: u8, t: &Timeout
     }
 }
 
-/// Key of the other direction's entry of the flow `flow` belongs to.
-pub fn peer_key(flow: &Flow, proto: u8) -> FlowKey {
-    FlowKey {
-        src: flow.new_dst,
-        dst: flow.new_src,
-        sport: flow.new_dport,
-        dport: flow.new_sport,
-        proto,
-        _pad: [0; 3],
-    }
-}
-
 pub(crate) fn now_ns() -> u64 {
     // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -185,7 +173,7 @@ pub fn sweep(
         if flow.direction != direction::ORIGINAL {
             continue;
         }
-        let peer = peer_key(flow, key.proto);
+        let peer = flow.peer_key(key.proto);
         let reply = by_key.get(&peer);
         let last = flow
             .last_seen_ns
@@ -202,14 +190,7 @@ pub fn sweep(
     let originals: std::collections::HashSet<FlowKey> = entries
         .iter()
         .filter(|(_, f)| f.direction == direction::ORIGINAL)
-        .map(|(k, f)| FlowKey {
-            src: f.new_dst,
-            dst: f.new_src,
-            sport: f.new_dport,
-            dport: f.new_sport,
-            proto: k.proto,
-            _pad: [0; 3],
-        })
+        .map(|(k, f)| f.peer_key(k.proto))
         .collect();
     for (key, flow) in &entries {
         // An orphan left by a client that reopened its 4-tuple keeps the record of a backend TIME_WAIT.

@@ -734,9 +734,7 @@ impl Dataplane {
             }
             let _ = self.tls_handshakes.remove(&key);
             if let Ok(original) = self.flows.get(&key, 0) {
-                let _ = self
-                    .flows
-                    .remove(&conntrack::peer_key(&original, key.proto));
+                let _ = self.flows.remove(&original.peer_key(key.proto));
                 let _ = self.flows.remove(&key);
             }
             self.handshakes_started.remove(&key);
