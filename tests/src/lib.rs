@@ -17,6 +17,7 @@ pub mod manifests;
 pub mod netns;
 pub mod netstat;
 pub mod pki;
+pub mod server;
 pub mod sockets;
 pub mod stream;
 pub mod topology;

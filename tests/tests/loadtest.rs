@@ -19,6 +19,7 @@ use gateway_tests::{
     echo::{spawn_echo, EchoConfig},
     gateway::{gateway_bin, write_manifests},
     pki::Pki,
+    server::ServerThread,
     topology, GatewayProcess, Netns, Topology,
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
@@ -124,8 +125,7 @@ impl Seen {
 /// on drop.
 struct CountingEcho {
     seen: Arc<Seen>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl CountingEcho {
@@ -141,84 +141,48 @@ impl CountingEcho {
         .with_single_cert(certs, key)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let seen = Arc::new(Seen::default());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let s = Arc::clone(&seen);
-        let thread = ns.spawn_thread(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::bind(("0.0.0.0", TLS_PORT)).await {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let accept = async {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        s.accepted.fetch_add(1, SeqCst);
-                        let _ = tcp.set_nodelay(true);
-                        let (s, acceptor) = (Arc::clone(&s), acceptor.clone());
-                        tokio::spawn(async move {
-                            if let Ok(mut tls) = acceptor.accept(tcp).await {
-                                s.handshakes.fetch_add(1, SeqCst);
-                                let sni = tls.get_ref().1.server_name().unwrap_or_default();
-                                s.snis.lock().unwrap().insert(sni.to_string());
-                                let mut buf = vec![0u8; 16 * 1024];
-                                loop {
-                                    let n = match tls.read(&mut buf).await {
-                                        Ok(0) | Err(_) => break,
-                                        Ok(n) => n,
-                                    };
-                                    s.read.fetch_add(n as u64, SeqCst);
-                                    if tls.write_all(&buf[..n]).await.is_err() {
-                                        break;
-                                    }
-                                    s.written.fetch_add(n as u64, SeqCst);
+        let server = ServerThread::start(
+            ns,
+            "the counting echo",
+            2,
+            move || std::net::TcpListener::bind(("0.0.0.0", TLS_PORT)),
+            move |listener| async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    s.accepted.fetch_add(1, SeqCst);
+                    let _ = tcp.set_nodelay(true);
+                    let (s, acceptor) = (Arc::clone(&s), acceptor.clone());
+                    tokio::spawn(async move {
+                        if let Ok(mut tls) = acceptor.accept(tcp).await {
+                            s.handshakes.fetch_add(1, SeqCst);
+                            let sni = tls.get_ref().1.server_name().unwrap_or_default();
+                            s.snis.lock().unwrap().insert(sni.to_string());
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                let n = match tls.read(&mut buf).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                s.read.fetch_add(n as u64, SeqCst);
+                                if tls.write_all(&buf[..n]).await.is_err() {
+                                    break;
                                 }
-                                let _ = tls.shutdown().await;
+                                s.written.fetch_add(n as u64, SeqCst);
                             }
-                            s.closed.fetch_add(1, SeqCst);
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = accept => {}
-                    _ = stop_rx => {}
+                            let _ = tls.shutdown().await;
+                        }
+                        s.closed.fetch_add(1, SeqCst);
+                    });
                 }
-            });
-        })?;
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .context("the counting echo did not start")?
-            .map_err(anyhow::Error::msg)
-            .context("binding the counting echo")?;
+            },
+        )?;
         Ok(CountingEcho {
             seen,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         })
-    }
-}
-
-impl Drop for CountingEcho {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -468,89 +432,50 @@ fn loadtest_through_tls_passthrough() -> Result<()> {
 /// 5-byte body and counting the requests; stopped on drop.
 struct CountingHttp {
     requests: Arc<AtomicU64>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl CountingHttp {
     fn start(ns: &Netns, port: u16) -> Result<CountingHttp> {
         let requests = Arc::new(AtomicU64::new(0));
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let r = Arc::clone(&requests);
-        let thread = ns.spawn_thread(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let accept = async {
-                    loop {
-                        let Ok((mut tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let r = Arc::clone(&r);
-                        tokio::spawn(async move {
-                            let mut buf = vec![0u8; 16 * 1024];
-                            let mut pending = Vec::new();
-                            loop {
-                                let n = match tcp.read(&mut buf).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => n,
-                                };
-                                pending.extend_from_slice(&buf[..n]);
-                                while let Some(i) =
-                                    pending.windows(4).position(|w| w == b"\r\n\r\n")
-                                {
-                                    pending.drain(..i + 4);
-                                    r.fetch_add(1, SeqCst);
-                                    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
-                                    if tcp.write_all(resp).await.is_err() {
-                                        return;
-                                    }
+        let server = ServerThread::start(
+            ns,
+            "the counting HTTP server",
+            2,
+            move || std::net::TcpListener::bind(("0.0.0.0", port)),
+            move |listener| async move {
+                loop {
+                    let Ok((mut tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let r = Arc::clone(&r);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        let mut pending = Vec::new();
+                        loop {
+                            let n = match tcp.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            pending.extend_from_slice(&buf[..n]);
+                            while let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                                pending.drain(..i + 4);
+                                r.fetch_add(1, SeqCst);
+                                let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+                                if tcp.write_all(resp).await.is_err() {
+                                    return;
                                 }
                             }
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = accept => {}
-                    _ = stop_rx => {}
+                        }
+                    });
                 }
-            });
-        })?;
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .context("the counting HTTP server did not start")?
-            .map_err(anyhow::Error::msg)
-            .context("binding the counting HTTP server")?;
+            },
+        )?;
         Ok(CountingHttp {
             requests,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         })
-    }
-}
-
-impl Drop for CountingHttp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

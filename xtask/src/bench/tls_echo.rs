@@ -13,8 +13,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
-use gateway_tests::Netns;
+use gateway_tests::{server::ServerThread, Netns};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,8 +33,7 @@ pub struct Counts {
 /// A running echo; stopped (runtime shut down, thread joined) on drop.
 pub struct TlsEcho {
     pub counts: Arc<Counts>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: ServerThread,
 }
 
 impl TlsEcho {
@@ -58,81 +56,54 @@ impl TlsEcho {
         .with_single_cert(certs, key)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let counts = Arc::new(Counts::default());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let c = Arc::clone(&counts);
-        // Runtime threads are created from this thread, which joined the namespace: they are in it too.
-        let thread = ns.spawn_thread(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = match bind(port) {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let accept = async {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            // EMFILE and the like: do not spin.
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                            continue;
-                        };
-                        c.accepted.fetch_add(1, Relaxed);
-                        let _ = tcp.set_nodelay(true);
-                        let (c, acceptor) = (Arc::clone(&c), acceptor.clone());
-                        tokio::spawn(async move {
-                            if c.canned.load(Relaxed) {
-                                let mut tcp = tcp;
-                                let mut hello = [0u8; 4096];
-                                if matches!(tcp.read(&mut hello).await, Ok(1..)) {
-                                    let _ = tcp.write_all(CANNED_ANSWER).await;
-                                }
-                                return;
+        let server = ServerThread::start(
+            ns,
+            "the TLS echo",
+            threads,
+            move || bind(port),
+            move |listener| async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        // EMFILE and the like: do not spin.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    c.accepted.fetch_add(1, Relaxed);
+                    let _ = tcp.set_nodelay(true);
+                    let (c, acceptor) = (Arc::clone(&c), acceptor.clone());
+                    tokio::spawn(async move {
+                        if c.canned.load(Relaxed) {
+                            let mut tcp = tcp;
+                            let mut hello = [0u8; 4096];
+                            if matches!(tcp.read(&mut hello).await, Ok(1..)) {
+                                let _ = tcp.write_all(CANNED_ANSWER).await;
                             }
-                            c.open.fetch_add(1, Relaxed);
-                            if let Ok(mut tls) = acceptor.accept(tcp).await {
-                                c.handshakes.fetch_add(1, Relaxed);
-                                let mut buf = vec![0u8; 64 * 1024];
-                                loop {
-                                    let n = match tls.read(&mut buf).await {
-                                        Ok(0) | Err(_) => break,
-                                        Ok(n) => n,
-                                    };
-                                    if tls.write_all(&buf[..n]).await.is_err() {
-                                        break;
-                                    }
+                            return;
+                        }
+                        c.open.fetch_add(1, Relaxed);
+                        if let Ok(mut tls) = acceptor.accept(tcp).await {
+                            c.handshakes.fetch_add(1, Relaxed);
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match tls.read(&mut buf).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => n,
+                                };
+                                if tls.write_all(&buf[..n]).await.is_err() {
+                                    break;
                                 }
-                                let _ = tls.shutdown().await;
                             }
-                            c.open.fetch_sub(1, Relaxed);
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = accept => {}
-                    _ = stop_rx => {}
+                            let _ = tls.shutdown().await;
+                        }
+                        c.open.fetch_sub(1, Relaxed);
+                    });
                 }
-                // Dropping the runtime cancels the sessions still open.
-            });
-        })?;
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .context("the TLS echo did not start")?
-            .map_err(anyhow::Error::msg)
-            .context("binding the TLS echo")?;
+            },
+        )?;
         Ok(TlsEcho {
             counts,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -147,22 +118,10 @@ impl TlsEcho {
 }
 
 /// A listener with a deep backlog (bursts of connections must not wait for SYN retries).
-fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
     s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], port)).into())?;
     s.listen(4096)?;
-    tokio::net::TcpListener::from_std(s.into())
-}
-
-impl Drop for TlsEcho {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    Ok(s.into())
 }
