@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Version of the map layouts below; part of the pin path (`/sys/fs/bpf/ebpf-gateway/v{ABI_VERSION}/...`).
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -270,6 +270,9 @@ pub mod counter {
     /// Kernel TLS passthrough: backends that answered the gateway's SYN with an ACK for an older connection on
     /// the same 4-tuple (a TIME_WAIT refusing it): reset, and the SYN sent again at once.
     pub const TLS_BACKEND_TIME_WAIT: u32 = 26;
+    /// Kernel TLS passthrough: first flights longer than the handshake entry's own buffer
+    /// ([`crate::clienthello::SHORT_CAPTURE`]), moved to a long capture (`TLS_LONG_CAPTURES`).
+    pub const TLS_LONG_HELLOS: u32 = 27;
     /// Number of counters.
     pub const COUNT: u32 = 32;
 }
@@ -307,10 +310,10 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 72);
-        assert_eq!(
-            size_of::<tls::Handshake>(),
-            64 + size_of::<clienthello::Capture>()
-        );
+        assert_eq!(size_of::<tls::Handshake>(), 64 + clienthello::SHORT_BUF);
+        // A handshake entry's element (hash node 48, key 16, value, allocator link 8) fills a 4 KiB slab
+        // object exactly; one byte more and each would take 8 KiB.
+        assert_eq!(48 + 16 + size_of::<tls::Handshake>() + 8, 4096);
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_TABLE_SIZE);
     }
 }
@@ -322,6 +325,16 @@ pub mod clienthello {
     pub const MAX_BUFFERED: usize = 16 * 1024 + 4 + 5 * (16 * 1024 / 512 + 1);
     /// Capture buffer size: a power of two above `MAX_BUFFERED`, so offsets can be masked for the verifier.
     pub const CAPTURE_BUF: usize = 32 * 1024;
+    /// Bytes of a first flight kept in the handshake entry itself (`tls::Handshake::short`): every ClientHello
+    /// in the corpus and today's browsers' post-quantum hellos (~1.8 KiB) fit. A longer first flight moves to a
+    /// [`LongCapture`] allocated then. Small entries are what makes the kernel path's connection rate: inserting
+    /// and freeing a 32 KiB entry per connection took ~22% of the machine in a profile.
+    pub const SHORT_CAPTURE: usize = SHORT_BUF - SHORT_CHUNK;
+    /// Largest copy into the short buffer at once: the buffer holds this much beyond [`SHORT_CAPTURE`], so a
+    /// copy starting anywhere below it provably stays inside (the verifier bounds offset and length separately).
+    pub const SHORT_CHUNK: usize = 1024;
+    /// Size of the short buffer, chosen so a handshake entry's hash element is exactly 4 KiB.
+    pub const SHORT_BUF: usize = 3960;
     /// Reassembled handshake buffer: a handshake offset (≤ 16 KiB + 4) plus one record (≤ 16 KiB) fits.
     pub const HANDSHAKE_BUF: usize = 32 * 1024 + 64;
     /// Longest host_name accepted on the wire: 253 characters plus a trailing dot.
@@ -334,6 +347,14 @@ pub mod clienthello {
         pub len: u32,
         /// The TLS passthrough listener the connection came to (selects its SNI table).
         pub listener_id: u32,
+        pub data: [u8; CAPTURE_BUF],
+    }
+
+    /// A first flight longer than [`SHORT_CAPTURE`]: value of the `TLS_LONG_CAPTURES` map, keyed like the
+    /// handshake. Holds the whole capture from its first byte once allocated.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct LongCapture {
         pub data: [u8; CAPTURE_BUF],
     }
 
@@ -393,6 +414,7 @@ pub mod clienthello {
     mod pod {
         // SAFETY: #[repr(C)] integers and byte arrays with explicit padding: every bit pattern is valid.
         unsafe impl aya::Pod for super::Capture {}
+        unsafe impl aya::Pod for super::LongCapture {}
         unsafe impl aya::Pod for super::Verdict {}
         unsafe impl aya::Pod for super::SniKey {}
     }
@@ -402,7 +424,7 @@ pub mod clienthello {
 /// ClientHello, routes it by SNI, opens the backend connection with the client's initial sequence number, replays
 /// the captured bytes and from then on forwards both directions with translated sequence numbers and windows.
 pub mod tls {
-    use super::clienthello::Capture;
+    use super::clienthello::SHORT_BUF;
 
     /// States of a spliced flow's conntrack entries ([`crate::Flow::splice`]).
     pub mod splice {
@@ -449,10 +471,16 @@ pub mod tls {
         pub client_sack: u8,
         /// One of [`crate::tls::splice`] (mirrors the conntrack entries once they exist).
         pub state: u8,
-        pub _pad: [u8; 25],
-        /// The captured first flight: `capture.len` bytes from sequence number `client_isn + 1`. It stops
-        /// growing once the ClientHello is complete; its last segment is held unacknowledged until the backend
-        /// has acknowledged all of it.
-        pub capture: Capture,
+        /// 1 when the capture outgrew [`Handshake::short`] and lives in the flow's `LongCapture` entry.
+        pub long: u8,
+        /// Bytes captured of the first flight: from sequence number `client_isn + 1`. It stops growing once the
+        /// ClientHello is complete; its last segment is held unacknowledged until the backend has acknowledged
+        /// all of it.
+        pub captured: u32,
+        /// The TLS passthrough listener the connection came to (selects its SNI table).
+        pub listener_id: u32,
+        pub _pad: [u8; 16],
+        /// The captured bytes while they fit ([`crate::clienthello::SHORT_CAPTURE`]).
+        pub short: [u8; SHORT_BUF],
     }
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use gateway_common::{
     clienthello::{
-        outcome, sni_kind, Capture, SniKey, Verdict, CAPTURE_BUF, HANDSHAKE_BUF, MAX_BUFFERED,
+        outcome, sni_kind, SniKey, Verdict, CAPTURE_BUF, HANDSHAKE_BUF, MAX_BUFFERED,
         MAX_NAME,
     },
     CONFIG_KEY,
@@ -319,15 +319,17 @@ extern "C" fn name_step(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Parses `capture` into `out` and, for a valid name, looks up its route in the listener's SNI table.
+/// Parses the `len` captured bytes at `data` into `out` and, for a valid name, looks up its route in the SNI
+/// table of listener `listener_id`. `data` is only read through `bpf_probe_read_kernel`, so it may point into
+/// any capture (a handshake's short buffer or a long capture) as long as `len` bytes are there.
 #[inline(always)]
-pub fn parse(capture: *const Capture, out: *mut Verdict) {
+pub fn parse(data: *const u8, len: u32, listener_id: u32, out: *mut Verdict) {
     // SAFETY: `out` points to a map value.
     unsafe { (*out).route_id = 0 };
-    let o = parse_into(capture, out);
+    let o = parse_into(data, len, out);
     if o == outcome::SNI {
-        // SAFETY: `capture` and `out` point to map values.
-        unsafe { (*out).route_id = route((*capture).listener_id, (*out).name_len) };
+        // SAFETY: `out` points to a map value.
+        unsafe { (*out).route_id = route(listener_id, (*out).name_len) };
     }
     // SAFETY: `out` points to a map value.
     unsafe { (*out).outcome = o };
@@ -438,15 +440,13 @@ fn run(steps: u32, callback: extern "C" fn(u64, *mut c_void) -> i64, slot: &mut 
 }
 
 #[inline(always)]
-fn parse_into(capture: *const Capture, out: *mut Verdict) -> u32 {
+fn parse_into(data: *const u8, len: u32, out: *mut Verdict) -> u32 {
     // SAFETY: a helper with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(s) = scratch(cpu) else {
         return outcome::MALFORMED;
     };
     let mut slot = Slot { cpu };
-    // SAFETY: `capture` points to a map value.
-    let len = unsafe { (*capture).len };
     if len == 0 {
         return outcome::INCOMPLETE;
     }
@@ -455,10 +455,11 @@ fn parse_into(capture: *const Capture, out: *mut Verdict) -> u32 {
     } else {
         len
     };
-    // SAFETY: both ranges lie inside their map values (len <= MAX_BUFFERED < CAPTURE_BUF).
+    // SAFETY: the destination lies inside the scratch value (len <= MAX_BUFFERED < CAPTURE_BUF); the caller
+    // guarantees `len` bytes at `data`.
     unsafe {
         let dst = (*s).raw.as_mut_ptr() as *mut c_void;
-        let src = (*capture).data.as_ptr() as *const c_void;
+        let src = data as *const c_void;
         if bpf_probe_read_kernel(dst, len, src) != 0 {
             return outcome::MALFORMED;
         }

@@ -55,7 +55,11 @@ pub fn clienthello_probe(_ctx: TcContext) -> i32 {
         maps::HELLO_INPUT.get_ptr(0),
         maps::HELLO_VERDICT.get_ptr_mut(0),
     ) {
-        clienthello::parse(input, verdict);
+        // SAFETY: `input` points to the map value; its `len` is bounded by the parser.
+        let (data, len, listener_id) = unsafe {
+            ((*input).data.as_ptr(), (*input).len.min((*input).data.len() as u32), (*input).listener_id)
+        };
+        clienthello::parse(data, len, listener_id, verdict);
     }
     aya_ebpf::bindings::TC_ACT_OK
 }

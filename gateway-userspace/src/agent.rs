@@ -325,12 +325,15 @@ impl Agent {
             Err(e) => warn!(error = %e, "scanning interfaces failed"),
         }
         match self.dataplane.expire_handshakes() {
-            Ok((pending, expired)) => {
+            Ok(sweep) => {
                 let m = &self.state.metrics;
-                m.passthrough.kernel_pending.set(pending as i64);
-                if expired > 0 {
+                m.passthrough.kernel_pending.set(sweep.pending as i64);
+                m.passthrough
+                    .kernel_long_captures
+                    .set(sweep.long_captures as i64);
+                if sweep.expired > 0 {
                     m.passthrough
-                        .kernel_connections("rejected", "timeout", expired as u64);
+                        .kernel_connections("rejected", "timeout", sweep.expired as u64);
                 }
             }
             Err(e) => warn!(error = %e, "kernel TLS handshake expiry failed"),

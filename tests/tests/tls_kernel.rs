@@ -12,7 +12,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -32,6 +32,42 @@ fn pq_hello() -> Result<Vec<u8>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../gateway-userspace/tests/corpus/clienthello/pq_sized.bin");
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `base` (a one-record ClientHello) grown by an extension of zeros to exactly `total` bytes on the wire, its
+/// handshake message cut into records of at most 8 KiB.
+fn padded_hello(base: &[u8], total: usize) -> Vec<u8> {
+    const RECORD: usize = 8192;
+    let body = &base[9..];
+    // version, random, session id, cipher suites, compression methods, then the extensions' length.
+    let sid = 34;
+    let suites = sid + 1 + body[sid] as usize;
+    let compression = suites + 2 + u16::from_be_bytes([body[suites], body[suites + 1]]) as usize;
+    let extensions = compression + 1 + body[compression] as usize;
+    let ext_len = u16::from_be_bytes([body[extensions], body[extensions + 1]]) as usize;
+    let plain = 4 + body.len() + 4; // the handshake message with an empty padding extension
+    let records = (1..)
+        .find(|r| total - 5 * r - plain <= RECORD * r - plain)
+        .expect("a record count");
+    let pad = total - 5 * records - plain;
+    let mut msg = vec![1u8];
+    msg.extend_from_slice(&((body.len() + 4 + pad) as u32).to_be_bytes()[1..]);
+    msg.extend_from_slice(&body[..extensions]);
+    msg.extend_from_slice(&((ext_len + 4 + pad) as u16).to_be_bytes());
+    msg.extend_from_slice(&body[extensions + 2..]);
+    msg.extend_from_slice(&[0xfd, 0x00]); // an unassigned type: the base hello has a padding extension already
+    msg.extend_from_slice(&(pad as u16).to_be_bytes());
+    msg.resize(msg.len() + pad, 0);
+    let mut wire = Vec::with_capacity(total);
+    for chunk in msg.chunks(RECORD) {
+        wire.extend_from_slice(&[22, 3, 1]);
+        wire.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        wire.extend_from_slice(chunk);
+    }
+    assert_eq!(wire.len(), total, "padded ClientHello size");
+    let parsed = gateway_clienthello::parse_complete(&wire).expect("a valid padded ClientHello");
+    assert_eq!(parsed.server_name.as_deref(), Some("pq.example.com"));
+    wire
 }
 
 /// Gateway `stream` at VIP 1 with a kernel TLS passthrough listener routing `pq.example.com` to backend 1.
@@ -96,6 +132,14 @@ fn open_with_hello(hello: &[u8], split: bool) -> Result<TcpStream> {
 /// A backend (in backend namespace 1, port 8443) that checks each connection's replayed ClientHello and then
 /// echoes everything back. Returns the accept thread and a count of connections that passed the check.
 fn echo_backend(topo: &Topology, hello: Vec<u8>) -> Result<(JoinHandle<()>, Arc<AtomicUsize>)> {
+    echo_backend_expecting(topo, Arc::new(Mutex::new(hello)))
+}
+
+/// [`echo_backend`] checking each connection against whatever ClientHello `hello` holds when it arrives.
+fn echo_backend_expecting(
+    topo: &Topology,
+    hello: Arc<Mutex<Vec<u8>>>,
+) -> Result<(JoinHandle<()>, Arc<AtomicUsize>)> {
     let listener = topo
         .backend(1)
         .run(|| TcpListener::bind(("0.0.0.0", cases::TLS_PORT)))?;
@@ -104,7 +148,7 @@ fn echo_backend(topo: &Topology, hello: Vec<u8>) -> Result<(JoinHandle<()>, Arc<
     let handle = std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut s) = conn else { return };
-            let hello = hello.clone();
+            let hello = hello.lock().expect("hello").clone();
             let counter = counter.clone();
             std::thread::spawn(move || {
                 s.set_read_timeout(Some(Duration::from_secs(60))).ok();
@@ -182,6 +226,77 @@ fn a_gigabyte_each_way_through_one_spliced_connection() -> Result<()> {
     );
     ensure!(gw.kernel_packets("tls_spliced")? == 1, "one splice counted");
     Ok(())
+}
+
+/// First flights up to the handshake entry's own buffer stay there; longer ones (and ones arriving in one skb
+/// longer than it) move to a long capture. Either way the backend receives the ClientHello byte for byte, written
+/// by the client in one piece or in two, and the long captures are gone once the connections are spliced — or,
+/// for a long hello that stalls, once its handshake times out.
+#[test]
+fn first_flights_beyond_the_short_buffer_move_to_a_long_capture() -> Result<()> {
+    use gateway_common::clienthello::SHORT_CAPTURE;
+    let base = pq_hello()?;
+    let sizes = [SHORT_CAPTURE, SHORT_CAPTURE + 1, 6_000, 12_000];
+    let topo = Topology::builder().backends(1).build()?;
+    let expected = Arc::new(Mutex::new(Vec::new()));
+    let (_backend, good) = echo_backend_expecting(&topo, expected.clone())?;
+    let dir = tempfile::tempdir()?;
+    let gw = start_gateway_with(
+        &topo,
+        dir.path(),
+        &["--tls-handshake-timeout", "1", "--tls-connect-timeout", "1"],
+    )?;
+    let mut long = 0;
+    let mut passed = 0;
+    for (i, size) in sizes.into_iter().enumerate() {
+        let hello = padded_hello(&base, size);
+        *expected.lock().expect("hello") = hello.clone();
+        for split in [false, true] {
+            let mut s = topo.client().run(|| open_with_hello(&hello, split))?;
+            ping(&mut s, i).with_context(|| format!("{size}-byte hello, split {split}"))?;
+            passed += 1;
+            long += usize::from(size > SHORT_CAPTURE);
+        }
+    }
+    ensure!(
+        good.load(Ordering::SeqCst) == passed,
+        "the backend got {} of {passed} ClientHellos intact",
+        good.load(Ordering::SeqCst)
+    );
+    ensure!(
+        gw.kernel_packets("tls_long_hellos")? == long as u64,
+        "long captures counted: {} (expected {long})",
+        gw.kernel_packets("tls_long_hellos")?
+    );
+    // A long hello that stalls: its capture is held until the handshake times out (2 s), then removed.
+    let stalled = topo.client().run(|| -> Result<TcpStream> {
+        let hello = padded_hello(&base, 12_000);
+        let mut s = TcpStream::connect_timeout(&target(), Duration::from_secs(3))?;
+        s.write_all(&hello[..8000])?;
+        Ok(s)
+    })?;
+    let held = wait_for_metric(&gw, "gateway_tls_passthrough_kernel_long_captures", |v| {
+        v == 1
+    })?;
+    ensure!(held == 1, "the stalled long hello holds one long capture");
+    let left = wait_for_metric(&gw, "gateway_tls_passthrough_kernel_long_captures", |v| {
+        v == 0
+    })?;
+    ensure!(left == 0, "{left} long captures left after the timeout");
+    drop(stalled);
+    Ok(())
+}
+
+/// Polls a metric of the gateway (up to 10 s) until `done` accepts it; returns the last value.
+fn wait_for_metric(gw: &GatewayProcess, series: &str, done: impl Fn(u64) -> bool) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = gw.metric(series)?;
+        if done(v) || Instant::now() > deadline {
+            return Ok(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A thousand spliced connections open at once, each answering a ping-pong, with no socket in the gateway's

@@ -15,7 +15,7 @@ use gateway_common::{
 };
 
 use super::{
-    handshake, ifindex, reply_macs,
+    capture, handshake, ifindex, reply_macs,
     segment::{self, Segment, MAX_PAYLOAD},
     splice, Tcp, TLS_HANDSHAKES,
 };
@@ -42,7 +42,7 @@ pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> 
     // SAFETY: pointer from a successful lookup of this flow's handshake.
     let h = unsafe { &mut *hs };
     if pkt.tcp_flags & TCP_RST != 0 {
-        let _ = TLS_HANDSHAKES.remove(pkt.key);
+        capture::forget(&pkt.key, h);
         if flow.splice == state::REPLAYING {
             // The backend connection is established: pass the reset on (numbers are translated by now).
             return None; // forwarded (and translated) by the caller
@@ -59,7 +59,7 @@ pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> 
     // ClientHello that arrived as one GSO/GRO skb of several segments (none of them acknowledged). Later data
     // waits: the client sends it again once the splice is up.
     let start = t.seq.wrapping_sub(h.client_isn.wrapping_add(1));
-    if start >= h.capture.len {
+    if start >= h.captured {
         return Some(TC_ACT_SHOT);
     }
     if flow.splice == state::SYN_SENT {
@@ -67,7 +67,7 @@ pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> 
         return Some(handshake::send_backend_syn(ctx, h, flow));
     }
     count(counter::TLS_REPLAY_RETRANSMITS);
-    Some(replay_one(ctx, h, flow))
+    Some(replay_one(ctx, &pkt.key, h, flow))
 }
 
 /// A backend segment while the splice is being set up.
@@ -84,7 +84,7 @@ pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Opt
     }
     // REPLAYING.
     if pkt.tcp_flags & TCP_RST != 0 {
-        let _ = TLS_HANDSHAKES.remove(ckey);
+        capture::forget(&ckey, h);
         return None; // forwarded (and translated) by the caller
     }
     if pkt.tcp_flags & TCP_SYN != 0 {
@@ -92,23 +92,23 @@ pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Opt
         count(counter::TLS_REPLAY_RETRANSMITS);
         h.sent = h.acked;
         let window = window_for_backend(h, &ckey);
-        return Some(replay(ctx, h, h.acked, window));
+        return Some(replay(ctx, &ckey, h, h.acked, window));
     }
     if pkt.tcp_flags & TCP_ACK == 0 {
         return Some(TC_ACT_SHOT);
     }
     let acked = t.ack.wrapping_sub(h.client_isn.wrapping_add(1));
-    if acked > h.capture.len {
+    if acked > h.captured {
         // Acknowledges more than was sent: not ours to believe.
         count(counter::TLS_UNEXPECTED);
         return Some(TC_ACT_SHOT);
     }
-    if acked == h.capture.len {
+    if acked == h.captured {
         // Everything delivered: join the halves. This segment acknowledges the client's held segment (and may
         // already carry the ServerHello), so it goes on to the client translated.
         set_state(&ckey, state::SPLICED);
         set_state(&pkt.key, state::SPLICED);
-        let _ = TLS_HANDSHAKES.remove(ckey);
+        capture::forget(&ckey, h);
         count(counter::TLS_SPLICED);
         return None; // forwarded (and translated) by the caller
     }
@@ -117,12 +117,12 @@ pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Opt
         h.acked = acked;
     }
     let window = window_for_backend(h, &ckey);
-    if h.sent < h.capture.len {
-        return Some(replay(ctx, h, h.sent, window));
+    if h.sent < h.captured {
+        return Some(replay(ctx, &ckey, h, h.sent, window));
     }
     if duplicate {
         count(counter::TLS_REPLAY_RETRANSMITS);
-        return Some(replay(ctx, h, h.acked, window));
+        return Some(replay(ctx, &ckey, h, h.acked, window));
     }
     Some(TC_ACT_SHOT)
 }
@@ -139,7 +139,7 @@ fn synack(
 ) -> i32 {
     if pkt.tcp_flags & TCP_RST != 0 {
         // Refused: the client learns it the same way.
-        let _ = TLS_HANDSHAKES.remove(*ckey);
+        capture::forget(ckey, h);
         let seg = Segment {
             macs: [0; 12],
             saddr: reply.new_src,
@@ -208,7 +208,7 @@ fn synack(
     h.acked = 0;
     h.sent = 0;
     let window = splice::rescale(h.client_window, (to_backend_in << 4) | to_backend_out);
-    replay(ctx, h, 0, window)
+    replay(ctx, ckey, h, 0, window)
 }
 
 /// Answers a backend's ACK for an older connection (RFC 9293, SYN-SENT: `<SEQ=SEG.ACK><CTL=RST>`), which ends
@@ -264,7 +264,10 @@ fn window_for_backend(h: &Handshake, ckey: &FlowKey) -> u16 {
 /// Replays the capture from `from` as up to [`REPLAY_BURST`] segments back out of the interface the backend's
 /// segment came in on (all but the last as clones of the skb).
 #[inline(always)]
-fn replay(ctx: &TcContext, h: &mut Handshake, from: u32, window: u16) -> i32 {
+fn replay(ctx: &TcContext, ckey: &FlowKey, h: &mut Handshake, from: u32, window: u16) -> i32 {
+    let Some(data) = capture::bytes(ckey, h) else {
+        return TC_ACT_SHOT;
+    };
     let Some(macs) = reply_macs(ctx) else {
         return TC_ACT_SHOT;
     };
@@ -290,14 +293,14 @@ fn replay(ctx: &TcContext, h: &mut Handshake, from: u32, window: u16) -> i32 {
     let mut off = from;
     let mut i = 0;
     while i < REPLAY_BURST {
-        if off >= h.capture.len {
+        if off >= h.captured {
             break;
         }
-        let Ok(next) = write_replayed(ctx, h, &mut seg, off) else {
+        let Ok(next) = write_replayed(ctx, h, data, &mut seg, off) else {
             return TC_ACT_SHOT;
         };
         off = next;
-        if off >= h.capture.len || i + 1 == REPLAY_BURST {
+        if off >= h.captured || i + 1 == REPLAY_BURST {
             // SAFETY: plain helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
             return unsafe { bpf_redirect(out, 0) as i32 };
         }
@@ -313,10 +316,13 @@ fn replay(ctx: &TcContext, h: &mut Handshake, from: u32, window: u16) -> i32 {
 /// Sends the first unacknowledged segment of the capture towards the backend from a client skb (the client's
 /// retransmission is the timer).
 #[inline(always)]
-fn replay_one(ctx: &TcContext, h: &mut Handshake, original: &Flow) -> i32 {
-    if h.acked >= h.capture.len {
+fn replay_one(ctx: &TcContext, ckey: &FlowKey, h: &mut Handshake, original: &Flow) -> i32 {
+    if h.acked >= h.captured {
         return TC_ACT_SHOT;
     }
+    let Some(data) = capture::bytes(ckey, h) else {
+        return TC_ACT_SHOT;
+    };
     let mut seg = Segment {
         macs: [0; 12],
         saddr: original.new_src,
@@ -329,7 +335,7 @@ fn replay_one(ctx: &TcContext, h: &mut Handshake, original: &Flow) -> i32 {
         window: splice::rescale(h.client_window, original.win_shift),
         syn_options: None,
     };
-    if write_replayed(ctx, h, &mut seg, h.acked).is_err() {
+    if write_replayed(ctx, h, data, &mut seg, h.acked).is_err() {
         return TC_ACT_SHOT;
     }
     // SAFETY: plain helper call without neighbour parameters.
@@ -337,16 +343,20 @@ fn replay_one(ctx: &TcContext, h: &mut Handshake, original: &Flow) -> i32 {
 }
 
 /// Writes the capture's segment starting at `off` (at most the backend's MSS) into the skb with `seg`'s
-/// addresses; returns the offset after it.
+/// addresses; returns the offset after it. `data` is the capture's first byte (`capture::bytes`).
 #[inline(always)]
 fn write_replayed(
     ctx: &TcContext,
     h: &mut Handshake,
+    data: *const u8,
     seg: &mut Segment,
     off: u32,
 ) -> Result<u32, ()> {
     let mss = (h.backend_mss as u32).clamp(MIN_MSS, MAX_PAYLOAD);
-    let len = h.capture.len;
+    let len = h.captured;
+    if off >= len {
+        return Err(());
+    }
     let n = (len - off).min(mss);
     let end = off + n;
     seg.seq = h.client_isn.wrapping_add(1).wrapping_add(off);
@@ -355,7 +365,7 @@ fn write_replayed(
     } else {
         segment::ACK
     };
-    segment::write_with_payload(ctx, seg, &h.capture, off, n)?;
+    segment::write_with_payload(ctx, seg, data, off, n)?;
     if end > h.sent {
         h.sent = end;
     }

@@ -6,11 +6,9 @@ use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     helpers::generated::{
         bpf_check_mtu, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
-        bpf_skb_load_bytes,
     },
     programs::TcContext,
 };
-use core::ffi::c_void;
 use gateway_common::{
     clienthello::{outcome, MAX_BUFFERED},
     counter,
@@ -19,6 +17,7 @@ use gateway_common::{
 };
 
 use super::{
+    capture::{self, Refused, TLS_LONG_CAPTURES},
     ifindex, reply_macs,
     segment::{self, Segment},
     Tcp, HANDSHAKE_TEMPLATE, TLS_HANDSHAKES, TLS_REJECTS, TLS_VERDICT,
@@ -47,10 +46,16 @@ pub fn syn(ctx: &TcContext, pkt: &Packet, t: &Tcp, listener: &ListenerValue) -> 
         count(counter::MALFORMED);
         return TC_ACT_SHOT;
     };
-    let hs = match TLS_HANDSHAKES.get_ptr_mut(pkt.key) {
+    let existing = TLS_HANDSHAKES.get_ptr_mut(pkt.key);
+    let hs = match existing {
         // SAFETY: pointer from a successful lookup.
         Some(hs) if unsafe { (*hs).client_isn == t.seq && (*hs).state == CAPTURING } => hs,
         _ => {
+            // SAFETY: pointer from a successful lookup.
+            if existing.is_some_and(|old| unsafe { (*old).long != 0 }) {
+                // An older connection's handshake on this 4-tuple is replaced: its long capture goes with it.
+                let _ = TLS_LONG_CAPTURES.remove(pkt.key);
+            }
             let Some(template) = HANDSHAKE_TEMPLATE.get(0) else {
                 return TC_ACT_SHOT;
             };
@@ -77,8 +82,9 @@ pub fn syn(ctx: &TcContext, pkt: &Packet, t: &Tcp, listener: &ListenerValue) -> 
                 h.client_wscale = opts.wscale;
                 h.client_sack = opts.sack_permitted as u8;
                 h.state = CAPTURING;
-                h.capture.len = 0;
-                h.capture.listener_id = listener.listener_id;
+                h.long = 0;
+                h.captured = 0;
+                h.listener_id = listener.listener_id;
             }
             count(counter::TLS_HANDSHAKES);
             hs
@@ -119,7 +125,7 @@ pub fn client_segment(ctx: &TcContext, pkt: &Packet, t: &Tcp, hs: *mut Handshake
     // SAFETY: pointer from a successful lookup of this flow's entry.
     let h = unsafe { &mut *hs };
     if pkt.tcp_flags & TCP_RST != 0 {
-        let _ = TLS_HANDSHAKES.remove(pkt.key);
+        capture::forget(&pkt.key, h);
         return TC_ACT_SHOT;
     }
     if pkt.tcp_flags & TCP_SYN != 0
@@ -129,18 +135,18 @@ pub fn client_segment(ctx: &TcContext, pkt: &Packet, t: &Tcp, hs: *mut Handshake
     {
         // Not a segment of the handshake the gateway answered: reset it (RFC 9293 for unacceptable ACKs).
         count(counter::TLS_UNEXPECTED);
-        let _ = TLS_HANDSHAKES.remove(pkt.key);
+        capture::forget(&pkt.key, h);
         return reset::send(ctx, pkt);
     }
     h.client_window = t.window;
     if t.payload == 0 {
         if pkt.tcp_flags & TCP_FIN != 0 {
-            return reject(ctx, pkt, outcome::INCOMPLETE);
+            return reject(ctx, pkt, h, outcome::INCOMPLETE);
         }
         // The handshake's final ACK, or a window update: nothing to answer.
         return TC_ACT_SHOT;
     }
-    let captured = h.capture.len;
+    let captured = h.captured;
     let seg_off = t.seq.wrapping_sub(h.client_isn.wrapping_add(1));
     if seg_off > captured {
         // A gap: the client resends from the acknowledged point after the duplicate ACK.
@@ -154,72 +160,38 @@ pub fn client_segment(ctx: &TcContext, pkt: &Packet, t: &Tcp, hs: *mut Handshake
     }
     let room = MAX_BUFFERED as u32 - captured;
     let n = (t.payload - skip).min(room);
-    if n > 0 && copy_payload(ctx, h, t.payload_off + skip, n).is_err() {
-        count(counter::MALFORMED);
-        return TC_ACT_SHOT;
+    if n > 0 {
+        match capture::append(ctx, &pkt.key, h, t.payload_off + skip, n) {
+            Ok(()) => {}
+            Err(Refused::Malformed) => {
+                count(counter::MALFORMED);
+                return TC_ACT_SHOT;
+            }
+            Err(Refused::Full) => {
+                count(counter::TLS_PENDING_FULL);
+                capture::forget(&pkt.key, h);
+                return reset::send(ctx, pkt);
+            }
+        }
     }
-    let Some(verdict) = TLS_VERDICT.get_ptr_mut(0) else {
+    let (Some(verdict), Some(bytes)) = (TLS_VERDICT.get_ptr_mut(0), capture::bytes(&pkt.key, h))
+    else {
         return TC_ACT_SHOT;
     };
-    clienthello::parse(&h.capture, verdict);
+    clienthello::parse(bytes, h.captured, h.listener_id, verdict);
     // SAFETY: this CPU's verdict value, just written by the parser.
     let (result, route_id) = unsafe { ((*verdict).outcome, (*verdict).route_id) };
     match result {
-        outcome::INCOMPLETE if h.capture.len < MAX_BUFFERED as u32 => acknowledge(ctx, pkt, h),
-        outcome::INCOMPLETE => reject(ctx, pkt, outcome::OVERSIZED),
+        outcome::INCOMPLETE if h.captured < MAX_BUFFERED as u32 => acknowledge(ctx, pkt, h),
+        outcome::INCOMPLETE => reject(ctx, pkt, h, outcome::OVERSIZED),
         outcome::SNI if route_id != 0 => connect(ctx, pkt, h, route_id),
         outcome::SNI => {
             count(counter::TLS_NO_ROUTE);
-            let _ = TLS_HANDSHAKES.remove(pkt.key);
+            capture::forget(&pkt.key, h);
             reset::send(ctx, pkt)
         }
-        other => reject(ctx, pkt, other),
+        other => reject(ctx, pkt, h, other),
     }
-}
-
-/// Appends `n` payload bytes from skb offset `from` to the capture, in chunks of at most 8 KiB: with the
-/// capture's length at most `MAX_BUFFERED` (~16.2 KiB), that bound is what proves every chunk lies inside the
-/// 32 KiB buffer to the verifier.
-#[inline(always)]
-fn copy_payload(ctx: &TcContext, h: &mut Handshake, from: u32, n: u32) -> Result<(), ()> {
-    const CHUNK: u32 = 8192;
-    let end = h.capture.len + n;
-    if end > MAX_BUFFERED as u32 {
-        return Err(());
-    }
-    let mut src = from;
-    let mut i = 0;
-    while i < 3 {
-        let at = h.capture.len;
-        if at >= end {
-            break;
-        }
-        let left = (end - at).min(CHUNK);
-        // Volatile reads keep LLVM from dropping the masks the verifier needs as redundant.
-        // SAFETY: reading locals.
-        let at = unsafe { core::ptr::read_volatile(&at) } & 0x7fff;
-        let len = 1 + (unsafe { core::ptr::read_volatile(&left) }.wrapping_sub(1) & (CHUNK - 1));
-        if at > MAX_BUFFERED as u32 {
-            return Err(());
-        }
-        // SAFETY: the destination [at, at + len) lies inside the 32 KiB capture buffer (at <= MAX_BUFFERED,
-        // len <= 8 KiB); the helper bounds-checks the skb side.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb as *const c_void,
-                src,
-                h.capture.data.as_mut_ptr().add(at as usize) as *mut c_void,
-                len,
-            )
-        };
-        if rc != 0 {
-            return Err(());
-        }
-        h.capture.len = at + len;
-        src += len;
-        i += 1;
-    }
-    Ok(())
 }
 
 /// Acknowledges everything captured so far, with the room left in the capture as the window.
@@ -228,7 +200,7 @@ fn acknowledge(ctx: &TcContext, pkt: &Packet, h: &Handshake) -> i32 {
     let Some(macs) = reply_macs(ctx) else {
         return TC_ACT_SHOT;
     };
-    let room = (MAX_BUFFERED as u32).saturating_sub(h.capture.len);
+    let room = (MAX_BUFFERED as u32).saturating_sub(h.captured);
     let shift = if h.client_wscale != NO_WSCALE {
         CLIENT_WINDOW_SCALE as u32
     } else {
@@ -241,7 +213,7 @@ fn acknowledge(ctx: &TcContext, pkt: &Packet, h: &Handshake) -> i32 {
         sport: pkt.key.dport,
         dport: pkt.key.sport,
         seq: h.gateway_isn.wrapping_add(1),
-        ack: h.client_isn.wrapping_add(1).wrapping_add(h.capture.len),
+        ack: h.client_isn.wrapping_add(1).wrapping_add(h.captured),
         flags: segment::ACK,
         window: (room >> shift).min(0xffff) as u16,
         syn_options: None,
@@ -251,13 +223,13 @@ fn acknowledge(ctx: &TcContext, pkt: &Packet, h: &Handshake) -> i32 {
 
 /// A first flight the parser rejected: counted by reason, the handshake dropped, the client reset.
 #[inline(always)]
-fn reject(ctx: &TcContext, pkt: &Packet, reason: u32) -> i32 {
+fn reject(ctx: &TcContext, pkt: &Packet, h: &Handshake, reason: u32) -> i32 {
     count(counter::TLS_REJECTED);
     if let Some(slot) = TLS_REJECTS.get_ptr_mut(reason & 15) {
         // SAFETY: per-CPU slot.
         unsafe { *slot += 1 };
     }
-    let _ = TLS_HANDSHAKES.remove(pkt.key);
+    capture::forget(&pkt.key, h);
     reset::send(ctx, pkt)
 }
 
@@ -273,12 +245,12 @@ fn connect(ctx: &TcContext, pkt: &Packet, h: &mut Handshake, route_id: u32) -> i
         Pick::Backend(id, backend) => (id, backend),
         Pick::Reject => {
             count(counter::TLS_INVALID_BACKEND);
-            let _ = TLS_HANDSHAKES.remove(pkt.key);
+            capture::forget(&pkt.key, h);
             return reset::send(ctx, pkt);
         }
     };
     let ids = FlowIds {
-        listener_id: h.capture.listener_id,
+        listener_id: h.listener_id,
         route_id,
         backend_id,
         splice: state::SYN_SENT,
@@ -293,7 +265,7 @@ fn connect(ctx: &TcContext, pkt: &Packet, h: &mut Handshake, route_id: u32) -> i
         Ok(flow) => flow,
         Err(_) => {
             count(counter::TABLE_FULL);
-            let _ = TLS_HANDSHAKES.remove(pkt.key);
+            capture::forget(&pkt.key, h);
             return reset::send(ctx, pkt);
         }
     };

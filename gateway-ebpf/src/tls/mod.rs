@@ -12,6 +12,7 @@
 //! program by tail call ([`enter`]): each is verified on its own with its own 512-byte stack, and the L4 path's
 //! verification and stack are untouched. Spliced segments stay in the ingress program ([`translate`]).
 mod backend;
+mod capture;
 mod handshake;
 mod segment;
 mod splice;
@@ -95,12 +96,12 @@ pub fn flow_program(ctx: &TcContext) -> i32 {
 }
 
 /// Connections between their SYN and the backend's acknowledgement of the whole ClientHello, keyed by the
-/// client's 5-tuple. Allocated on demand (each value carries a 32 KiB capture buffer) and bounded by the agent's
-/// `--tls-max-pending`; pinned, so handshakes in progress survive an agent restart.
+/// client's 5-tuple. Allocated on demand (4 KiB each with the first flight's short buffer; see [`capture`]) and
+/// bounded by the agent's `--tls-max-pending`; pinned, so handshakes in progress survive an agent restart.
 #[map]
 pub static TLS_HANDSHAKES: HashMap<FlowKey, Handshake> = HashMap::pinned(4096, BPF_F_NO_PREALLOC);
 
-/// A zeroed handshake: new entries are inserted from it (the value is far too large for the stack).
+/// A zeroed handshake: new entries are inserted from it (the value is too large for the stack).
 #[map]
 static HANDSHAKE_TEMPLATE: Array<Handshake> = Array::with_max_entries(1, 0);
 

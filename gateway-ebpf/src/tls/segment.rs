@@ -2,14 +2,14 @@
 //! to the backend, and the replayed ClientHello segments. The program's own skb is resized with
 //! `bpf_skb_change_tail` and overwritten; checksums are computed in full (the frame is new).
 use aya_ebpf::{
-    helpers::generated::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_store_bytes},
+    helpers::generated::{
+        bpf_csum_diff, bpf_probe_read_kernel, bpf_skb_change_tail, bpf_skb_store_bytes,
+    },
     macros::map,
     maps::PerCpuArray,
     programs::TcContext,
 };
 use core::ffi::c_void;
-use gateway_common::clienthello::{Capture, CAPTURE_BUF};
-
 use crate::checksum::{fold, sum_words};
 use crate::headers::ETH_HLEN;
 use crate::tcp_options::{SynOptions, NO_WSCALE};
@@ -20,6 +20,8 @@ pub const HEADER_LEN: u32 = 54;
 const SYN_OPTIONS_LEN: usize = 12;
 /// Largest payload of one written segment (a power of two, so lengths can be masked for the verifier).
 pub const MAX_PAYLOAD: u32 = 4096;
+/// A power of two above every capture's length (`MAX_BUFFERED`): offsets into captures are masked to it.
+const CAPTURE_LIMIT: usize = gateway_common::clienthello::CAPTURE_BUF;
 const IP: usize = ETH_HLEN as usize;
 const TCP: usize = IP + 20;
 
@@ -51,6 +53,9 @@ pub struct Segment {
 #[repr(C)]
 pub struct Frame {
     bytes: [u8; FRAME_BUF],
+    /// The payload of a replayed segment, copied here from the capture (short or long: see `capture`) so that
+    /// checksum and store read one buffer of known size.
+    payload: [u8; MAX_PAYLOAD as usize],
 }
 
 const FRAME_BUF: usize = HEADER_LEN as usize + SYN_OPTIONS_LEN;
@@ -173,33 +178,45 @@ pub fn write(ctx: &TcContext, seg: &Segment) -> Result<(), ()> {
     store_frame(ctx, frame, len)
 }
 
-/// Turns the skb into `seg` carrying `len` bytes of `capture` from `off` (`seg.syn_options` must be `None`).
+/// Turns the skb into `seg` carrying `len` bytes from `data + off` (`seg.syn_options` must be `None`). `data` is
+/// a capture's first byte (`capture::bytes`) and the caller guarantees `off + len` lies within what it captured.
 #[inline(always)]
 pub fn write_with_payload(
     ctx: &TcContext,
     seg: &Segment,
-    capture: *const Capture,
+    data: *const u8,
     off: u32,
     len: u32,
 ) -> Result<(), ()> {
-    // Bounds the verifier can follow: the offset masked into the buffer and checked to leave room for a whole
-    // payload, the length in 1..=MAX_PAYLOAD. Volatile reads keep LLVM from dropping the masks as redundant.
-    // SAFETY: reading locals.
-    let off = unsafe { core::ptr::read_volatile(&off) } & (CAPTURE_BUF as u32 - 1);
-    if off > CAPTURE_BUF as u32 - MAX_PAYLOAD || len == 0 || len > MAX_PAYLOAD {
+    // Bounds the verifier can follow: the length in 1..=MAX_PAYLOAD, the offset masked to the largest capture.
+    // Volatile reads keep LLVM from dropping the masks as redundant.
+    if len == 0 || len > MAX_PAYLOAD || off as usize >= CAPTURE_LIMIT {
         return Err(());
     }
-    // SAFETY: as above.
+    // SAFETY: reading locals.
     let len = 1 + (unsafe { core::ptr::read_volatile(&len) }.wrapping_sub(1) & (MAX_PAYLOAD - 1));
-    // SAFETY: `capture` points to a map value; `off + len <= CAPTURE_BUF` by the checks above.
-    let data = unsafe { (*capture).data.as_ptr().add(off as usize) };
+    let off = unsafe { core::ptr::read_volatile(&off) } & (CAPTURE_LIMIT as u32 - 1);
     let (frame, sum) = header(seg, len).ok_or(())?;
+    // SAFETY: this CPU's frame; the destination is its payload buffer (len <= MAX_PAYLOAD). The source is not
+    // checked by the verifier (the helper reads any kernel address, failing cleanly on a fault): the caller
+    // keeps it inside the capture.
+    let payload = unsafe { (*frame).payload.as_mut_ptr() };
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            payload as *mut c_void,
+            len,
+            data.add(off as usize) as *const c_void,
+        )
+    };
+    if rc != 0 {
+        return Err(());
+    }
     // The payload's sum: whole 32-bit words by the kernel (`bpf_csum_diff` only takes multiples of 4), the last
     // 0-3 bytes here. csum_partial sums host-order words; on this little-endian target its folded result is the
     // byte-swapped big-endian sum, which one's-complement arithmetic allows adding after a swap.
     let words = len & !3;
-    // SAFETY: `data[..words]` lies inside the map value.
-    let partial = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, data as *mut u32, words, 0) };
+    // SAFETY: `payload[..words]` lies inside the frame.
+    let partial = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, payload as *mut u32, words, 0) };
     if partial < 0 {
         return Err(());
     }
@@ -211,8 +228,8 @@ pub fn write_with_payload(
     // The last 0-3 bytes, unrolled (a loop bound the verifier cannot see would be explored up to the mask).
     let rem = len & 3;
     let byte = |i: u32| -> u32 {
-        // SAFETY: the index is masked into the capture buffer.
-        unsafe { (*capture).data[((off + words + i) & (CAPTURE_BUF as u32 - 1)) as usize] as u32 }
+        // SAFETY: the index is masked into the payload buffer.
+        unsafe { (*frame).payload[((words + i) & (MAX_PAYLOAD - 1)) as usize] as u32 }
     };
     if rem >= 1 {
         sum += byte(0) << 8;
@@ -226,12 +243,12 @@ pub fn write_with_payload(
     set_checksum(frame, fold(sum));
     resize(ctx, HEADER_LEN + len)?;
     store_frame(ctx, frame, HEADER_LEN)?;
-    // SAFETY: the source range lies inside the map value (checked above); the helper bounds-checks the skb.
+    // SAFETY: the source range lies inside this CPU's frame; the helper bounds-checks the skb.
     let rc = unsafe {
         bpf_skb_store_bytes(
             ctx.skb.skb.cast(),
             HEADER_LEN,
-            data as *const c_void,
+            payload as *const c_void,
             len,
             0,
         )

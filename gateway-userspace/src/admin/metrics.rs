@@ -37,6 +37,7 @@ pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::TLS_INVALID_BACKEND, "tls_invalid_backend"),
     (counter::TLS_SACK_TRANSLATED, "tls_sack_translated"),
     (counter::TLS_BACKEND_TIME_WAIT, "tls_backend_time_wait"),
+    (counter::TLS_LONG_HELLOS, "tls_long_hellos"),
 ];
 
 /// Kernel TLS passthrough counters that are connection outcomes, exported in
@@ -350,6 +351,7 @@ pub struct PassthroughMetrics {
     pub pending: Gauge,
     /// Kernel path: connections between their SYN and the splice (ClientHello captured or being replayed).
     pub kernel_pending: Gauge,
+    pub kernel_long_captures: Gauge,
     /// Time from accept to a complete ClientHello (routed or not), in seconds.
     pub clienthello_duration: prometheus_client::metrics::histogram::Histogram,
 }
@@ -363,6 +365,7 @@ impl Default for PassthroughMetrics {
             active: Gauge::default(),
             pending: Gauge::default(),
             kernel_pending: Gauge::default(),
+            kernel_long_captures: Gauge::default(),
             // 100 µs .. ~13 s
             clienthello_duration: Histogram::new(exponential_buckets(0.0001, 4.0, 9)),
         }
@@ -396,6 +399,11 @@ impl PassthroughMetrics {
             "kernel_pending_handshakes",
             "Kernel path: connections between SYN and splice",
             self.kernel_pending.clone(),
+        );
+        r.register(
+            "kernel_long_captures",
+            "Kernel path: pending handshakes whose first flight outgrew the entry's 4 KiB and took a 32 KiB capture",
+            self.kernel_long_captures.clone(),
         );
         r.register(
             "clienthello_duration_seconds",

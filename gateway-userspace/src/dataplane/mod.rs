@@ -25,9 +25,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
-    clienthello::SniKey, counter, listener_kind, tls::Handshake, Backend, BackendKey, Config, Flow,
-    FlowKey, ListenerKey, ListenerValue, MaglevTable, RouteKey, ABI_VERSION, CONFIG_KEY, PROTO_TCP,
-    PROTO_UDP,
+    clienthello::{LongCapture, SniKey},
+    counter, listener_kind,
+    tls::Handshake,
+    Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable, RouteKey,
+    ABI_VERSION, CONFIG_KEY, PROTO_TCP, PROTO_UDP,
 };
 use tracing::{debug, info, warn};
 
@@ -157,6 +159,8 @@ pub struct Dataplane {
     flows: HashMap<MapData, FlowKey, Flow>,
     /// Kernel TLS passthrough connections between SYN and splice.
     tls_handshakes: HashMap<MapData, FlowKey, Handshake>,
+    /// First flights of those handshakes that outgrew the entry's own buffer.
+    tls_long_captures: HashMap<MapData, FlowKey, LongCapture>,
     /// When each pending handshake started, as read from its entry (see [`Dataplane::expire_handshakes`]).
     handshakes_started: StdHashMap<FlowKey, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -168,6 +172,17 @@ pub struct Dataplane {
     backend_ids: Ids,
     /// Final counts of expired flows, by listener, route and backend.
     closed: conntrack::FlowTotals,
+}
+
+/// What a sweep of the kernel TLS passthrough handshakes found ([`Dataplane::expire_handshakes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeSweep {
+    /// Handshakes still in progress.
+    pub pending: usize,
+    /// Handshakes removed for taking longer than the timeout.
+    pub expired: usize,
+    /// Long captures held after the sweep (first flights that outgrew the handshake entry).
+    pub long_captures: usize,
 }
 
 /// Names of the ids the kernel counts by.
@@ -194,6 +209,7 @@ impl Dataplane {
             .map_max_entries("FLOWS", settings.conntrack_entries)
             .map_max_entries("HELLO_SCRATCH", cpus)
             .map_max_entries("TLS_HANDSHAKES", settings.tls_pending.max(1))
+            .map_max_entries("TLS_LONG_CAPTURES", settings.tls_pending.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
         // The TLS handshake programs are entered by tail call from the ingress program: load them and put them
@@ -251,6 +267,9 @@ impl Dataplane {
         let tls_handshakes = take(&mut ebpf, "TLS_HANDSHAKES")?
             .try_into()
             .map_err(map_err("TLS_HANDSHAKES"))?;
+        let tls_long_captures = take(&mut ebpf, "TLS_LONG_CAPTURES")?
+            .try_into()
+            .map_err(map_err("TLS_LONG_CAPTURES"))?;
         let generation = config
             .get(&CONFIG_KEY, 0)
             .map_err(map_err("CONFIG"))?
@@ -267,6 +286,7 @@ impl Dataplane {
             sni_routes,
             flows,
             tls_handshakes,
+            tls_long_captures,
             handshakes_started: StdHashMap::new(),
             counters,
             generation,
@@ -704,13 +724,13 @@ impl Dataplane {
         Ok(KernelCounters { map, tls_rejects })
     }
 
-    /// Removes kernel TLS passthrough handshakes older than the handshake timeout, with the conntrack entries
-    /// of those that had reached a backend. Returns (handshakes still pending, handshakes removed).
+    /// Removes kernel TLS passthrough handshakes older than the handshake timeout, with their long captures
+    /// and the conntrack entries of those that had reached a backend, and long captures whose handshake is gone.
     ///
-    /// Each entry carries a 32 KiB capture, so a value is read when its key is first seen (to learn when the
-    /// handshake started) and again only once that start is older than the timeout (the key may belong to a
+    /// Each entry carries a 4 KiB capture buffer, so a value is read when its key is first seen (to learn when
+    /// the handshake started) and again only once that start is older than the timeout (the key may belong to a
     /// newer handshake by then), not at every sweep.
-    pub fn expire_handshakes(&mut self) -> Result<(usize, usize), DataplaneError> {
+    pub fn expire_handshakes(&mut self) -> Result<HandshakeSweep, DataplaneError> {
         let limit = self.settings.tls_handshake_timeout;
         let keys: Vec<FlowKey> = self.tls_handshakes.keys().filter_map(Result::ok).collect();
         let present: std::collections::HashSet<FlowKey> = keys.iter().copied().collect();
@@ -733,6 +753,7 @@ impl Dataplane {
                 continue;
             }
             let _ = self.tls_handshakes.remove(&key);
+            let _ = self.tls_long_captures.remove(&key);
             if let Ok(original) = self.flows.get(&key, 0) {
                 let _ = self.flows.remove(&original.peer_key(key.proto));
                 let _ = self.flows.remove(&key);
@@ -743,7 +764,27 @@ impl Dataplane {
         if expired > 0 {
             debug!(expired, pending, "kernel TLS handshakes timed out");
         }
-        Ok((pending, expired))
+        // A long capture outlives its handshake only if the kernel lost a race with this sweep; its key is
+        // read again just before removal, since a new handshake may have taken it meanwhile.
+        let orphans: Vec<FlowKey> = self
+            .tls_long_captures
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !present.contains(k))
+            .collect();
+        let mut long_captures = self.tls_long_captures.keys().count();
+        for key in orphans {
+            if self.tls_handshakes.get(&key, 0).is_err()
+                && self.tls_long_captures.remove(&key).is_ok()
+            {
+                long_captures = long_captures.saturating_sub(1);
+            }
+        }
+        Ok(HandshakeSweep {
+            pending,
+            expired,
+            long_captures,
+        })
     }
 
     /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep and the
