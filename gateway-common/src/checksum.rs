@@ -67,7 +67,7 @@ pub fn udp_nonzero(check: u16) -> u16 {
 mod tests {
     extern crate std;
     use super::*;
-    use std::{vec, vec::Vec};
+    use std::vec::Vec;
 
     /// Raw words of `bytes` (little-endian loads, odd tail zero-padded), as the kernel reads them.
     fn raw_sum(bytes: &[u8]) -> u32 {

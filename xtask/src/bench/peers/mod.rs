@@ -84,7 +84,7 @@ impl PeerKind {
             (PeerKind::GatewayKernel, _) => {
                 "this gateway, in-kernel TLS passthrough: the eBPF program answers the handshake, parses the ClientHello, \
                  routes by SNI and splices the connection (no socket; its state is two preallocated conntrack entries, \
-                 288 bytes, which the memory phase cannot see)"
+                 336 bytes, which the memory phase cannot see)"
             }
             (PeerKind::Gateway, "http") => "this gateway's HTTP proxy (hyper, pooled upstream connections)",
             (PeerKind::Gateway, _) => "this gateway: eBPF TC program, full NAT, ip_forward=0",
