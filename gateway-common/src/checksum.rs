@@ -44,8 +44,8 @@ pub fn pseudo_header_sum(src: u32, dst: u32, proto: u8, l4_len: u16) -> u32 {
 
 /// Whether `check` is what a sender that leaves the checksum to the device (`CHECKSUM_PARTIAL`) puts in the
 /// L4 checksum field: the folded pseudo-header sum, not complemented, for the device to finish over the
-/// segment. A complete checksum equals it by chance once in 65,535 packets, which then merely takes the slower
-/// path.
+/// segment. A complete checksum equals it by chance once in 65,535 packets; completing such a packet's checksum
+/// gives the same checksum back (the segment's sum with a valid checksum in it is the pseudo-header's negation).
 #[inline(always)]
 pub fn is_partial_seed(check: u16, pseudo_sum: u32) -> bool {
     let seed = fold(pseudo_sum);
