@@ -6,6 +6,8 @@
 //! adopts maps of another layout.
 #![no_std]
 
+pub mod checksum;
+
 /// Version of the map layouts below; part of the pin path (`/sys/fs/bpf/ebpf-gateway/v{ABI_VERSION}/...`).
 pub const ABI_VERSION: u32 = 6;
 
@@ -193,6 +195,22 @@ pub struct Flow {
     /// TCP with [`tcp_seen::TIMESTAMPS`]: the client's timestamp clock at gateway time 0 (SYN `TSval` minus the
     /// gateway's monotonic milliseconds then), so `ts_base + now_ms` bounds any timestamp the flow sent.
     pub ts_base: u32,
+    /// The Ethernet destination and source a packet forwarded through this entry gets on the XDP path (valid with
+    /// [`l2::KNOWN`]): learned from the other direction's packets, whose source and destination they are, so
+    /// the XDP path needs no route or neighbour lookup (see docs/l4.md, "XDP mode").
+    pub mac_dst: [u8; 6],
+    pub mac_src: [u8; 6],
+    /// Bits of [`l2`].
+    pub l2: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What an entry knows of the Ethernet addresses of its direction (bits of [`Flow::l2`]).
+pub mod l2 {
+    /// [`Flow::mac_dst`](super::Flow::mac_dst) and [`Flow::mac_src`](super::Flow::mac_src) are set.
+    pub const KNOWN: u8 = 1;
+    /// A packet of this direction has taught the other direction's entry its addresses.
+    pub const TAUGHT: u8 = 2;
 }
 
 impl Flow {
@@ -270,9 +288,15 @@ pub mod counter {
     /// Kernel TLS passthrough: backends that answered the gateway's SYN with an ACK for an older connection on
     /// the same 4-tuple (a TIME_WAIT refusing it): reset, and the SYN sent again at once.
     pub const TLS_BACKEND_TIME_WAIT: u32 = 26;
+    /// Packets forwarded by the XDP program (also counted as `FORWARDED` or `REPLIED`); the rest of a flow's
+    /// packets went through the TC program.
+    pub const XDP_FORWARDED: u32 = 27;
+    /// XDP: packets whose L4 checksum was left for the device to finish (`CHECKSUM_PARTIAL`, from a local
+    /// sender or a veth with checksum offload) and which the native XDP path completed before redirecting.
+    pub const XDP_CHECKSUM_COMPLETED: u32 = 28;
     /// Kernel TLS passthrough: first flights longer than the handshake entry's own buffer
     /// ([`crate::clienthello::SHORT_CAPTURE`]), moved to a long capture (`TLS_LONG_CAPTURES`).
-    pub const TLS_LONG_HELLOS: u32 = 27;
+    pub const TLS_LONG_HELLOS: u32 = 29;
     /// Number of counters.
     pub const COUNT: u32 = 32;
 }
@@ -309,7 +333,7 @@ mod tests {
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 72);
+        assert_eq!(size_of::<Flow>(), 88);
         assert_eq!(size_of::<tls::Handshake>(), 64 + clienthello::SHORT_BUF);
         // A handshake entry's element (hash node 48, key 16, value, allocator link 8) fills a 4 KiB slab
         // object exactly; one byte more and each would take 8 KiB.

@@ -1,7 +1,9 @@
 //! Conntrack: flow entries in both directions, their TCP state bits, and admission of new flows (both entries,
 //! with the SNAT port [`snat`](crate::snat) finds, which makes the reply direction's key unique).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use gateway_common::{counter, direction, tcp_seen, Backend, Config, Flow, PROTO_TCP};
+use gateway_common::{
+    counter, direction, l2, tcp_seen, tls::splice, Backend, Config, Flow, FlowKey, PROTO_TCP,
+};
 
 use crate::{
     counters::count,
@@ -57,15 +59,31 @@ pub struct PreviousNat {
     pub backend_addr: u32,
 }
 
-/// Looks up the packet's flow and records what it shows (timestamp, TCP flags).
+/// The Ethernet destination and source of a frame, as its first 12 bytes hold them.
+pub type FrameMacs = [u8; 12];
+
+/// Looks up the packet's flow and records what it shows ([`record`]). `macs` gives the frame's Ethernet
+/// addresses; it is called only when the other direction's entry is to learn them.
 #[inline(always)]
-pub fn track(pkt: &Packet, len: u32) -> Tracked {
+pub fn track(pkt: &Packet, len: u32, macs: impl FnOnce() -> Option<FrameMacs>) -> Tracked {
     let Some(entry) = FLOWS.get_ptr_mut(pkt.key) else {
         return Tracked::New;
     };
     // SAFETY: pointer from a successful lookup; concurrent writers only OR bits and store timestamps, which
     // tolerate races (the agent's expiry allows for a stale timestamp of LAST_SEEN_GRANULARITY_NS).
-    let flow = unsafe { &mut *entry };
+    record(unsafe { &mut *entry }, pkt, len, macs)
+}
+
+/// Records a packet of the flow whose entry is `flow` (the map value itself): timestamp, TCP flags, packet and
+/// byte counts. The first packet of a direction, and one every [`LAST_SEEN_GRANULARITY_NS`] after, teaches the
+/// other direction's entry the Ethernet addresses to use on the XDP path ([`teach_peer`]).
+#[inline(always)]
+pub fn record(
+    flow: &mut Flow,
+    pkt: &Packet,
+    len: u32,
+    macs: impl FnOnce() -> Option<FrameMacs>,
+) -> Tracked {
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if pkt.key.proto == PROTO_TCP {
@@ -102,10 +120,56 @@ pub fn track(pkt: &Packet, len: u32) -> Tracked {
     }
     flow.packets += 1;
     flow.bytes += len as u64;
-    if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+    let refreshed = now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_GRANULARITY_NS;
+    if refreshed {
         flow.last_seen_ns = now;
     }
+    if flow.splice == splice::NONE && (refreshed || flow.l2 & l2::TAUGHT == 0) {
+        if let Some(macs) = macs() {
+            teach_peer(flow, &pkt.key, &macs);
+        }
+    }
     Tracked::Flow(*flow)
+}
+
+/// Teaches the other direction's entry the Ethernet addresses for the XDP path: a packet of this direction came
+/// from `macs`' source to its destination, so the other direction's packets go back from that destination to
+/// that source (the path is assumed symmetric, as for the interface: see docs/l4.md). Done again every
+/// [`LAST_SEEN_GRANULARITY_NS`] of traffic, so a changed neighbour is followed.
+#[inline(always)]
+fn teach_peer(flow: &mut Flow, key: &FlowKey, macs: &FrameMacs) {
+    flow.l2 |= l2::TAUGHT;
+    let Some(peer) = FLOWS.get_ptr_mut(flow.peer_key(key.proto)) else {
+        return;
+    };
+    // SAFETY: pointer from a successful lookup. Another CPU may read the addresses while they change, which
+    // happens only when the neighbour itself changed: at worst one packet goes to the old one.
+    let peer = unsafe { &mut *peer };
+    // Only the entry of this very flow: after a client reopened its 4-tuple, an old reply entry's peer key
+    // names the new flow's entry, which may go to another backend.
+    if peer.new_dst != key.src
+        || peer.new_dport != key.sport
+        || peer.new_src != key.dst
+        || peer.new_sport != key.dport
+    {
+        return;
+    }
+    let (dst, src) = split_macs(macs);
+    if peer.l2 & l2::KNOWN == 0 || peer.mac_dst != src || peer.mac_src != dst {
+        peer.mac_dst = src;
+        peer.mac_src = dst;
+        peer.l2 |= l2::KNOWN;
+    }
+}
+
+/// A frame's (destination, source) Ethernet addresses.
+#[inline(always)]
+fn split_macs(macs: &FrameMacs) -> ([u8; 6], [u8; 6]) {
+    let mut dst = [0u8; 6];
+    let mut src = [0u8; 6];
+    dst.copy_from_slice(&macs[..6]);
+    src.copy_from_slice(&macs[6..]);
+    (dst, src)
 }
 
 /// Why a new flow could not be admitted.
@@ -128,17 +192,25 @@ pub struct FlowIds {
     pub reopened: Option<PreviousNat>,
 }
 
+/// Where a new flow's first packet came from: the reply direction goes back the same way.
+pub struct Arrival {
+    pub ifindex: u32,
+    /// The frame's Ethernet addresses, which the reply entry turns around for the XDP path (`None`: unknown,
+    /// the reply direction then stays on the TC path until its entry learns them).
+    pub macs: Option<FrameMacs>,
+}
+
 /// Creates both conntrack entries for a new flow to `backend` and returns the original-direction entry.
 ///
 /// The reply entry is inserted first with NOEXIST: that claims the SNAT port atomically. If another CPU admitted
 /// the same flow meanwhile (a retransmitted SYN), its entry wins and ours is withdrawn.
 #[inline(always)]
-// Entries are passed to the map by reference: a by-value copy would put 72 bytes on the stack.
+// Entries are passed to the map by reference: a by-value copy would put 88 bytes on the stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
 pub fn admit(
     pkt: &Packet,
     len: u32,
-    ingress_ifindex: u32,
+    arrival: Arrival,
     backend: &Backend,
     ids: FlowIds,
     config: &Config,
@@ -146,7 +218,7 @@ pub fn admit(
 ) -> Result<&'static Flow, AdmitError> {
     let key = &pkt.key;
     // The new entries are built in the per-CPU search state, not on the stack: the TLS program that also admits
-    // flows has no 72 bytes of stack to spare.
+    // flows has no 88 bytes of stack to spare.
     let Some(search) = PortSearch::start(key, backend, config, hash, ids.syn, ids.reopened) else {
         return Err(AdmitError::TableFull);
     };
@@ -167,12 +239,20 @@ pub fn admit(
         }
         None => (0, 0),
     };
+    let (mac_dst, mac_src, l2_bits) = match arrival.macs {
+        // Turned around: the reply goes back to where the first packet came from.
+        Some(macs) => {
+            let (dst, src) = split_macs(&macs);
+            (src, dst, l2::KNOWN)
+        }
+        None => ([0; 6], [0; 6], 0),
+    };
     search.reply = Flow {
         new_src: key.dst,
         new_sport: key.dport,
         new_dst: key.src,
         new_dport: key.sport,
-        out_ifindex: ingress_ifindex,
+        out_ifindex: arrival.ifindex,
         last_seen_ns: now,
         listener_id: ids.listener_id,
         route_id: ids.route_id,
@@ -188,6 +268,10 @@ pub fn admit(
         bytes: 0,
         syn_seq,
         ts_base,
+        mac_dst,
+        mac_src,
+        l2: l2_bits,
+        _pad: [0; 3],
     };
     let Some(reply_key) = snat::claim_port() else {
         return Err(AdmitError::TableFull);
@@ -201,6 +285,10 @@ pub fn admit(
     original.out_ifindex = backend.ifindex;
     original.direction = direction::ORIGINAL;
     original.tcp_flags = bits;
+    // The backend's addresses are learned from its first reply; this packet already taught the reply entry.
+    original.mac_dst = [0; 6];
+    original.mac_src = [0; 6];
+    original.l2 = l2::TAUGHT;
     original.packets = 1;
     original.bytes = len as u64;
     if FLOWS.insert(key, &*original, BPF_NOEXIST).is_err() {

@@ -11,7 +11,7 @@ use gateway_common::{
 
 use crate::{
     counters::count,
-    flow::{self, AdmitError, FlowIds, Tracked},
+    flow::{self, AdmitError, Arrival, FlowIds, FrameMacs, Tracked},
     headers::{self, IcmpError, Packet, Parsed, TCP_ACK, TCP_RST, TCP_SYN},
     icmp,
     maglev::{self, Pick},
@@ -33,7 +33,7 @@ pub fn run(ctx: &TcContext) -> i32 {
         Parsed::Packet(pkt) => pkt,
     };
     let len = ctx.len();
-    let reopened = match flow::track(&pkt, len) {
+    let reopened = match flow::track(&pkt, len, || frame_macs(ctx)) {
         Tracked::Flow(flow) => {
             if pkt.first_fragment {
                 count(counter::UNSUPPORTED_IP);
@@ -106,7 +106,11 @@ pub fn run(ctx: &TcContext) -> i32 {
         },
         reopened,
     };
-    match flow::admit(&pkt, len, ingress_ifindex, &backend, ids, config, hash) {
+    let arrival = Arrival {
+        ifindex: ingress_ifindex,
+        macs: frame_macs(ctx),
+    };
+    match flow::admit(&pkt, len, arrival, &backend, ids, config, hash) {
         Ok(flow) => forward(ctx, &pkt, flow),
         Err(AdmitError::TableFull) => {
             count(counter::TABLE_FULL);
@@ -117,6 +121,12 @@ pub fn run(ctx: &TcContext) -> i32 {
             }
         }
     }
+}
+
+/// The frame's Ethernet destination and source.
+#[inline(always)]
+fn frame_macs(ctx: &TcContext) -> Option<FrameMacs> {
+    ctx.load::<FrameMacs>(0).ok()
 }
 
 /// The client's SYN as the backend will get it (NAT changes neither number): what admission needs to choose an

@@ -1,5 +1,6 @@
 //! The gateway's kernel data plane: one TC ingress program attached to every interface that carries Gateway
-//! traffic (towards clients and towards backends).
+//! traffic (towards clients and towards backends), and on interfaces in XDP mode an XDP fast path in front of it
+//! for established flows ([`xdp`]).
 //!
 //! Trace a packet in [`ingress`]: parse ([`headers`]) -> existing flow? ([`flow`]) -> else listener lookup and
 //! admission: Maglev pick ([`maglev`]), SNAT port and conntrack entries ([`flow`]) -> NAT rewrite ([`nat`]) ->
@@ -23,13 +24,30 @@ mod reset;
 mod snat;
 mod tcp_options;
 mod tls;
+mod xdp;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// TC ingress entry point.
 #[classifier]
 pub fn gateway_ingress(ctx: TcContext) -> i32 {
     ingress::run(&ctx)
+}
+
+/// XDP fast path, attached in the driver (native mode): established flows' packets are forwarded before an skb
+/// exists; everything else is passed on to `gateway_ingress`.
+#[xdp]
+pub fn gateway_xdp(ctx: XdpContext) -> u32 {
+    xdp::run(&ctx, xdp::Attach::Native)
+}
+
+/// XDP fast path attached on the skb (generic mode, for drivers without native XDP).
+#[xdp]
+pub fn gateway_xdp_generic(ctx: XdpContext) -> u32 {
+    xdp::run(&ctx, xdp::Attach::Generic)
 }
 
 /// Kernel TLS passthrough, entered by tail call from `gateway_ingress`: a segment to a listener with no flow yet

@@ -2,7 +2,7 @@
 //! agent adopts them (and the flows in them) instead of starting empty.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use gateway_common::{
     clienthello::{Capture, SniKey, Verdict},
@@ -50,3 +50,8 @@ pub static HELLO_VERDICT: Array<Verdict> = Array::with_max_entries(1, 0);
 /// (generation, listener, kind, name) -> route id: the SNI tables of TLS passthrough listeners.
 #[map]
 pub static SNI_ROUTES: HashMap<SniKey, u32> = HashMap::pinned(16384, 0);
+
+/// Interfaces in XDP mode, by ifindex: the only egress interfaces the XDP program redirects to (a packet for
+/// another goes on to the TC program). The agent keeps it equal to its set of XDP interfaces.
+#[map]
+pub static XDP_EGRESS: DevMapHash = DevMapHash::pinned(4096, 0);

@@ -128,7 +128,7 @@ pub fn claim_port() -> Option<FlowKey> {
 
 /// Attempt `index`: 0 is the reopened flow's old port (if any), then hashed ports. Returns 1 to stop.
 #[inline(never)]
-// The entry is passed to the map by reference: a by-value copy would put 72 bytes on the stack.
+// The entry is passed to the map by reference: a by-value copy would put 88 bytes on the stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
 extern "C" fn attempt(index: u64, _ctx: *mut c_void) -> i64 {
     let Some(ptr) = PORT_SEARCH.get_ptr_mut(0) else {

@@ -166,6 +166,10 @@ pub async fn run(
         .metrics
         .interfaces
         .set(dataplane.interfaces().len() as i64);
+    state
+        .metrics
+        .xdp_interfaces
+        .set(dataplane.xdp_interfaces().len() as i64);
 
     // TLS passthrough and HTTP listeners are served in userspace; both make Gateway addresses local through one
     // shared set of local routes.
@@ -316,6 +320,10 @@ impl Agent {
                     .metrics
                     .interfaces
                     .set(self.dataplane.interfaces().len() as i64);
+                self.state
+                    .metrics
+                    .xdp_interfaces
+                    .set(self.dataplane.xdp_interfaces().len() as i64);
                 // Paths to backends may have changed with the interfaces: program again.
                 if let Some(ir) = self.last_ir.take() {
                     self.program(ir).await;

@@ -17,8 +17,9 @@ use gateway_userspace::{
     version,
     about = "An eBPF-accelerated Kubernetes Gateway API gateway",
     long_about = "An eBPF-accelerated Kubernetes Gateway API gateway.\n\nTCP and UDP routes are forwarded inside \
-                  the kernel by a TC program; the agent translates Gateway API objects (from YAML files or \
-                  Kubernetes) into the program's maps."
+                  the kernel by a TC program (with an XDP fast path in front of it on interfaces given with \
+                  --xdp); the agent translates Gateway API objects (from YAML files or Kubernetes) into the \
+                  program's maps."
 )]
 struct Cli {
     /// Log format.
@@ -59,6 +60,14 @@ struct RunArgs {
     /// including ones that appear later.
     #[arg(long = "interface", short = 'i', value_name = "NAME")]
     interfaces: Vec<String>,
+    /// Put the XDP fast path in front of the TC program on this interface (repeatable): packets of established
+    /// TCP/UDP flows are forwarded by XDP (before the kernel builds an skb, in `native` mode, the default; on the
+    /// skb in `generic` mode, for drivers without native XDP); everything else still goes through the TC program.
+    /// XDP only redirects to interfaces in XDP mode, so give it on both the client and the backend side. A veth
+    /// in XDP mode needs its peer to take redirected frames (GRO on, or an XDP program there). Other interfaces
+    /// stay TC only (the default; see docs/l4.md for when XDP is faster).
+    #[arg(long = "xdp", value_name = "NAME[:native|generic]", value_parser = parse_xdp_interface)]
+    xdp: Vec<(String, dataplane::XdpMode)>,
     /// Where maps and links are pinned (a bpffs). A restarted agent adopts what it finds there.
     #[arg(long, default_value = "/sys/fs/bpf/ebpf-gateway", value_name = "DIR")]
     bpffs_root: PathBuf,
@@ -111,6 +120,18 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         return Err(format!("{a}-{b} is not a range of non-zero ports"));
     }
     Ok((a, b))
+}
+
+fn parse_xdp_interface(s: &str) -> Result<(String, dataplane::XdpMode), String> {
+    // Interface names cannot contain ':' (the kernel's dev_valid_name), so it separates the mode.
+    let (name, mode) = match s.split_once(':') {
+        Some((name, mode)) => (name, mode.parse()?),
+        None => (s, dataplane::XdpMode::Native),
+    };
+    if name.is_empty() {
+        return Err("expected an interface name, e.g. eth0 or eth0:generic".into());
+    }
+    Ok((name.to_string(), mode))
 }
 
 fn init_logging(format: LogFormat) {
@@ -204,6 +225,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.provider == Provider::Kubernetes && !args.config.is_empty() {
         anyhow::bail!("--config is for --provider file; the Kubernetes provider reads the cluster");
     }
+    let mut xdp = std::collections::BTreeMap::new();
+    for (name, mode) in args.xdp {
+        if !args.interfaces.is_empty() && !args.interfaces.contains(&name) {
+            anyhow::bail!(
+                "--xdp {name}: the interface is not among --interface {:?}",
+                args.interfaces
+            );
+        }
+        if xdp.insert(name.clone(), mode).is_some_and(|m| m != mode) {
+            anyhow::bail!("--xdp {name} is given with two modes");
+        }
+    }
     let provider = match args.provider {
         Provider::File => ProviderOptions::Files(args.config),
         Provider::Kubernetes => kubernetes_provider(&args.kubernetes, &args.controller_name)?,
@@ -230,6 +263,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         dataplane: dataplane::Settings {
             bpffs_root: args.bpffs_root,
             interfaces: args.interfaces,
+            xdp,
             snat_ports: args.snat_ports,
             conntrack_entries: args.conntrack_entries,
             tls_pending: args.tls.tls_max_pending.clamp(1, u32::MAX as usize) as u32,

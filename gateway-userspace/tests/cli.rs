@@ -91,3 +91,39 @@ fn bad_flag_values_are_usage_errors() {
     assert_eq!(code, 1);
     assert!(stderr.contains("positive"), "{stderr}");
 }
+
+#[test]
+fn bad_xdp_flags_are_reported_before_anything_is_attached() {
+    let ns = Netns::with_role("cli").unwrap();
+    let (code, stderr) = gateway(&ns, &["run", "--config", "x", "--xdp", "eth0:turbo"]);
+    assert_eq!(code, 2, "clap usage error: {stderr}");
+    assert!(stderr.contains("native or generic"), "{stderr}");
+    let (code, stderr) = gateway(
+        &ns,
+        &[
+            "run",
+            "--config",
+            "x",
+            "--interface",
+            "eth0",
+            "--xdp",
+            "eth1",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not among --interface"), "{stderr}");
+    let (code, stderr) = gateway(
+        &ns,
+        &[
+            "run",
+            "--config",
+            "x",
+            "--xdp",
+            "eth0",
+            "--xdp",
+            "eth0:generic",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("two modes"), "{stderr}");
+}

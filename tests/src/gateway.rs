@@ -155,6 +155,8 @@ pub struct GatewayProcess<'ns> {
     ns: &'ns Netns,
     bin: PathBuf,
     args: Vec<OsString>,
+    /// Where the extra arguments begin in `args`.
+    extra_from: usize,
     admin: SocketAddr,
     bpffs_root: PathBuf,
     log_dir: tempfile::TempDir,
@@ -244,11 +246,13 @@ impl<'ns> GatewayProcess<'ns> {
             .with_context(|| format!("creating {}", bpffs_root.display()))?;
         let admin: SocketAddr = DEFAULT_ADMIN.parse()?;
         let args = gateway_args(configs, admin, &bpffs_root, extra_args);
+        let extra_from = args.len() - extra_args.len();
         let log_dir = crate::netns::temp_dir("gateway")?;
         let mut g = GatewayProcess {
             ns,
             bin,
             args,
+            extra_from,
             admin,
             bpffs_root,
             log_dir,
@@ -394,6 +398,14 @@ impl<'ns> GatewayProcess<'ns> {
         self.stop(Duration::from_secs(5))?;
         self.launch()?;
         self.wait_ready(READY_TIMEOUT)
+    }
+
+    /// Starts again after [`GatewayProcess::kill9`] or [`GatewayProcess::stop`], with other extra arguments
+    /// (same configuration and bpffs root), e.g. to change an interface's mode across a restart.
+    pub fn start_again_with(&mut self, extra_args: &[&str]) -> Result<()> {
+        self.args.truncate(self.extra_from);
+        self.args.extend(extra_args.iter().map(OsString::from));
+        self.start_again()
     }
 
     /// Starts again after [`GatewayProcess::kill9`] or [`GatewayProcess::stop`].

@@ -8,6 +8,7 @@
 //! processes are removed at the next first use ([`netns::cleanup_stale`]).
 //! Tests need root.
 
+pub mod attachments;
 pub mod clients;
 pub mod conformance;
 pub mod echo;

@@ -42,6 +42,7 @@ pub struct TopologyBuilder {
     clients: usize,
     backends: usize,
     tx_checksum_offload_off: bool,
+    peer_gro: bool,
     mtus: Vec<(Link, u32)>,
     gateway_lo_addrs: Vec<String>,
     client_routes: Vec<String>,
@@ -54,6 +55,7 @@ impl Default for TopologyBuilder {
             clients: 1,
             backends: 1,
             tx_checksum_offload_off: true,
+            peer_gro: false,
             mtus: Vec::new(),
             gateway_lo_addrs: Vec::new(),
             client_routes: Vec::new(),
@@ -79,6 +81,14 @@ impl TopologyBuilder {
     /// (default `true`: veth checksum offload hides checksum bugs in rewritten packets).
     pub fn tx_checksum_offload_off(mut self, off: bool) -> Self {
         self.tx_checksum_offload_off = off;
+        self
+    }
+
+    /// Whether to run `ethtool -K eth0 gro on` in the clients and backends (default `false`, the veth default).
+    /// With GRO on, a veth runs NAPI on receive, which is what lets the gateway's XDP program redirect frames
+    /// into the gateway-side end of the pair (without it the kernel drops them: see docs/l4.md, XDP mode).
+    pub fn peer_gro(mut self, on: bool) -> Self {
+        self.peer_gro = on;
         self
     }
 
@@ -236,6 +246,12 @@ impl Topology {
             for ns in self.clients.iter().chain(&self.backends) {
                 ns.exec(&["ethtool", "-K", "eth0", "tx", "off"])
                     .context("ethtool -K eth0 tx off (is ethtool installed?)")?;
+            }
+        }
+        if opts.peer_gro {
+            for ns in self.clients.iter().chain(&self.backends) {
+                ns.exec(&["ethtool", "-K", "eth0", "gro", "on"])
+                    .context("ethtool -K eth0 gro on")?;
             }
         }
         // The product must not depend on kernel forwarding: a new netns starts with

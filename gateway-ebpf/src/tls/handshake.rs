@@ -261,7 +261,12 @@ fn connect(ctx: &TcContext, pkt: &Packet, h: &mut Handshake, route_id: u32) -> i
         }),
         reopened: None,
     };
-    let flow = match flow::admit(pkt, ctx.len(), ifindex(ctx), &backend, ids, config, hash) {
+    // A spliced flow never takes the XDP path: its entries need no Ethernet addresses.
+    let arrival = flow::Arrival {
+        ifindex: ifindex(ctx),
+        macs: None,
+    };
+    let flow = match flow::admit(pkt, ctx.len(), arrival, &backend, ids, config, hash) {
         Ok(flow) => flow,
         Err(_) => {
             count(counter::TABLE_FULL);

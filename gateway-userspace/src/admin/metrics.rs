@@ -37,6 +37,8 @@ pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::TLS_INVALID_BACKEND, "tls_invalid_backend"),
     (counter::TLS_SACK_TRANSLATED, "tls_sack_translated"),
     (counter::TLS_BACKEND_TIME_WAIT, "tls_backend_time_wait"),
+    (counter::XDP_FORWARDED, "xdp_forwarded"),
+    (counter::XDP_CHECKSUM_COMPLETED, "xdp_checksum_completed"),
     (counter::TLS_LONG_HELLOS, "tls_long_hellos"),
 ];
 
@@ -120,6 +122,8 @@ pub struct Metrics {
     pub config_applies: Family<Labels, Counter>,
     /// Interfaces the program is attached to.
     pub interfaces: Gauge,
+    /// Interfaces with the XDP fast path in front of the TC program.
+    pub xdp_interfaces: Gauge,
     /// 1 while this agent is the elected leader (Kubernetes provider), else 0.
     pub leader: Gauge,
     pub listeners: ScopeMetrics,
@@ -151,6 +155,7 @@ impl Metrics {
             generation: Gauge::default(),
             config_applies: Family::default(),
             interfaces: Gauge::default(),
+            xdp_interfaces: Gauge::default(),
             leader: Gauge::default(),
             listeners: ScopeMetrics::default(),
             routes: ScopeMetrics::default(),
@@ -201,6 +206,11 @@ impl Metrics {
             "attached_interfaces",
             "Interfaces with the TC program attached",
             m.interfaces.clone(),
+        );
+        registry.register(
+            "xdp_interfaces",
+            "Interfaces with the XDP fast path attached in front of the TC program",
+            m.xdp_interfaces.clone(),
         );
         registry.register(
             "leader",

@@ -1,13 +1,17 @@
 //! The kernel data plane: loads the embedded eBPF object with its maps pinned under a versioned bpffs path,
-//! attaches the TC program to the gateway's interfaces (adopting pinned links, so a restart never leaves an
-//! interface without a program), and turns the [`Ir`] into map entries with one atomic generation swap.
+//! attaches the TC program to the gateway's interfaces, and the XDP fast path to those in XDP mode ([`links`]:
+//! pinned links are adopted, so a restart never leaves an interface without a program), and turns the [`Ir`]
+//! into map entries with one atomic generation swap.
 //!
 //! An object's path into the kernel: `ListenerKind::Tcp(route)` -> [`Dataplane::apply`] -> `LISTENERS`
 //! (address, port, protocol) -> `MAGLEV` table of the route -> `BACKENDS` entries.
 mod bpffs;
 pub mod conntrack;
+pub mod links;
 pub mod maglev;
 pub mod netif;
+
+pub use links::XdpMode;
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
@@ -16,12 +20,8 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, ProgramArray},
-    programs::{
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-        SchedClassifier, TcAttachType,
-    },
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, ProgramArray},
+    programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
@@ -93,6 +93,8 @@ pub struct Settings {
     pub bpffs_root: PathBuf,
     /// Attach only to these interfaces (empty: every interface that is up, except loopback).
     pub interfaces: Vec<String>,
+    /// Interfaces in XDP mode and how the XDP program runs on each; the others are TC only.
+    pub xdp: BTreeMap<String, XdpMode>,
     /// SNAT source port range, inclusive.
     pub snat_ports: (u16, u16),
     /// Capacity of the conntrack map (entries; each flow takes two).
@@ -111,6 +113,7 @@ impl Default for Settings {
         Self {
             bpffs_root: PathBuf::from("/sys/fs/bpf/ebpf-gateway"),
             interfaces: Vec::new(),
+            xdp: BTreeMap::new(),
             snat_ports: (10000, 32767),
             conntrack_entries: 262_144,
             timeouts: conntrack::Timeouts::default(),
@@ -165,8 +168,17 @@ pub struct Dataplane {
     handshakes_started: StdHashMap<FlowKey, u64>,
     counters: PerCpuArray<MapData, u64>,
     generation: u32,
+    links: links::LinkPins,
     /// Interfaces the program is attached to: name -> ifindex.
     attached: BTreeMap<String, u32>,
+    /// Interfaces with the XDP program in front of the TC program: name -> (ifindex, mode). Their ifindexes are
+    /// the keys of `xdp_egress`.
+    xdp_attached: BTreeMap<String, (u32, XdpMode)>,
+    /// The egress interfaces the XDP program may redirect to (the `XDP_EGRESS` devmap).
+    xdp_egress: DevMapHash<MapData>,
+    /// Whether XDP links and devmap entries a previous agent left for interfaces not in XDP mode now were
+    /// removed (on the first interface scan).
+    xdp_swept: bool,
     listener_ids: Ids,
     route_ids: Ids,
     backend_ids: Ids,
@@ -199,8 +211,7 @@ impl Dataplane {
     pub fn load(settings: Settings) -> Result<Self, DataplaneError> {
         let pin_dir = settings.bpffs_root.join(format!("v{ABI_VERSION}"));
         bpffs::ensure_dir(&pin_dir)?;
-        std::fs::create_dir_all(pin_dir.join("links"))
-            .map_err(|e| DataplaneError::Bpffs(format!("creating {}: {e}", pin_dir.display())))?;
+        let links = links::LinkPins::new(&pin_dir)?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| DataplaneError::Load(format!("{what}: {e}")))?
             as u32;
@@ -238,6 +249,10 @@ impl Dataplane {
         classifier(&mut ebpf, PROGRAM)?
             .load()
             .map_err(|e| DataplaneError::Load(verifier_message(PROGRAM, &e)))?;
+        // The XDP programs of the modes in use, verified before anything is attached.
+        for mode in settings.xdp.values() {
+            links::xdp_program(&mut ebpf, *mode)?;
+        }
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
@@ -270,6 +285,9 @@ impl Dataplane {
         let tls_long_captures = take(&mut ebpf, "TLS_LONG_CAPTURES")?
             .try_into()
             .map_err(map_err("TLS_LONG_CAPTURES"))?;
+        let xdp_egress = take(&mut ebpf, "XDP_EGRESS")?
+            .try_into()
+            .map_err(map_err("XDP_EGRESS"))?;
         let generation = config
             .get(&CONFIG_KEY, 0)
             .map_err(map_err("CONFIG"))?
@@ -290,7 +308,11 @@ impl Dataplane {
             handshakes_started: StdHashMap::new(),
             counters,
             generation,
+            links,
             attached: BTreeMap::new(),
+            xdp_attached: BTreeMap::new(),
+            xdp_egress,
+            xdp_swept: false,
             listener_ids: Ids::default(),
             route_ids: Ids::default(),
             backend_ids: Ids::default(),
@@ -298,9 +320,9 @@ impl Dataplane {
         })
     }
 
-    /// Attaches to interfaces that appeared since the last call and forgets those that vanished. A pinned link
-    /// left by a previous agent is taken over with an atomic program replacement, so the interface is never
-    /// without a program and never has two.
+    /// Attaches to interfaces that appeared since the last call and forgets those that vanished; puts the XDP
+    /// fast path in front on interfaces in XDP mode. A pinned link left by a previous agent is taken over with an
+    /// atomic program replacement, so the interface is never without a program and never has two.
     pub fn sync_interfaces(&mut self) -> Result<Vec<String>, DataplaneError> {
         let wanted = netif::candidate_interfaces(&self.settings.interfaces)?;
         let mut newly = Vec::new();
@@ -314,79 +336,123 @@ impl Dataplane {
             .collect();
         for name in gone {
             self.attached.remove(&name);
-            let _ = std::fs::remove_file(self.link_pin(&name));
+            let _ = std::fs::remove_file(self.links.tc(&name));
+            self.leave_xdp(&name);
             info!(interface = %name, "interface gone");
         }
         for iface in wanted {
-            if self.attached.contains_key(&iface.name) {
-                continue;
+            if !self.attached.contains_key(&iface.name) {
+                let how = links::attach_tc(
+                    &mut self.ebpf,
+                    PROGRAM,
+                    &self.links.tc(&iface.name),
+                    &iface.name,
+                )?;
+                info!(interface = %iface.name, how = how.describe(), "TC ingress program in place");
+                self.attached.insert(iface.name.clone(), iface.index);
+                newly.push(iface.name.clone());
             }
-            self.attach(&iface.name)?;
-            self.attached.insert(iface.name.clone(), iface.index);
-            newly.push(iface.name);
+            match self.settings.xdp.get(&iface.name).copied() {
+                Some(mode) if self.xdp_attached.get(&iface.name) != Some(&(iface.index, mode)) => {
+                    self.enter_xdp(&iface.name, iface.index, mode)?;
+                }
+                Some(_) => {}
+                None if self.xdp_attached.contains_key(&iface.name) => self.leave_xdp(&iface.name),
+                None => {}
+            }
+        }
+        if !self.xdp_swept {
+            self.sweep_xdp();
         }
         Ok(newly)
     }
 
-    fn link_pin(&self, interface: &str) -> PathBuf {
-        self.pin_dir.join("links").join(interface)
+    /// Puts the XDP program in front of the TC program on `interface` and lets the XDP path redirect to it.
+    fn enter_xdp(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<(), DataplaneError> {
+        for other in XdpMode::ALL.into_iter().filter(|m| *m != mode) {
+            // An interface takes one XDP mode: the other mode's link goes first (the TC program carries the
+            // traffic meanwhile).
+            if links::detach_xdp(&self.links, interface, other) {
+                info!(
+                    interface,
+                    mode = other.name(),
+                    "XDP program of the previous mode removed"
+                );
+            }
+        }
+        let how = links::attach_xdp(&mut self.ebpf, &self.links, interface, mode)?;
+        self.xdp_egress
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::Attach {
+                interface: interface.to_string(),
+                reason: format!("XDP_EGRESS: {e}"),
+            })?;
+        self.xdp_attached
+            .insert(interface.to_string(), (ifindex, mode));
+        info!(
+            interface,
+            mode = mode.name(),
+            how = how.describe(),
+            "XDP program in place"
+        );
+        Ok(())
     }
 
-    fn attach(&mut self, interface: &str) -> Result<(), DataplaneError> {
-        let pin = self.link_pin(interface);
-        let attach_err = |reason: String| DataplaneError::Attach {
-            interface: interface.to_string(),
-            reason,
-        };
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .expect("checked at load")
-            .try_into()
-            .expect("checked at load");
-        let adopted = match PinnedLink::from_pin(&pin) {
-            Ok(old) => {
-                let link: Result<SchedClassifierLink, _> = FdLink::from(old).try_into();
-                match link
-                    .map_err(|e| e.to_string())
-                    .and_then(|l| program.attach_to_link(l).map_err(|e| e.to_string()))
-                {
-                    Ok(id) => Some(id),
-                    Err(e) => {
-                        // The interface was re-created or the link is defunct: start afresh.
-                        warn!(interface, error = %e, "could not adopt the pinned link; attaching anew");
-                        let _ = std::fs::remove_file(&pin);
-                        None
-                    }
-                }
-            }
-            Err(_) => None,
-        };
-        let (id, how) = match adopted {
-            Some(id) => (id, "adopted pinned link"),
-            None => (
-                program
-                    .attach(interface, TcAttachType::Ingress)
-                    .map_err(|e| attach_err(e.to_string()))?,
-                "attached",
-            ),
-        };
-        let link = program
-            .take_link(id)
-            .map_err(|e| attach_err(e.to_string()))?;
-        let fd_link: FdLink = link
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| attach_err(e.to_string()))?;
-        if how == "attached" {
-            fd_link
-                .pin(&pin)
-                .map_err(|e| attach_err(format!("pinning link at {}: {e}", pin.display())))?;
-        } else {
-            // Already pinned at this path; dropping our fd leaves the pin holding the link.
-            drop(fd_link);
+    /// Takes `interface` out of XDP mode: no XDP redirect goes to it any more, then its XDP link is removed.
+    fn leave_xdp(&mut self, interface: &str) {
+        if let Some((ifindex, _)) = self.xdp_attached.remove(interface) {
+            let _ = self.xdp_egress.remove(ifindex);
         }
-        info!(interface, how, "TC ingress program in place");
-        Ok(())
+        for mode in XdpMode::ALL {
+            if links::detach_xdp(&self.links, interface, mode) {
+                info!(interface, mode = mode.name(), "XDP program removed");
+            }
+        }
+    }
+
+    /// After the first scan: removes what a previous agent left for interfaces that are not in XDP mode now
+    /// (their pinned XDP links, their devmap entries), so switching an interface back to TC mode across a restart
+    /// leaves exactly one program on it.
+    fn sweep_xdp(&mut self) {
+        for (interface, mode) in self.links.pinned_xdp() {
+            if self.xdp_attached.get(&interface).map(|(_, m)| *m) != Some(mode)
+                && links::detach_xdp(&self.links, &interface, mode)
+            {
+                info!(
+                    interface,
+                    mode = mode.name(),
+                    "XDP program left by a previous agent removed"
+                );
+            }
+        }
+        let ours: std::collections::HashSet<u32> = self
+            .xdp_attached
+            .values()
+            .map(|(index, _)| *index)
+            .collect();
+        let stale: Vec<u32> = self
+            .xdp_egress
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ours.contains(k))
+            .collect();
+        for ifindex in stale {
+            let _ = self.xdp_egress.remove(ifindex);
+        }
+        self.xdp_swept = true;
+    }
+
+    /// Interfaces in XDP mode, with their mode.
+    pub fn xdp_interfaces(&self) -> Vec<(String, XdpMode)> {
+        self.xdp_attached
+            .iter()
+            .map(|(name, (_, mode))| (name.clone(), *mode))
+            .collect()
     }
 
     /// Interfaces the program is attached to.
@@ -817,6 +883,16 @@ impl Dataplane {
     /// Runs the TC program once on `frame` (BPF_PROG_TEST_RUN) against the live maps, returning the TC action
     /// and the frame as the program left it. Redirects are reported, not performed. For tests and diagnostics.
     pub fn run_frame(&self, frame: &[u8]) -> Result<(i32, Vec<u8>), DataplaneError> {
+        self.run_frame_on(frame, 0)
+    }
+
+    /// [`run_frame`](Self::run_frame) as if the frame arrived on the interface `ifindex` (0: the namespace's
+    /// loopback).
+    pub fn run_frame_on(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<(i32, Vec<u8>), DataplaneError> {
         use aya::programs::{TestRun, TestRunOptions};
         let program: &SchedClassifier = self
             .ebpf
@@ -824,16 +900,47 @@ impl Dataplane {
             .expect("checked at load")
             .try_into()
             .expect("checked at load");
+        // struct __sk_buff up to `ifindex` (offset 40), the only field set: the kernel gives the skb that device.
+        let mut skb = [0u8; 44];
+        skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len().max(128) + 256];
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: (ifindex != 0).then_some(&skb[..]),
                 ..Default::default()
             })
             .map_err(|e| DataplaneError::Load(format!("BPF_PROG_TEST_RUN: {e}")))?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value as i32, out))
+    }
+
+    /// Runs the XDP program of `mode` once on `frame` (BPF_PROG_TEST_RUN) as if it arrived on the interface
+    /// `ingress_ifindex`, against the live maps; returns the XDP action and the frame as the program left it.
+    /// Redirects are reported, not performed. For tests and diagnostics.
+    pub fn run_xdp_frame(
+        &mut self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<(u32, Vec<u8>), DataplaneError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let program = links::xdp_program(&mut self.ebpf, mode)?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len().max(128) + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .map_err(|e| DataplaneError::Load(format!("BPF_PROG_TEST_RUN: {e}")))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// Parses `hello` (a connection's first bytes) with the kernel's ClientHello parser, through the

@@ -395,6 +395,7 @@ fn start_peer<'a>(
         PeerKind::GatewayKernel => {
             anyhow::bail!("gateway-kernel is a TLS passthrough path (bench tls)")
         }
+        PeerKind::GatewayXdp => anyhow::bail!("gateway-xdp is an L4 path (bench l4)"),
         PeerKind::Gateway => Box::new(peers::gateway::Gateway::start_with(
             ns,
             vip,

@@ -553,6 +553,7 @@ fn start_peer<'a>(tb: &'a TlsBench, kind: PeerKind) -> anyhow::Result<Box<dyn Pe
     let (ns, vip, backend) = (tb.bt.gateway(), tb.bt.vip(), tb.bt.backend_addr());
     Ok(match kind {
         PeerKind::Plain => Box::new(peers::plain::Plain::start(ns, backend)?),
+        PeerKind::GatewayXdp => anyhow::bail!("gateway-xdp is an L4 path (bench l4)"),
         PeerKind::Gateway | PeerKind::GatewayKernel => {
             let path = if kind == PeerKind::GatewayKernel {
                 PassthroughPath::Kernel

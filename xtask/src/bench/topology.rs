@@ -101,11 +101,49 @@ impl BenchTopology {
         Ok(())
     }
 
+    /// Removes the backend's TIME_WAIT sockets (`ss -K`), so that one data plane's closed connections do not
+    /// refuse the next one's SYNs on the same 4-tuples.
+    pub fn forget_backend_time_waits(&self) -> anyhow::Result<()> {
+        // `ss -K` prints what it killed; a "RTNETLINK answers" complaint about sockets it may not kill is harmless.
+        let _ = self
+            .backend()
+            .exec_output(&["ss", "-K", "-t", "state", "time-wait"])
+            .context("ss -K state time-wait in the backend")?;
+        Ok(())
+    }
+
     /// Restarts the iperf3 server (after a client run that failed half-way and may have left it busy).
     pub fn restart_iperf_server(&mut self) -> anyhow::Result<()> {
         let _ = self.iperf_server.kill();
         self.iperf_server = spawn_iperf_server(self.topo.backend(1))?;
         Ok(())
+    }
+}
+
+/// GRO on the client's and the backend's veth for one data plane's run, turned off again on drop. A veth takes
+/// frames redirected by XDP only when its receiving end runs NAPI, which GRO turns on (docs/l4.md, XDP mode).
+pub struct PeerGro<'a> {
+    namespaces: [&'a Netns; 2],
+}
+
+impl BenchTopology {
+    pub fn peer_gro(&self) -> anyhow::Result<PeerGro<'_>> {
+        let namespaces = [self.client(), self.backend()];
+        for ns in namespaces {
+            ns.exec(&["ethtool", "-K", "eth0", "gro", "on"])
+                .context("ethtool -K eth0 gro on")?;
+        }
+        Ok(PeerGro { namespaces })
+    }
+}
+
+impl Drop for PeerGro<'_> {
+    fn drop(&mut self) {
+        for ns in self.namespaces {
+            if let Err(e) = ns.exec(&["ethtool", "-K", "eth0", "gro", "off"]) {
+                eprintln!("warning: turning GRO off again in {}: {e:#}", ns.name());
+            }
+        }
     }
 }
 

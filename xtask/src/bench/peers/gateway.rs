@@ -16,6 +16,9 @@ pub struct Gateway<'a> {
     process: GatewayProcess<'a>,
     config: tempfile::TempDir,
     counter: Counter,
+    kind: PeerKind,
+    /// GRO on the peers' veths while the XDP column runs.
+    _peer_gro: Option<crate::bench::topology::PeerGro<'a>>,
 }
 
 /// Which of the agent's metrics proves that it carried a phase's traffic.
@@ -23,6 +26,8 @@ pub struct Gateway<'a> {
 pub enum Counter {
     /// `gateway_kernel_packets_total{outcome="forwarded"|"replied"}` (the eBPF path).
     KernelPackets,
+    /// `gateway_kernel_packets_total{outcome="xdp_forwarded"}`: the XDP fast path itself.
+    XdpPackets,
     /// Every series of this counter summed, e.g. `gateway_tls_passthrough_connections_total`.
     Sum(&'static str),
 }
@@ -182,12 +187,41 @@ impl<'a> Gateway<'a> {
         Self::start_with(ns, vip, manifests(vip, backend), Counter::KernelPackets)
     }
 
+    /// l4 with the XDP fast path on the gateway's interfaces towards the client and the backend; `peer_gro`
+    /// is held for the run.
+    pub fn start_xdp(
+        bt: &'a crate::bench::topology::BenchTopology,
+        peer_gro: crate::bench::topology::PeerGro<'a>,
+    ) -> anyhow::Result<Self> {
+        let (vip, backend) = (bt.vip(), bt.backend_addr());
+        let mut g = Self::launch(
+            bt.gateway(),
+            vip,
+            manifests(vip, backend),
+            Counter::XdpPackets,
+            &["--xdp", "eth0", "--xdp", "bk1"],
+        )?;
+        g.kind = PeerKind::GatewayXdp;
+        g._peer_gro = Some(peer_gro);
+        Ok(g)
+    }
+
     /// Runs the agent with `manifests`; `counter` proves it carried traffic.
     pub fn start_with(
         ns: &'a Netns,
         vip: Ipv4Addr,
         manifests: String,
         counter: Counter,
+    ) -> anyhow::Result<Self> {
+        Self::launch(ns, vip, manifests, counter, &[])
+    }
+
+    fn launch(
+        ns: &'a Netns,
+        vip: Ipv4Addr,
+        manifests: String,
+        counter: Counter,
+        extra_args: &[&str],
     ) -> anyhow::Result<Self> {
         ensure!(
             ns.sysctl("net.ipv4.ip_forward")? == "0",
@@ -200,7 +234,7 @@ impl<'a> Gateway<'a> {
         let mut process = GatewayProcess::spawn_with_env(
             ns,
             &[config.path()],
-            &[],
+            extra_args,
             &[("RUST_LOG", "info,access=off")],
         )
         .context("starting the gateway")?;
@@ -213,6 +247,8 @@ impl<'a> Gateway<'a> {
             process,
             config,
             counter,
+            kind: PeerKind::Gateway,
+            _peer_gro: None,
         })
     }
 
@@ -237,7 +273,7 @@ pub fn kernel_packets(metrics: &str, outcome: &str) -> u64 {
 
 impl Peer for Gateway<'_> {
     fn kind(&self) -> PeerKind {
-        PeerKind::Gateway
+        self.kind
     }
     fn target(&self) -> Ipv4Addr {
         self.vip
@@ -254,6 +290,7 @@ impl Peer for Gateway<'_> {
             Counter::KernelPackets => {
                 kernel_packets(&m, "forwarded") + kernel_packets(&m, "replied")
             }
+            Counter::XdpPackets => kernel_packets(&m, "xdp_forwarded"),
             Counter::Sum(name) => counter_sum(&m, name),
         })
     }
@@ -261,6 +298,9 @@ impl Peer for Gateway<'_> {
         match self.counter {
             Counter::KernelPackets => {
                 "`gateway_kernel_packets_total{outcome=\"forwarded\"|\"replied\"}` from the agent's /metrics"
+            }
+            Counter::XdpPackets => {
+                "`gateway_kernel_packets_total{outcome=\"xdp_forwarded\"}` from the agent's /metrics (the XDP path)"
             }
             Counter::Sum(name) => name,
         }

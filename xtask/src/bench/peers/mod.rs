@@ -19,6 +19,11 @@ pub enum PeerKind {
     Plain,
     /// This project's gateway (eBPF TC path; in `tls`, the userspace passthrough proxy).
     Gateway,
+    /// This project's gateway with the XDP fast path (`--xdp`) on its client- and backend-side interfaces
+    /// (`l4` only).
+    #[serde(rename = "gateway-xdp")]
+    #[value(name = "gateway-xdp")]
+    GatewayXdp,
     /// This project's gateway with in-kernel TLS passthrough (`tls` only): handshake, SNI routing and splice
     /// in the eBPF program, no socket per connection.
     #[serde(rename = "gateway-kernel")]
@@ -38,13 +43,17 @@ impl PeerKind {
 
     /// Whether this column is this project's gateway (one of its paths).
     pub fn is_gateway(self) -> bool {
-        matches!(self, PeerKind::Gateway | PeerKind::GatewayKernel)
+        matches!(
+            self,
+            PeerKind::Gateway | PeerKind::GatewayXdp | PeerKind::GatewayKernel
+        )
     }
 
     pub fn name(self) -> &'static str {
         match self {
             PeerKind::Plain => "plain",
             PeerKind::Gateway => "gateway",
+            PeerKind::GatewayXdp => "gateway-xdp",
             PeerKind::GatewayKernel => "gateway-kernel",
             PeerKind::Haproxy => "haproxy",
             PeerKind::Nginx => "nginx",
@@ -67,10 +76,15 @@ impl PeerKind {
             (PeerKind::Gateway, "tls") => {
                 "this gateway, userspace TLS passthrough: ClientHello parsed (tls-parser), routed by SNI, then splice(2)"
             }
+            (PeerKind::GatewayXdp, _) => {
+                "this gateway with `--xdp eth0 --xdp bk1`: the native XDP fast path in front of the TC program forwards \
+                 established flows; the client's and backend's veths get GRO on for its run (a veth takes frames \
+                 redirected by XDP only with NAPI), so their receive path differs from the other columns'"
+            }
             (PeerKind::GatewayKernel, _) => {
                 "this gateway, in-kernel TLS passthrough: the eBPF program answers the handshake, parses the ClientHello, \
                  routes by SNI and splices the connection (no socket; its state is two preallocated conntrack entries, \
-                 288 bytes, which the memory phase cannot see)"
+                 336 bytes, which the memory phase cannot see)"
             }
             (PeerKind::Gateway, "http") => "this gateway's HTTP proxy (hyper, pooled upstream connections)",
             (PeerKind::Gateway, _) => "this gateway: eBPF TC program, full NAT, ip_forward=0",
