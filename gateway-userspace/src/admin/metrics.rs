@@ -436,6 +436,12 @@ pub struct HttpMetrics {
     pub duration: Family<Labels, prometheus_client::metrics::histogram::Histogram>,
     /// Downstream connections open now.
     pub connections: Gauge,
+    /// Worker threads serving HTTP.
+    pub workers: Gauge,
+    /// Requests answered, by `worker` (the thread that accepted the connection and served it).
+    pub worker_requests: Family<Labels, Counter>,
+    /// Downstream connections open now, by `worker`.
+    pub worker_connections: Family<Labels, Gauge>,
 }
 
 impl Default for HttpMetrics {
@@ -448,6 +454,9 @@ impl Default for HttpMetrics {
                 Histogram::new(exponential_buckets(0.0001, 4.0, 10))
             }),
             connections: Gauge::default(),
+            workers: Gauge::default(),
+            worker_requests: Family::default(),
+            worker_connections: Family::default(),
         }
     }
 }
@@ -470,6 +479,30 @@ impl HttpMetrics {
             "Downstream HTTP connections open now",
             self.connections.clone(),
         );
+        r.register(
+            "workers",
+            "Worker threads serving HTTP (one runtime, listening socket per listener and backend pool each)",
+            self.workers.clone(),
+        );
+        r.register(
+            "worker_requests",
+            "HTTP requests answered, by worker thread",
+            self.worker_requests.clone(),
+        );
+        r.register(
+            "worker_connections",
+            "Downstream HTTP connections open now, by worker thread",
+            self.worker_connections.clone(),
+        );
+    }
+
+    /// Worker `index`'s handles: its requests counter and its open connections gauge.
+    pub fn worker(&self, index: usize) -> (Counter, Gauge) {
+        let labels = vec![("worker".to_string(), index.to_string())];
+        (
+            self.worker_requests.get_or_create(&labels).clone(),
+            self.worker_connections.get_or_create(&labels).clone(),
+        )
     }
 
     /// Counts one finished request.
