@@ -23,7 +23,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{
+    header::{self, HeaderName},
+    uri::{Authority, PathAndQuery, Scheme},
+    HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version,
+};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -31,10 +35,18 @@ use tracing::{debug, info};
 
 use super::{
     filters::{modify_headers, redirect_location, rewrite_path},
-    route_table::{normalize_host, pick_backend, RequestInfo, RouteTable},
+    pool::Wire,
+    route_table::{normalize_host, pick_backend, RequestInfo},
+    series::WorkerTable,
     worker::WorkerContext,
 };
-use crate::ir::{HttpFilter, Mirror};
+use crate::{
+    admin::metrics::RequestSeries,
+    ir::{HeaderModifier, HttpFilter, HttpRule, Mirror},
+};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Bodies in and out of the proxy.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -140,58 +152,85 @@ fn as_grpc(response: &Response<ProxyBody>) -> Response<ProxyBody> {
     r
 }
 
-/// What the access log and metrics record of one request.
-struct Outcome {
-    listener: String,
-    route: String,
-    backend: String,
+/// What the access log and metrics record of one request: the series it is counted in (which also names its
+/// listener, route and backend) and the answer.
+struct Outcome<'t> {
+    series: &'t RequestSeries,
     response: Response<ProxyBody>,
+}
+
+/// The Host a request is routed by: HTTP/2's `:authority`, else the `Host` header (both cheap to keep: they
+/// share the request's buffers).
+enum Host {
+    Authority(Authority),
+    Header(HeaderValue),
+    Missing,
+}
+
+impl Host {
+    fn of(parts: &http::request::Parts) -> Self {
+        if let Some(a) = parts.uri.authority() {
+            return Host::Authority(a.clone());
+        }
+        match parts.headers.get(header::HOST) {
+            Some(v) if v.to_str().is_ok() => Host::Header(v.clone()),
+            _ => Host::Missing,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Host::Authority(a) => a.as_str(),
+            Host::Header(v) => v.to_str().unwrap_or_default(),
+            Host::Missing => "",
+        }
+    }
 }
 
 /// Answers one request on the worker `context` belongs to: routed by `table`, counted, logged.
 pub async fn handle(
-    table: &RouteTable,
+    table: &WorkerTable,
     context: &WorkerContext,
     req: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let version = req.version();
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let path = req.uri().path().to_string();
-    let grpc = is_grpc(req.headers());
-    let mut outcome = route(table, context, req, &host, peer, start, tls).await;
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let version = parts.version;
+    let host = Host::of(&parts);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let grpc = is_grpc(&parts.headers);
+    let mut outcome = route(
+        table,
+        context,
+        parts,
+        body,
+        &host,
+        &path_and_query,
+        peer,
+        start,
+        tls,
+    )
+    .await;
     let status = outcome.response.status().as_u16();
     let elapsed = start.elapsed();
     context.requests.inc();
-    context.metrics.request(
-        &outcome.listener,
-        &outcome.route,
-        &outcome.backend,
-        status,
-        elapsed.as_secs_f64(),
-    );
+    outcome.series.record(status, elapsed.as_secs_f64());
     info!(
         target: "access",
         client = %peer,
-        listener = %outcome.listener,
-        route = %outcome.route,
-        backend = %outcome.backend,
+        listener = %outcome.series.listener,
+        route = %outcome.series.route,
+        backend = %outcome.series.backend,
         method = %method,
-        host = %host,
-        path = %path,
+        host = %host.as_str(),
+        path = %path_and_query.path(),
         protocol = ?version,
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -202,26 +241,30 @@ pub async fn handle(
     outcome.response
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the ones proxies agree on), never forwarded.
+fn hop_by_hop() -> [HeaderName; 7] {
+    [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ]
+}
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<String> = headers
+    // Headers the Connection header lists are hop-by-hop too (rare: checked only when it names any).
+    let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
-        headers.remove(name.as_str());
+    for name in hop_by_hop().iter().chain(&listed) {
+        headers.remove(name);
     }
     if headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
@@ -229,69 +272,64 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn route(
-    table: &RouteTable,
+async fn route<'t>(
+    table: &'t WorkerTable,
     context: &WorkerContext,
-    req: Request<Incoming>,
-    host: &str,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    host: &Host,
+    path_and_query: &PathAndQuery,
     peer: SocketAddr,
     arrived: Instant,
     tls: bool,
-) -> Outcome {
-    let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
-    let query = parts.uri.query().map(str::to_string);
+) -> Outcome<'t> {
+    let path = path_and_query.path();
+    let query = path_and_query.query();
     let info = RequestInfo {
-        host,
-        path: &path,
-        query: query.as_deref(),
+        host: host.as_str(),
+        path,
+        query,
         method: parts.method.as_str(),
         headers: &parts.headers,
     };
-    let listener = table
-        .listener(host)
-        .map(|l| l.name.clone())
-        .unwrap_or_default();
-    let Some(m) = table.lookup(&info) else {
+    let (listener, matched) = table.routes.resolve(&info);
+    let Some(m) = matched else {
+        let series = match listener {
+            Some(l) => table.series.unmatched(l),
+            None => table.series.no_listener(),
+        };
         return Outcome {
-            listener,
-            route: String::new(),
-            backend: String::new(),
+            series,
             response: full(StatusCode::NOT_FOUND, "no route\n"),
         };
     };
-    let rule = m.rule.clone();
+    let rule: &'t HttpRule = m.rule;
     let turn = m.next_turn();
-    let route_info = m.route.clone();
-    let path_match = m.path_match.clone();
+    let route_info = m.route;
+    let path_match = m.path_match;
     let listener_port = m.listener.port;
-    let outcome = |backend: String, response| Outcome {
-        listener: listener.clone(),
-        route: route_info.name.clone(),
-        backend,
-        response,
-    };
+    let rule_series = table.series.rule(&m);
 
-    let mut new_host: Option<String> = None;
-    let mut new_path = path.clone();
-    let mut response_mods = Vec::new();
-    let mut mirrors: Vec<Mirror> = Vec::new();
+    let mut new_host: Option<&str> = None;
+    let mut new_path: Option<String> = None;
+    let mut response_mods: Vec<&HeaderModifier> = Vec::new();
+    let mut mirrors: Vec<&Mirror> = Vec::new();
     let mut apply =
-        |filters: &[HttpFilter], parts: &mut http::request::Parts| -> Option<Response<ProxyBody>> {
+        |filters: &'t [HttpFilter], headers: &mut HeaderMap| -> Option<Response<ProxyBody>> {
             for f in filters {
                 match f {
-                    HttpFilter::RequestHeaderModifier(h) => modify_headers(h, &mut parts.headers),
-                    HttpFilter::ResponseHeaderModifier(h) => response_mods.push(h.clone()),
+                    HttpFilter::RequestHeaderModifier(h) => modify_headers(h, headers),
+                    HttpFilter::ResponseHeaderModifier(h) => response_mods.push(h),
                     HttpFilter::RequestRedirect(r) => {
                         let scheme = if tls { "https" } else { "http" };
                         let location = redirect_location(
                             r,
                             scheme,
-                            &normalize_host(host),
+                            &normalize_host(host.as_str()),
                             listener_port,
-                            &path,
-                            query.as_deref(),
-                            &path_match,
+                            path,
+                            query,
+                            path_match,
                         );
                         let mut resp = full(
                             StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::FOUND),
@@ -304,92 +342,102 @@ async fn route(
                     }
                     HttpFilter::UrlRewrite(u) => {
                         if let Some(h) = &u.hostname {
-                            new_host = Some(h.clone());
+                            new_host = Some(h);
                         }
                         if let Some(p) = &u.path {
-                            new_path = rewrite_path(p, &path, &path_match);
+                            new_path = Some(rewrite_path(p, path, path_match));
                         }
                     }
-                    HttpFilter::RequestMirror(mirror) => mirrors.push(mirror.clone()),
+                    HttpFilter::RequestMirror(mirror) => mirrors.push(mirror),
                 }
             }
             None
         };
-    if let Some(resp) = apply(&rule.filters, &mut parts) {
-        return outcome(String::new(), resp);
+    if let Some(resp) = apply(&rule.filters, &mut parts.headers) {
+        return Outcome {
+            series: &rule_series.no_backend,
+            response: resp,
+        };
     }
-    let Some(chosen) = pick_backend(&rule.backends, turn) else {
-        return outcome(
-            String::new(),
-            full(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n"),
-        );
+    let Some((backend_index, chosen)) = pick_backend(&rule.backends, turn) else {
+        return Outcome {
+            series: &rule_series.no_backend,
+            response: full(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n"),
+        };
     };
-    let backend_name = chosen.backend.name.clone();
+    let series = &rule_series.backends[backend_index];
+    let outcome = |response| Outcome { series, response };
     if !chosen.backend.valid {
-        return outcome(
-            backend_name,
-            full(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend\n"),
-        );
+        return outcome(full(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend\n"));
     }
     if chosen.backend.endpoints.is_empty() {
-        return outcome(
-            backend_name,
-            full(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint\n"),
-        );
+        return outcome(full(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint\n"));
     }
-    if let Some(resp) = apply(&chosen.filters, &mut parts) {
-        return outcome(backend_name, resp);
+    if let Some(resp) = apply(&chosen.filters, &mut parts.headers) {
+        return outcome(resp);
     }
     let endpoint = chosen.backend.endpoints[fastrand::usize(..chosen.backend.endpoints.len())];
 
     // The request towards the backend.
-    let host_header = match &new_host {
-        Some(h) => h.clone(),
-        None => host.to_string(),
-    };
     // An HTTP/1.1 upgrade (WebSocket): the client's half of the future tunnel, and the protocol asked for.
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let upgrade = upgrade_protocol(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(&host_header) {
+    let host_header = match (new_host, host) {
+        (Some(h), _) => HeaderValue::from_str(h).ok(),
+        (None, Host::Header(v)) => Some(v.clone()),
+        (None, Host::Authority(a)) => HeaderValue::from_str(a.as_str()).ok(),
+        (None, Host::Missing) => Some(HeaderValue::from_static("")),
+    };
+    if let Some(v) = host_header {
         parts.headers.insert(header::HOST, v);
     }
     let forwarded_for = match parts
         .headers
-        .get("x-forwarded-for")
+        .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())),
+        None => HeaderValue::from_str(&peer.ip().to_string()),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", v);
+    if let Ok(v) = forwarded_for {
+        parts.headers.insert(X_FORWARDED_FOR, v);
     }
     parts.headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    let path_and_query = match &query {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path.clone(),
+    // The original path and query (shared with the request) unless a filter rewrote the path.
+    let path_and_query = match &new_path {
+        None => Some(path_and_query.clone()),
+        Some(p) => match query {
+            Some(q) => PathAndQuery::try_from(format!("{p}?{q}")).ok(),
+            None => PathAndQuery::try_from(p.as_str()).ok(),
+        },
     };
     let grpc = route_info.grpc;
-    let (client, version) = context.client(grpc, chosen.backend.protocol);
+    let (wire, version) = WorkerContext::wire(grpc, chosen.backend.protocol);
     // `timeouts.request` counts from the request's arrival (mirror buffering included); `backendRequest` from
     // the moment the request is sent, below.
     let request_deadline = rule
         .request_timeout_ms
         .map(|ms| tokio::time::Instant::from_std(arrived + Duration::from_millis(ms)));
-    let timed_out = || {
-        outcome(
-            backend_name.clone(),
-            full(StatusCode::GATEWAY_TIMEOUT, "request timeout\n"),
-        )
+    let timed_out = || outcome(full(StatusCode::GATEWAY_TIMEOUT, "request timeout\n"));
+    // HTTP/1.1 requests name the path only (origin form); HTTP/2 ones the endpoint too (`:authority`).
+    let uri = |addr: SocketAddr, wire: Wire| -> Option<Uri> {
+        let path_and_query = path_and_query.clone()?;
+        match wire {
+            Wire::Http1 => Some(Uri::from(path_and_query)),
+            Wire::H2c => Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(addr.to_string())
+                .path_and_query(path_and_query)
+                .build()
+                .ok(),
+        }
     };
-    let uri =
-        |addr: SocketAddr| -> Option<Uri> { format!("http://{addr}{path_and_query}").parse().ok() };
-    let Some(target) = uri(endpoint) else {
-        return outcome(backend_name, full(StatusCode::BAD_REQUEST, "bad path\n"));
+    let Some(target) = uri(endpoint, wire) else {
+        return outcome(full(StatusCode::BAD_REQUEST, "bad path\n"));
     };
 
     let body: ProxyBody = if mirrors.is_empty() {
@@ -415,18 +463,20 @@ async fn route(
                     }
                     let ep =
                         mirror.backend.endpoints[fastrand::usize(..mirror.backend.endpoints.len())];
-                    let Some(mirror_uri) = uri(ep) else { continue };
-                    let (client, version) = context.client(grpc, mirror.backend.protocol);
+                    let (mirror_wire, version) = WorkerContext::wire(grpc, mirror.backend.protocol);
+                    let Some(mirror_uri) = uri(ep, mirror_wire) else {
+                        continue;
+                    };
                     let mut copy =
                         Request::new(Full::new(bytes.clone()).map_err(|e| match e {}).boxed());
                     *copy.method_mut() = parts.method.clone();
                     *copy.uri_mut() = mirror_uri;
                     *copy.version_mut() = version;
                     *copy.headers_mut() = parts.headers.clone();
-                    let client = client.clone();
+                    let pool = context.pool.clone();
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                            if let Ok(resp) = client.request(copy).await {
+                            if let Ok(resp) = pool.send(ep, mirror_wire, copy).await {
                                 let _ = resp.into_body().collect().await;
                             }
                         })
@@ -436,13 +486,10 @@ async fn route(
                 Full::new(bytes).map_err(|e| match e {}).boxed()
             }
             Err(_) => {
-                return outcome(
-                    backend_name,
-                    full(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body too large to mirror\n",
-                    ),
-                )
+                return outcome(full(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large to mirror\n",
+                ))
             }
         }
     };
@@ -458,7 +505,7 @@ async fn route(
     parts.uri = target;
     parts.version = version;
     let outbound = Request::from_parts(parts, body);
-    let send = client.request(outbound);
+    let send = context.pool.send(endpoint, wire, outbound);
     let backend_deadline = rule
         .backend_timeout_ms
         .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
@@ -491,11 +538,11 @@ async fn route(
             Response::from_parts(parts, body)
         }
         Err(e) => {
-            debug!(backend = %backend_name, %endpoint, error = %e, "backend request failed");
+            debug!(backend = %series.backend, %endpoint, error = %e, "backend request failed");
             full(StatusCode::BAD_GATEWAY, "backend unavailable\n")
         }
     };
-    outcome(backend_name, response)
+    outcome(response)
 }
 
 /// The protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` and `Upgrade: <protocol>`).
@@ -513,10 +560,10 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// A backend's 101 answer: the client's and the backend's upgraded connections are joined into one tunnel (a
 /// task of its own, outside the request's timeouts), and the 101 goes to the client with the protocol.
-fn tunnel(
-    mut resp: Response<Incoming>,
+fn tunnel<B>(
+    mut resp: Response<B>,
     client: Option<hyper::upgrade::OnUpgrade>,
-    response_mods: &[crate::ir::HeaderModifier],
+    response_mods: &[&HeaderModifier],
 ) -> Response<ProxyBody> {
     let Some(client) = client else {
         return full(

@@ -5,8 +5,10 @@
 //! - [`filters`]: pure filter logic (header modifiers, redirect locations, path rewrites);
 //! - [`proxy`]: the agent's handle — listeners opened and closed on every worker, tables and certificates
 //!   swapped, drain;
-//! - [`worker`]: the worker threads — a current-thread runtime each, `SO_REUSEPORT` listeners, backend pools,
-//!   accept loops and connections;
+//! - [`worker`]: the worker threads — a current-thread runtime each, `SO_REUSEPORT` listeners, accept loops
+//!   and connections;
+//! - [`pool`]: a worker's connections to backends (HTTP/1.1 kept alive, h2c multiplexed);
+//! - [`series`]: each route table's metric series, resolved when it is built;
 //! - [`forward`]: one request's life — routing, filters, mirrors, timeouts, the backend call, metrics and the
 //!   access log;
 //! - [`tls`]: HTTPS termination, certificates chosen by SNI.
@@ -14,8 +16,10 @@
 //! The agent owns one [`Proxy`] and calls [`Proxy::update`] with every new IR and [`Proxy::drain`] on shutdown.
 pub mod filters;
 pub mod forward;
+pub mod pool;
 pub mod proxy;
 pub mod route_table;
+pub mod series;
 pub mod tls;
 pub mod worker;
 

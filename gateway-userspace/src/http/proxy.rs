@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use super::{
     route_table::{ListenerRoutes, RouteTable},
+    series::WorkerTable,
     tls::{self, CertTable},
     worker::{self, Worker},
 };
@@ -83,7 +84,7 @@ pub fn default_workers() -> usize {
 /// One (address, port) served on every worker.
 struct Listening {
     /// Each worker's table, in worker order.
-    tables: Vec<Arc<ArcSwap<RouteTable>>>,
+    tables: Vec<Arc<ArcSwap<WorkerTable>>>,
     certs: Option<Arc<ArcSwap<CertTable>>>,
     /// Each worker's accept loop; aborting one closes that worker's listening socket.
     accept: Vec<JoinHandle<()>>,
@@ -105,6 +106,7 @@ pub struct Proxy {
     workers: Vec<Worker>,
     shutdown: watch::Sender<bool>,
     local: Claim,
+    metrics: HttpMetrics,
 }
 
 impl Proxy {
@@ -127,6 +129,7 @@ impl Proxy {
             workers,
             shutdown,
             local,
+            metrics,
         })
     }
 
@@ -169,8 +172,11 @@ impl Proxy {
             let tls = listeners.iter().any(|(_, _, h)| h.tls);
             // Every worker gets a table of its own (its own weighted-round-robin positions and reference
             // counts, touched by its thread only); problems are reported once.
-            let tables: Vec<Arc<RouteTable>> = (0..self.workers.len())
-                .map(|worker| Arc::new(route_table(listeners, worker == 0)))
+            let tables: Vec<Arc<WorkerTable>> = (0..self.workers.len())
+                .map(|worker| {
+                    let routes = route_table(listeners, worker == 0);
+                    Arc::new(WorkerTable::new(routes, &self.metrics))
+                })
                 .collect();
             let mut certs = Vec::new();
             for (name, _, http) in listeners {

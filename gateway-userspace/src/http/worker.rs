@@ -21,7 +21,6 @@ use std::{
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
@@ -36,17 +35,20 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    forward::{handle, ProxyBody},
+    forward::handle,
+    pool::{Pool, Wire},
     proxy::{HttpProxyError, Settings},
-    route_table::RouteTable,
+    series::WorkerTable,
 };
 use crate::{admin::metrics::HttpMetrics, ir::BackendProtocol};
 
 /// What every connection of one worker shares: the worker's backend clients (so pooled connections are used
 /// by the thread that opened them), its metric handles and the shutdown signal.
 pub struct WorkerContext {
-    http1: Client<HttpConnector, ProxyBody>,
-    h2c: Client<HttpConnector, ProxyBody>,
+    /// This worker's connections to backends.
+    pub pool: Arc<Pool>,
+    /// How downstream connections are served (HTTP/1.1, HTTP/2 or h2c by the first bytes).
+    server: auto::Builder<TokioExecutor>,
     pub metrics: HttpMetrics,
     pub settings: Settings,
     /// `gateway_http_worker_requests_total{worker}`: requests this worker answered.
@@ -65,20 +67,10 @@ impl WorkerContext {
         metrics: HttpMetrics,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .build(connector.clone());
-        let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .http2_only(true)
-            .build(connector);
         let (requests, open) = metrics.worker(index);
         Self {
-            http1,
-            h2c,
+            pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
+            server: auto::Builder::new(TokioExecutor::new()),
             metrics,
             settings,
             requests,
@@ -88,16 +80,12 @@ impl WorkerContext {
         }
     }
 
-    /// The pooled client and HTTP version for a backend: h2c for gRPC and for `kubernetes.io/h2c` ports.
-    pub fn client(
-        &self,
-        grpc: bool,
-        protocol: BackendProtocol,
-    ) -> (&Client<HttpConnector, ProxyBody>, http::Version) {
+    /// How a backend is spoken to: h2c for gRPC and for `kubernetes.io/h2c` ports, HTTP/1.1 otherwise.
+    pub fn wire(grpc: bool, protocol: BackendProtocol) -> (Wire, http::Version) {
         if grpc || protocol == BackendProtocol::H2c {
-            (&self.h2c, http::Version::HTTP_2)
+            (Wire::H2c, http::Version::HTTP_2)
         } else {
-            (&self.http1, http::Version::HTTP_11)
+            (Wire::Http1, http::Version::HTTP_11)
         }
     }
 }
@@ -134,10 +122,20 @@ impl Worker {
                         return;
                     }
                 };
-                let context = {
-                    let _in_runtime = runtime.enter();
-                    Arc::new(WorkerContext::new(index, settings, metrics, shutdown))
-                };
+                let context = Arc::new(WorkerContext::new(index, settings, metrics, shutdown));
+                // Idle backend connections are closed after the idle timeout even when no request comes.
+                let pool = Arc::downgrade(&context.pool);
+                let every = (context.settings.pool_idle_timeout / 2).max(Duration::from_secs(1));
+                runtime.spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        match pool.upgrade() {
+                            Some(pool) => pool.sweep(),
+                            None => break,
+                        }
+                    }
+                });
                 if started
                     .send(Ok((runtime.handle().clone(), context)))
                     .is_err()
@@ -169,7 +167,7 @@ impl Worker {
     pub fn listen(
         &self,
         listener: std::net::TcpListener,
-        routes: Arc<ArcSwap<RouteTable>>,
+        routes: Arc<ArcSwap<WorkerTable>>,
         acceptor: Option<tokio_rustls::TlsAcceptor>,
     ) -> JoinHandle<()> {
         let context = self.context.clone();
@@ -219,7 +217,7 @@ pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, HttpProxyError
 
 async fn accept_loop(
     listener: TcpListener,
-    routes: Arc<ArcSwap<RouteTable>>,
+    routes: Arc<ArcSwap<WorkerTable>>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     context: Arc<WorkerContext>,
 ) {
@@ -263,7 +261,7 @@ async fn accept_loop(
 
 async fn serve_connection<I>(
     io: I,
-    routes: Arc<ArcSwap<RouteTable>>,
+    routes: Arc<ArcSwap<WorkerTable>>,
     context: Arc<WorkerContext>,
     peer: SocketAddr,
     tls: bool,
@@ -278,8 +276,9 @@ async fn serve_connection<I>(
         let context = service_context.clone();
         async move { Ok::<_, Infallible>(handle(&table, &context, req, peer, tls).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = context
+        .server
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     if *shutdown.borrow() {
         conn.as_mut().graceful_shutdown();
