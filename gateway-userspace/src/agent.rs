@@ -116,6 +116,8 @@ pub struct AgentOptions {
     pub translate: translate::TranslateOptions,
     /// Limits of the TLS passthrough proxy.
     pub passthrough: passthrough::Settings,
+    /// The HTTP proxy's worker threads, limits and timeouts.
+    pub http: http::Settings,
 }
 
 /// Errors that stop the agent.
@@ -127,6 +129,8 @@ pub enum AgentError {
     Admin(#[from] AdminError),
     #[error("configuration provider: {0}")]
     Provider(String),
+    #[error(transparent)]
+    Http(#[from] http::HttpProxyError),
 }
 
 /// Runs until `shutdown` completes. Pinned maps and links stay in place on exit, so forwarding and established
@@ -179,11 +183,12 @@ pub async fn run(
         state.metrics.passthrough.clone(),
         local.clone().into(),
     );
+    // HTTP runs on worker threads of its own (thread per core), not on this runtime.
     let http = http::Proxy::new(
-        http::Settings::default(),
+        options.http.clone(),
         state.metrics.http.clone(),
         local.claim("http"),
-    );
+    )?;
     let mut agent = Agent {
         dataplane,
         passthrough,

@@ -86,6 +86,11 @@ struct RunArgs {
     /// Idle timeout of UDP flows, in seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     udp_idle_timeout: u64,
+    /// Worker threads serving HTTP/HTTPS listeners, each with its own runtime, listening socket per listener
+    /// (SO_REUSEPORT) and backend connection pool, so a request never crosses threads. Default: one per CPU
+    /// the agent may run on.
+    #[arg(long, env = "GATEWAY_HTTP_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    http_workers: Option<u16>,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -256,7 +261,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // The kernel path's handshake spans the ClientHello and the backend connection.
     let kernel_handshake_timeout = passthrough.handshake_timeout + passthrough.connect_timeout;
+    let http = gateway_userspace::http::Settings {
+        workers: args
+            .http_workers
+            .map_or_else(gateway_userspace::http::proxy::default_workers, usize::from),
+        ..Default::default()
+    };
     let options = AgentOptions {
+        http,
         passthrough,
         provider,
         admin: args.admin,

@@ -250,7 +250,20 @@ pub fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<HttpResponse> {
+    http_request_within(addr, method, host, path, headers, IO_TIMEOUT)
+}
+
+/// [`http_request`] waiting up to `timeout` for each read (for requests answered slowly on purpose).
+pub fn http_request_within(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<HttpResponse> {
     let mut s = connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));

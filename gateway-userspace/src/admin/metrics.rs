@@ -1,7 +1,9 @@
 //! Prometheus metrics of the agent and of the kernel data plane, encoded with prometheus-client.
+use std::sync::OnceLock;
+
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -363,12 +365,12 @@ pub struct PassthroughMetrics {
     pub kernel_pending: Gauge,
     pub kernel_long_captures: Gauge,
     /// Time from accept to a complete ClientHello (routed or not), in seconds.
-    pub clienthello_duration: prometheus_client::metrics::histogram::Histogram,
+    pub clienthello_duration: Histogram,
 }
 
 impl Default for PassthroughMetrics {
     fn default() -> Self {
-        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+        use prometheus_client::metrics::histogram::exponential_buckets;
         Self {
             connections: Family::default(),
             bytes: Family::default(),
@@ -451,14 +453,59 @@ pub struct HttpMetrics {
     /// was picked) and `code` class (`2xx`, `4xx`, ...).
     pub requests: Family<Labels, Counter>,
     /// Request duration until the response head, in seconds, by `route` and `code` class.
-    pub duration: Family<Labels, prometheus_client::metrics::histogram::Histogram>,
+    pub duration: Family<Labels, Histogram>,
     /// Downstream connections open now.
     pub connections: Gauge,
+    /// Worker threads serving HTTP.
+    pub workers: Gauge,
+    /// Requests answered, by `worker` (the thread that accepted the connection and served it).
+    pub worker_requests: Family<Labels, Counter>,
+    /// Downstream connections open now, by `worker`.
+    pub worker_connections: Family<Labels, Gauge>,
+}
+
+/// The series requests of one (listener, route, backend) are counted in: made when a route table is built, with
+/// each status class's handles resolved on first use (a class never seen adds no series) and kept, so counting a
+/// request allocates nothing and hashes no label. Empty names stand for "none" (no listener, route or backend).
+pub struct RequestSeries {
+    metrics: HttpMetrics,
+    pub listener: String,
+    pub route: String,
+    pub backend: String,
+    /// By status class: index 1 is `1xx`, … 9 is `9xx`.
+    classes: [OnceLock<(Counter, Histogram)>; 10],
+}
+
+impl RequestSeries {
+    pub fn new(metrics: &HttpMetrics, listener: &str, route: &str, backend: &str) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            listener: listener.to_string(),
+            route: route.to_string(),
+            backend: backend.to_string(),
+            classes: Default::default(),
+        }
+    }
+
+    /// Counts one finished request with its status and duration.
+    pub fn record(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).min(9);
+        let (requests, duration) = self.classes[class].get_or_init(|| {
+            self.metrics.request_handles(
+                &self.listener,
+                &self.route,
+                &self.backend,
+                &format!("{class}xx"),
+            )
+        });
+        requests.inc();
+        duration.observe(seconds);
+    }
 }
 
 impl Default for HttpMetrics {
     fn default() -> Self {
-        use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+        use prometheus_client::metrics::histogram::exponential_buckets;
         Self {
             requests: Family::default(),
             // 100 µs .. ~26 s
@@ -466,6 +513,9 @@ impl Default for HttpMetrics {
                 Histogram::new(exponential_buckets(0.0001, 4.0, 10))
             }),
             connections: Gauge::default(),
+            workers: Gauge::default(),
+            worker_requests: Family::default(),
+            worker_connections: Family::default(),
         }
     }
 }
@@ -488,22 +538,51 @@ impl HttpMetrics {
             "Downstream HTTP connections open now",
             self.connections.clone(),
         );
+        r.register(
+            "workers",
+            "Worker threads serving HTTP (one runtime, listening socket per listener and backend pool each)",
+            self.workers.clone(),
+        );
+        r.register(
+            "worker_requests",
+            "HTTP requests answered, by worker thread",
+            self.worker_requests.clone(),
+        );
+        r.register(
+            "worker_connections",
+            "Downstream HTTP connections open now, by worker thread",
+            self.worker_connections.clone(),
+        );
     }
 
-    /// Counts one finished request.
-    pub fn request(&self, listener: &str, route: &str, backend: &str, status: u16, seconds: f64) {
-        let class = format!("{}xx", status / 100);
+    /// Worker `index`'s handles: its requests counter and its open connections gauge.
+    pub fn worker(&self, index: usize) -> (Counter, Gauge) {
+        let labels = vec![("worker".to_string(), index.to_string())];
+        (
+            self.worker_requests.get_or_create(&labels).clone(),
+            self.worker_connections.get_or_create(&labels).clone(),
+        )
+    }
+
+    /// The request counter and latency histogram of (listener, route, backend) for one status class (`2xx`).
+    fn request_handles(
+        &self,
+        listener: &str,
+        route: &str,
+        backend: &str,
+        class: &str,
+    ) -> (Counter, Histogram) {
         let labels = vec![
             ("listener".to_string(), listener.to_string()),
             ("route".to_string(), route.to_string()),
             ("backend".to_string(), backend.to_string()),
-            ("code".to_string(), class.clone()),
+            ("code".to_string(), class.to_string()),
         ];
-        self.requests.get_or_create(&labels).inc();
+        let requests = self.requests.get_or_create(&labels).clone();
         let labels = vec![
             ("route".to_string(), route.to_string()),
-            ("code".to_string(), class),
+            ("code".to_string(), class.to_string()),
         ];
-        self.duration.get_or_create(&labels).observe(seconds);
+        (requests, self.duration.get_or_create(&labels).clone())
     }
 }

@@ -1,80 +1,40 @@
-//! The HTTP/gRPC proxy: one accept task per (Gateway address, port) serving HTTP/1.1, HTTP/2 and h2c (hyper),
-//! HTTPS terminated with rustls (certificate chosen by SNI among the port's listeners), requests routed by the
-//! port's [`RouteTable`] and forwarded over pooled connections.
+//! The HTTP/gRPC proxy as the agent drives it: one listener per (Gateway address, port) serving HTTP/1.1,
+//! HTTP/2 and h2c (hyper), HTTPS terminated with rustls (certificate chosen by SNI among the port's
+//! listeners), requests routed by the port's [`RouteTable`] ([`forward`](super::forward)) and forwarded over
+//! pooled connections.
 //!
-//! A request's life: listener by Host → best rule ([`RouteTable::lookup`]) → rule filters (header modifiers,
-//! redirect, URL rewrite, mirrors) → backend by weighted round robin (invalid: 500; no ready endpoint: 503; no
-//! backendRefs: 500) → backend filters → random ready endpoint → pooled client (h2c for GRPCRoute and for Service ports with
-//! `appProtocol: kubernetes.io/h2c`, HTTP/1.1 otherwise) with the rule's timeouts (504) → response filters. No
-//! route: 404. Every request is counted in [`HttpMetrics`] and logged as JSON-able fields on the tracing target
-//! `access`.
+//! Thread per core: the proxy runs `workers` threads ([`Worker`]), each with its own listening socket per
+//! address (`SO_REUSEPORT`), its own backend pools and its own copy of each route table, so no request crosses
+//! threads. The agent's runtime only opens and closes listeners and swaps tables.
 //!
-//! Timeouts: `timeouts.request` runs from the request's arrival, `timeouts.backendRequest` from the moment it is
-//! sent to the backend; both end when the response is complete. Exceeded before the response headers: 504;
-//! exceeded while the body streams: the response is cut (HTTP/2 stream reset, HTTP/1.1 connection closed).
-//!
-//! HTTP/1.1 upgrades (WebSocket; `appProtocol: kubernetes.io/ws` needs nothing more) pass to HTTP/1.1 backends:
-//! on a 101 the two connections become a byte tunnel in a task of its own (outside timeouts and drain).
-//!
-//! gRPC callers (`content-type: application/grpc…`) get the proxy's own answers as gRPC statuses, as Envoy
-//! sends them: HTTP 200, trailers-only, `grpc-status` 12 UNIMPLEMENTED for no route, 14 UNAVAILABLE for an
-//! invalid or unavailable backend and for timeouts (GRPCRoute: "UNAVAILABLE for invalid backends").
-//!
-//! Tables and certificates are swapped with `arc-swap` by [`Proxy::update`]: a request routes with the table
-//! current when it arrived, connections and in-flight requests are never touched, and a TLS handshake picks the
-//! certificate current at that moment (so certificate changes apply to new connections without dropping old
-//! ones). [`Proxy::drain`] stops accepting, asks every connection to finish gracefully and waits.
+//! Tables and certificates are swapped with `arc-swap` by [`Proxy::update`] (on every worker before it
+//! returns): a request routes with the table current when it arrived, connections and in-flight requests are
+//! never touched, and a TLS handshake picks the certificate current at that moment (so certificate changes
+//! apply to new connections without dropping old ones). [`Proxy::drain`] stops accepting, asks every
+//! connection on every worker to finish gracefully and waits.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    convert::Infallible,
-    future::Future,
     io,
     net::{IpAddr, SocketAddr},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
-use rustls::{
-    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-    server::{ClientHello, ResolvesServerCert},
-    sign::CertifiedKey,
-};
-use socket2::{Domain, Socket, Type};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpListener,
-    sync::watch,
-    task::JoinHandle,
-};
-use tracing::{debug, info, warn};
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{info, warn};
 
 use super::{
-    filters::{modify_headers, redirect_location, rewrite_path},
-    route_table::{normalize_host, pick_backend, ListenerRoutes, RequestInfo, RouteTable},
+    route_table::{ListenerRoutes, RouteTable},
+    series::WorkerTable,
+    tls::{self, CertTable},
+    worker::{self, Worker},
 };
 use crate::{
     admin::metrics::HttpMetrics,
-    ir::{BackendProtocol, HttpFilter, HttpListener, Ir, ListenerKind, Mirror, TlsCertificate},
+    ir::{HttpListener, Ir, ListenerKind},
     local_address::Claim,
-    translate::hostname,
 };
-
-/// Bodies in and out of the proxy.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Errors of the HTTP proxy area.
 #[derive(Debug, thiserror::Error)]
@@ -88,11 +48,15 @@ pub enum HttpProxyError {
     Certificate { secret: String, message: String },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("starting HTTP worker {index}: {source}")]
+    Worker { index: usize, source: io::Error },
 }
 
 /// Limits and timeouts of the HTTP proxy.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Worker threads serving HTTP (each with its own runtime, listening sockets and backend pools).
+    pub workers: usize,
     /// Connecting to a backend endpoint.
     pub connect_timeout: Duration,
     /// Idle pooled connections to backends are closed after this long.
@@ -104,6 +68,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
+            workers: default_workers(),
             connect_timeout: Duration::from_secs(3),
             pool_idle_timeout: Duration::from_secs(60),
             max_mirror_body: 1 << 20,
@@ -111,152 +76,66 @@ impl Default for Settings {
     }
 }
 
-/// What every connection shares.
-struct Shared {
-    http1: Client<HttpConnector, ProxyBody>,
-    h2c: Client<HttpConnector, ProxyBody>,
-    metrics: HttpMetrics,
-    settings: Settings,
-    shutdown: watch::Receiver<bool>,
-    connections: AtomicUsize,
+/// One worker per core the process may run on (cgroup quota and CPU affinity included).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-impl Shared {
-    /// The pooled client and HTTP version for a backend: h2c for gRPC and for `kubernetes.io/h2c` ports.
-    fn client(
-        &self,
-        grpc: bool,
-        protocol: BackendProtocol,
-    ) -> (&Client<HttpConnector, ProxyBody>, Version) {
-        if grpc || protocol == BackendProtocol::H2c {
-            (&self.h2c, Version::HTTP_2)
-        } else {
-            (&self.http1, Version::HTTP_11)
-        }
-    }
-}
-
-/// A response body that fails once `deadline` passes (the request or backend timeout ran out while the body was
-/// still streaming): hyper then resets the stream or closes the connection, so the client never takes a cut
-/// body for a complete one.
-struct DeadlineBody {
-    inner: ProxyBody,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-impl DeadlineBody {
-    fn new(inner: ProxyBody, deadline: tokio::time::Instant) -> Self {
-        Self {
-            inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
-        }
-    }
-}
-
-impl http_body::Body for DeadlineBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
-            return std::task::Poll::Ready(frame);
-        }
-        match self.sleep.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => {
-                std::task::Poll::Ready(Some(Err("timeout while the response body streamed".into())))
-            }
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The certificates of one port's HTTPS listeners, most specific hostname first.
-#[derive(Debug, Default)]
-struct CertTable {
-    entries: Vec<(Option<String>, Arc<CertifiedKey>)>,
-}
-
-#[derive(Debug)]
-struct Resolver(Arc<ArcSwap<CertTable>>);
-
-impl ResolvesServerCert for Resolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let table = self.0.load();
-        match hello.server_name() {
-            Some(sni) => {
-                let sni = sni.to_ascii_lowercase();
-                table
-                    .entries
-                    .iter()
-                    .find(|(h, _)| h.as_deref().is_none_or(|h| hostname::matches(h, &sni)))
-            }
-            None => table
-                .entries
-                .iter()
-                .find(|(h, _)| h.is_none())
-                .or(table.entries.first()),
-        }
-        .map(|(_, key)| key.clone())
-    }
-}
-
-struct Handle {
-    table: Arc<ArcSwap<RouteTable>>,
+/// One (address, port) served on every worker.
+struct Listening {
+    /// Each worker's table, in worker order.
+    tables: Vec<Arc<ArcSwap<WorkerTable>>>,
     certs: Option<Arc<ArcSwap<CertTable>>>,
-    task: JoinHandle<()>,
+    /// Each worker's accept loop; aborting one closes that worker's listening socket.
+    accept: Vec<JoinHandle<()>>,
+}
+
+impl Listening {
+    fn close(&self) {
+        for task in &self.accept {
+            task.abort();
+        }
+    }
 }
 
 /// The agent's HTTP proxy.
 pub struct Proxy {
-    shared: Arc<Shared>,
+    // Dropped after `listeners` (fields drop in order): the accept loops are aborted first, then each worker's
+    // thread is stopped and joined.
+    listeners: HashMap<SocketAddr, Listening>,
+    workers: Vec<Worker>,
     shutdown: watch::Sender<bool>,
-    listeners: HashMap<SocketAddr, Handle>,
     local: Claim,
+    metrics: HttpMetrics,
 }
 
 impl Proxy {
-    /// A proxy with no listeners; Gateway addresses are made local through `local`.
-    pub fn new(settings: Settings, metrics: HttpMetrics, local: Claim) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .build(connector.clone());
-        let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .http2_only(true)
-            .build(connector);
+    /// A proxy with no listeners and `settings.workers` worker threads (at least one); Gateway addresses are
+    /// made local through `local`.
+    pub fn new(
+        settings: Settings,
+        metrics: HttpMetrics,
+        local: Claim,
+    ) -> Result<Self, HttpProxyError> {
         let (shutdown, rx) = watch::channel(false);
-        Self {
-            shared: Arc::new(Shared {
-                http1,
-                h2c,
-                metrics,
-                settings,
-                shutdown: rx,
-                connections: AtomicUsize::new(0),
-            }),
-            shutdown,
+        let count = settings.workers.max(1);
+        metrics.workers.set(count as i64);
+        let workers = (0..count)
+            .map(|index| Worker::start(index, settings.clone(), metrics.clone(), rx.clone()))
+            .collect::<Result<_, _>>()?;
+        info!(workers = count, "HTTP workers started");
+        Ok(Self {
             listeners: HashMap::new(),
+            workers,
+            shutdown,
             local,
-        }
+            metrics,
+        })
     }
 
     /// Serves the HTTP and HTTPS listeners of `ir`: local routes for their addresses, listeners opened and
-    /// closed, tables and certificates swapped. Errors are logged; a listener that failed to bind is retried on
-    /// the next update.
+    /// closed, tables and certificates swapped on every worker. Errors are logged; a listener that failed to
+    /// bind is retried on the next update.
     pub fn update(&mut self, ir: &Ir) {
         let mut wanted: BTreeMap<SocketAddr, Vec<(String, u16, &HttpListener)>> = BTreeMap::new();
         for gateway in &ir.gateways {
@@ -280,68 +159,85 @@ impl Proxy {
         if let Err(e) = self.local.sync(&addresses) {
             warn!(error = %e, "local routes for HTTP listener addresses");
         }
-        self.listeners.retain(|address, handle| {
+        self.listeners.retain(|address, listening| {
             let tls = wanted.get(address).map(|l| l.iter().any(|(_, _, h)| h.tls));
-            let keep = tls.is_some_and(|tls| tls == handle.certs.is_some());
+            let keep = tls.is_some_and(|tls| tls == listening.certs.is_some());
             if !keep {
                 info!(%address, "HTTP listener closed; open connections finish");
-                handle.task.abort();
+                listening.close();
             }
             keep
         });
         for (address, listeners) in &wanted {
             let tls = listeners.iter().any(|(_, _, h)| h.tls);
-            let mut routes = Vec::new();
+            // Every worker gets a table of its own (its own weighted-round-robin positions and reference
+            // counts, touched by its thread only); problems are reported once.
+            let tables: Vec<Arc<WorkerTable>> = (0..self.workers.len())
+                .map(|worker| {
+                    let routes = route_table(listeners, worker == 0);
+                    Arc::new(WorkerTable::new(routes, &self.metrics))
+                })
+                .collect();
             let mut certs = Vec::new();
-            for (name, port, http) in listeners {
-                let (table, errors) = ListenerRoutes::new(name.clone(), *port, http);
-                for e in errors {
-                    warn!(listener = %name, error = %e, "match never matches");
-                }
-                routes.push(table);
+            for (name, _, http) in listeners {
                 for cert in &http.certificates {
-                    match certified_key(cert) {
+                    match tls::certified_key(cert) {
                         Ok(key) => certs.push((http.hostname.clone(), key)),
                         Err(e) => warn!(listener = %name, error = %e, "certificate not served"),
                     }
                 }
             }
-            certs.sort_by(|a, b| {
-                hostname::precedence(a.0.as_deref().unwrap_or("*"))
-                    .cmp(&hostname::precedence(b.0.as_deref().unwrap_or("*")))
-            });
-            let table = Arc::new(RouteTable::new(routes));
-            let cert_table = Arc::new(CertTable { entries: certs });
-            if let Some(handle) = self.listeners.get(address) {
-                handle.table.store(table);
-                if let Some(c) = &handle.certs {
+            let cert_table = Arc::new(CertTable::new(certs));
+            if let Some(listening) = self.listeners.get(address) {
+                for (slot, table) in listening.tables.iter().zip(tables) {
+                    slot.store(table);
+                }
+                if let Some(c) = &listening.certs {
                     c.store(cert_table);
                 }
                 continue;
             }
-            let table = Arc::new(ArcSwap::new(table));
             let certs = tls.then(|| Arc::new(ArcSwap::new(cert_table)));
-            let acceptor = match certs.as_ref().map(|c| tls_acceptor(c.clone())).transpose() {
+            let acceptor = match certs.as_ref().map(|c| tls::acceptor(c.clone())).transpose() {
                 Ok(a) => a,
                 Err(e) => {
                     warn!(%address, error = %e, "HTTPS listener not served");
                     continue;
                 }
             };
-            match bind(*address) {
-                Ok(listener) => {
-                    info!(%address, tls, "HTTP listening");
-                    let task = tokio::spawn(accept_loop(
-                        listener,
-                        table.clone(),
-                        acceptor,
-                        self.shared.clone(),
-                    ));
-                    self.listeners
-                        .insert(*address, Handle { table, certs, task });
+            // Every worker's socket, or none: a port half served would refuse some of its connections.
+            let sockets = match (0..self.workers.len())
+                .map(|_| worker::bind(*address))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "HTTP listener not served");
+                    continue;
                 }
-                Err(e) => warn!(error = %e, "HTTP listener not served"),
-            }
+            };
+            let tables: Vec<_> = tables
+                .into_iter()
+                .map(|t| Arc::new(ArcSwap::new(t)))
+                .collect();
+            let accept = self
+                .workers
+                .iter()
+                .zip(sockets)
+                .zip(&tables)
+                .map(|((worker, socket), table)| {
+                    worker.listen(socket, table.clone(), acceptor.clone())
+                })
+                .collect();
+            info!(%address, tls, workers = self.workers.len(), "HTTP listening");
+            self.listeners.insert(
+                *address,
+                Listening {
+                    tables,
+                    certs,
+                    accept,
+                },
+            );
         }
     }
 
@@ -352,711 +248,49 @@ impl Proxy {
         v
     }
 
-    /// Stops accepting, asks every connection to close after its current requests (HTTP/1.1 `Connection:
-    /// close`, HTTP/2 GOAWAY) and waits until they have, or `timeout` passed.
+    /// Worker threads serving HTTP.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Stops accepting, asks every connection on every worker to close after its current requests (HTTP/1.1
+    /// `Connection: close`, HTTP/2 GOAWAY) and waits until they have, or `timeout` passed.
     pub async fn drain(&mut self, timeout: Duration) {
-        for handle in self.listeners.values() {
-            handle.task.abort();
+        for listening in self.listeners.values() {
+            listening.close();
         }
         let _ = self.shutdown.send(true);
         let deadline = Instant::now() + timeout;
-        while self.shared.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        while self.connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = self.shared.connections.load(Ordering::Relaxed);
-        info!(connections_left = left, "HTTP proxy drained");
+        info!(connections_left = self.connections(), "HTTP proxy drained");
+    }
+
+    fn connections(&self) -> usize {
+        self.workers.iter().map(Worker::connections).sum()
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        for handle in self.listeners.values() {
-            handle.task.abort();
+        for listening in self.listeners.values() {
+            listening.close();
         }
     }
 }
 
-fn certified_key(cert: &TlsCertificate) -> Result<Arc<CertifiedKey>, HttpProxyError> {
-    let secret = format!("{}/{}", cert.secret.namespace, cert.secret.name);
-    let err = |message: String| HttpProxyError::Certificate {
-        secret: secret.clone(),
-        message,
-    };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert.cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(format!("tls.crt: {e}")))?;
-    if chain.is_empty() {
-        return Err(err("tls.crt holds no certificate".into()));
-    }
-    let key =
-        PrivateKeyDer::from_pem_slice(&cert.key_pem).map_err(|e| err(format!("tls.key: {e}")))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| err(format!("tls.key: {e}")))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
-}
-
-fn tls_acceptor(
-    certs: Arc<ArcSwap<CertTable>>,
-) -> Result<tokio_rustls::TlsAcceptor, HttpProxyError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(Resolver(certs)));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Binds to an address that may not be local yet (IP_FREEBIND), so binding never races the local route.
-fn bind(address: SocketAddr) -> Result<TcpListener, HttpProxyError> {
-    let err = |source| HttpProxyError::Bind { address, source };
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(err)?;
-    socket.set_reuse_address(true).map_err(err)?;
-    if address.is_ipv4() {
-        socket.set_freebind_v4(true).map_err(err)?;
-    } else {
-        socket.set_freebind_v6(true).map_err(err)?;
-    }
-    socket.set_nonblocking(true).map_err(err)?;
-    socket.bind(&address.into()).map_err(err)?;
-    socket.listen(1024).map_err(err)?;
-    TcpListener::from_std(socket.into()).map_err(err)
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    table: Arc<ArcSwap<RouteTable>>,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
-) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
-        let table = table.clone();
-        let shared = shared.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            shared.connections.fetch_add(1, Ordering::Relaxed);
-            shared.metrics.connections.inc();
-            match acceptor {
-                None => serve_connection(stream, table, shared.clone(), peer, local, false).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
-                            serve_connection(tls, table, shared.clone(), peer, local, true).await
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
-            shared.metrics.connections.dec();
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-}
-
-async fn serve_connection<I>(
-    io: I,
-    table: Arc<ArcSwap<RouteTable>>,
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    local: SocketAddr,
-    tls: bool,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut shutdown = shared.shutdown.clone();
-    let service_shared = shared.clone();
-    let service = service_fn(move |req| {
-        let table = table.load_full();
-        let shared = service_shared.clone();
-        async move { Ok::<_, Infallible>(handle(&table, &shared, req, peer, local, tls).await) }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    if *shutdown.borrow() {
-        conn.as_mut().graceful_shutdown();
-    }
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "HTTP connection ended with an error");
-            }
-            return;
-        }
-        _ = shutdown.wait_for(|s| *s) => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
-}
-
-/// Marks a response the proxy made itself (not a backend's), so gRPC callers get it as a gRPC status.
-#[derive(Clone, Copy, Debug)]
-struct LocalReply;
-
-fn full(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut r = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r.extensions_mut().insert(LocalReply);
-    r
-}
-
-/// Whether a request is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`, …).
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.strip_prefix("application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
-        })
-}
-
-/// The gRPC status for one of the proxy's own HTTP answers (Envoy's mapping; invalid backends are UNAVAILABLE
-/// as GRPCRoute requires).
-fn grpc_status(status: StatusCode) -> (u8, &'static str) {
-    match status.as_u16() {
-        404 => (12, "no route"),
-        500 | 502 | 503 => (14, "backend unavailable"),
-        504 => (14, "upstream request timeout"),
-        400 => (13, "bad request"),
-        413 => (8, "request too large"),
-        _ => (2, "unknown"),
-    }
-}
-
-/// A trailers-only gRPC response carrying the status for one of the proxy's own HTTP answers.
-fn as_grpc(response: &Response<ProxyBody>) -> Response<ProxyBody> {
-    let (code, message) = grpc_status(response.status());
-    let mut r = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
-    h.insert("grpc-message", HeaderValue::from_static(message));
-    r
-}
-
-/// What the access log and metrics record of one request.
-struct Outcome {
-    listener: String,
-    route: String,
-    backend: String,
-    response: Response<ProxyBody>,
-}
-
-async fn handle(
-    table: &RouteTable,
-    shared: &Shared,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    local: SocketAddr,
-    tls: bool,
-) -> Response<ProxyBody> {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let version = req.version();
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let path = req.uri().path().to_string();
-    let grpc = is_grpc(req.headers());
-    let mut outcome = route(table, shared, req, &host, peer, start, tls).await;
-    let _ = local;
-    let status = outcome.response.status().as_u16();
-    let elapsed = start.elapsed();
-    shared.metrics.request(
-        &outcome.listener,
-        &outcome.route,
-        &outcome.backend,
-        status,
-        elapsed.as_secs_f64(),
-    );
-    info!(
-        target: "access",
-        client = %peer,
-        listener = %outcome.listener,
-        route = %outcome.route,
-        backend = %outcome.backend,
-        method = %method,
-        host = %host,
-        path = %path,
-        protocol = ?version,
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-    );
-    if grpc && outcome.response.extensions().get::<LocalReply>().is_some() {
-        outcome.response = as_grpc(&outcome.response);
-    }
-    outcome.response
-}
-
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
+/// The route table of one (address, port) from its listeners; `report` logs matches that never match.
+fn route_table(listeners: &[(String, u16, &HttpListener)], report: bool) -> RouteTable {
+    let routes = listeners
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .map(|(name, port, http)| {
+            let (table, errors) = ListenerRoutes::new(name.clone(), *port, http);
+            for e in errors.iter().filter(|_| report) {
+                warn!(listener = %name, error = %e, "match never matches");
+            }
+            table
+        })
         .collect();
-    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
-        headers.remove(name.as_str());
-    }
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(header::TE);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn route(
-    table: &RouteTable,
-    shared: &Shared,
-    req: Request<Incoming>,
-    host: &str,
-    peer: SocketAddr,
-    arrived: Instant,
-    tls: bool,
-) -> Outcome {
-    let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
-    let query = parts.uri.query().map(str::to_string);
-    let info = RequestInfo {
-        host,
-        path: &path,
-        query: query.as_deref(),
-        method: parts.method.as_str(),
-        headers: &parts.headers,
-    };
-    let listener = table
-        .listener(host)
-        .map(|l| l.name.clone())
-        .unwrap_or_default();
-    let Some(m) = table.lookup(&info) else {
-        return Outcome {
-            listener,
-            route: String::new(),
-            backend: String::new(),
-            response: full(StatusCode::NOT_FOUND, "no route\n"),
-        };
-    };
-    let rule = m.rule.clone();
-    let turn = m.next_turn();
-    let route_info = m.route.clone();
-    let path_match = m.path_match.clone();
-    let listener_port = m.listener.port;
-    let outcome = |backend: String, response| Outcome {
-        listener: listener.clone(),
-        route: route_info.name.clone(),
-        backend,
-        response,
-    };
-
-    let mut new_host: Option<String> = None;
-    let mut new_path = path.clone();
-    let mut response_mods = Vec::new();
-    let mut mirrors: Vec<Mirror> = Vec::new();
-    let mut apply =
-        |filters: &[HttpFilter], parts: &mut http::request::Parts| -> Option<Response<ProxyBody>> {
-            for f in filters {
-                match f {
-                    HttpFilter::RequestHeaderModifier(h) => modify_headers(h, &mut parts.headers),
-                    HttpFilter::ResponseHeaderModifier(h) => response_mods.push(h.clone()),
-                    HttpFilter::RequestRedirect(r) => {
-                        let scheme = if tls { "https" } else { "http" };
-                        let location = redirect_location(
-                            r,
-                            scheme,
-                            &normalize_host(host),
-                            listener_port,
-                            &path,
-                            query.as_deref(),
-                            &path_match,
-                        );
-                        let mut resp = full(
-                            StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::FOUND),
-                            "",
-                        );
-                        if let Ok(v) = HeaderValue::from_str(&location) {
-                            resp.headers_mut().insert(header::LOCATION, v);
-                        }
-                        return Some(resp);
-                    }
-                    HttpFilter::UrlRewrite(u) => {
-                        if let Some(h) = &u.hostname {
-                            new_host = Some(h.clone());
-                        }
-                        if let Some(p) = &u.path {
-                            new_path = rewrite_path(p, &path, &path_match);
-                        }
-                    }
-                    HttpFilter::RequestMirror(mirror) => mirrors.push(mirror.clone()),
-                }
-            }
-            None
-        };
-    if let Some(resp) = apply(&rule.filters, &mut parts) {
-        return outcome(String::new(), resp);
-    }
-    let Some(chosen) = pick_backend(&rule.backends, turn) else {
-        return outcome(
-            String::new(),
-            full(StatusCode::INTERNAL_SERVER_ERROR, "no backend\n"),
-        );
-    };
-    let backend_name = chosen.backend.name.clone();
-    if !chosen.backend.valid {
-        return outcome(
-            backend_name,
-            full(StatusCode::INTERNAL_SERVER_ERROR, "invalid backend\n"),
-        );
-    }
-    if chosen.backend.endpoints.is_empty() {
-        return outcome(
-            backend_name,
-            full(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint\n"),
-        );
-    }
-    if let Some(resp) = apply(&chosen.filters, &mut parts) {
-        return outcome(backend_name, resp);
-    }
-    let endpoint = chosen.backend.endpoints[fastrand::usize(..chosen.backend.endpoints.len())];
-
-    // The request towards the backend.
-    let host_header = match &new_host {
-        Some(h) => h.clone(),
-        None => host.to_string(),
-    };
-    // An HTTP/1.1 upgrade (WebSocket): the client's half of the future tunnel, and the protocol asked for.
-    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    let upgrade = upgrade_protocol(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
-    if let Ok(v) = HeaderValue::from_str(&host_header) {
-        parts.headers.insert(header::HOST, v);
-    }
-    let forwarded_for = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", v);
-    }
-    parts.headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    let path_and_query = match &query {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path.clone(),
-    };
-    let grpc = route_info.grpc;
-    let (client, version) = shared.client(grpc, chosen.backend.protocol);
-    // `timeouts.request` counts from the request's arrival (mirror buffering included); `backendRequest` from
-    // the moment the request is sent, below.
-    let request_deadline = rule
-        .request_timeout_ms
-        .map(|ms| tokio::time::Instant::from_std(arrived + Duration::from_millis(ms)));
-    let timed_out = || {
-        outcome(
-            backend_name.clone(),
-            full(StatusCode::GATEWAY_TIMEOUT, "request timeout\n"),
-        )
-    };
-    let uri =
-        |addr: SocketAddr| -> Option<Uri> { format!("http://{addr}{path_and_query}").parse().ok() };
-    let Some(target) = uri(endpoint) else {
-        return outcome(backend_name, full(StatusCode::BAD_REQUEST, "bad path\n"));
-    };
-
-    let body: ProxyBody = if mirrors.is_empty() {
-        body.map_err(BoxError::from).boxed()
-    } else {
-        let collect = Limited::new(body, shared.settings.max_mirror_body).collect();
-        let collected = match request_deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, collect).await {
-                Ok(c) => c,
-                Err(_) => return timed_out(),
-            },
-            None => collect.await,
-        };
-        match collected {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                for mirror in &mirrors {
-                    if !mirror.backend.valid
-                        || mirror.backend.endpoints.is_empty()
-                        || fastrand::f64() * 100.0 >= mirror.percent
-                    {
-                        continue;
-                    }
-                    let ep =
-                        mirror.backend.endpoints[fastrand::usize(..mirror.backend.endpoints.len())];
-                    let Some(mirror_uri) = uri(ep) else { continue };
-                    let (client, version) = shared.client(grpc, mirror.backend.protocol);
-                    let mut copy =
-                        Request::new(Full::new(bytes.clone()).map_err(|e| match e {}).boxed());
-                    *copy.method_mut() = parts.method.clone();
-                    *copy.uri_mut() = mirror_uri;
-                    *copy.version_mut() = version;
-                    *copy.headers_mut() = parts.headers.clone();
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                            if let Ok(resp) = client.request(copy).await {
-                                let _ = resp.into_body().collect().await;
-                            }
-                        })
-                        .await;
-                    });
-                }
-                Full::new(bytes).map_err(|e| match e {}).boxed()
-            }
-            Err(_) => {
-                return outcome(
-                    backend_name,
-                    full(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body too large to mirror\n",
-                    ),
-                )
-            }
-        }
-    };
-    // Upgrades pass between HTTP/1.1 peers only (an h2c backend gets the request without them).
-    if let Some(protocol) =
-        upgrade.filter(|_| parts.version == Version::HTTP_11 && version == Version::HTTP_11)
-    {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol);
-    }
-    parts.uri = target;
-    parts.version = version;
-    let outbound = Request::from_parts(parts, body);
-    let send = client.request(outbound);
-    let backend_deadline = rule
-        .backend_timeout_ms
-        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
-    let deadline = [request_deadline, backend_deadline]
-        .into_iter()
-        .flatten()
-        .min();
-    let result = match deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, send).await {
-            Ok(r) => r,
-            Err(_) => return timed_out(),
-        },
-        None => send.await,
-    };
-    let response = match result {
-        Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            tunnel(resp, client_upgrade, &response_mods)
-        }
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            for m in &response_mods {
-                modify_headers(m, &mut parts.headers);
-            }
-            let body = body.map_err(BoxError::from).boxed();
-            let body = match deadline {
-                Some(deadline) => DeadlineBody::new(body, deadline).boxed(),
-                None => body,
-            };
-            Response::from_parts(parts, body)
-        }
-        Err(e) => {
-            debug!(backend = %backend_name, %endpoint, error = %e, "backend request failed");
-            full(StatusCode::BAD_GATEWAY, "backend unavailable\n")
-        }
-    };
-    outcome(backend_name, response)
-}
-
-/// The protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` and `Upgrade: <protocol>`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asked = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asked
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// A backend's 101 answer: the client's and the backend's upgraded connections are joined into one tunnel (a
-/// task of its own, outside the request's timeouts), and the 101 goes to the client with the protocol.
-fn tunnel(
-    mut resp: Response<Incoming>,
-    client: Option<hyper::upgrade::OnUpgrade>,
-    response_mods: &[crate::ir::HeaderModifier],
-) -> Response<ProxyBody> {
-    let Some(client) = client else {
-        return full(
-            StatusCode::BAD_GATEWAY,
-            "backend switched protocols unasked\n",
-        );
-    };
-    let backend = hyper::upgrade::on(&mut resp);
-    tokio::spawn(async move {
-        match tokio::try_join!(client, backend) {
-            Ok((client, backend)) => {
-                let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
-            }
-            Err(e) => debug!(error = %e, "HTTP upgrade not completed"),
-        }
-    });
-    let protocol = resp.headers().get(header::UPGRADE).cloned();
-    let (mut parts, _) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    for m in response_mods {
-        modify_headers(m, &mut parts.headers);
-    }
-    if let Some(protocol) = protocol {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol);
-    }
-    Response::from_parts(
-        parts,
-        Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_requests_are_told_by_their_content_type() {
-        let with = |v: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
-            is_grpc(&h)
-        };
-        assert!(with("application/grpc"));
-        assert!(with("application/grpc+proto"));
-        assert!(with("application/grpc;charset=utf-8"));
-        assert!(!with("application/grpc-web"));
-        assert!(!with("application/json"));
-        assert!(!is_grpc(&HeaderMap::new()));
-    }
-
-    #[test]
-    fn local_answers_become_trailers_only_grpc_statuses() {
-        for (status, code) in [
-            (StatusCode::NOT_FOUND, "12"),
-            (StatusCode::INTERNAL_SERVER_ERROR, "14"),
-            (StatusCode::SERVICE_UNAVAILABLE, "14"),
-            (StatusCode::GATEWAY_TIMEOUT, "14"),
-        ] {
-            let r = as_grpc(&full(status, "x"));
-            assert_eq!(r.status(), StatusCode::OK);
-            assert_eq!(r.headers()["grpc-status"], code, "{status}");
-            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/grpc");
-            assert!(
-                http_body::Body::is_end_stream(r.body()),
-                "trailers-only: no body"
-            );
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_body_still_streaming_at_the_deadline_fails() {
-        // A body whose only frame comes after 2 s, with a deadline at 1 s.
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let slow = Later(Some(rx)).boxed();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        let body = DeadlineBody::new(slow, deadline);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let _ = tx.send(());
-        });
-        let err = body.collect().await.expect_err("cut at the deadline");
-        assert!(err.to_string().contains("timeout"), "{err}");
-        assert_eq!(
-            tokio::time::Instant::now(),
-            deadline,
-            "not before the deadline"
-        );
-
-        // A body that ends before the deadline is passed through whole.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        let quick = Full::new(Bytes::from_static(b"whole"))
-            .map_err(|e| match e {})
-            .boxed();
-        let got = DeadlineBody::new(quick, deadline).collect().await.unwrap();
-        assert_eq!(got.to_bytes(), Bytes::from_static(b"whole"));
-    }
-
-    /// A body of one data frame that arrives when `rx` fires.
-    struct Later(Option<tokio::sync::oneshot::Receiver<()>>);
-
-    impl http_body::Body for Later {
-        type Data = Bytes;
-        type Error = BoxError;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-            let Some(rx) = self.0.as_mut() else {
-                return std::task::Poll::Ready(None);
-            };
-            match std::pin::Pin::new(rx).poll(cx) {
-                std::task::Poll::Ready(_) => {
-                    self.0 = None;
-                    let frame = http_body::Frame::data(Bytes::from_static(b"late"));
-                    std::task::Poll::Ready(Some(Ok(frame)))
-                }
-                std::task::Poll::Pending => std::task::Poll::Pending,
-            }
-        }
-    }
+    RouteTable::new(routes)
 }

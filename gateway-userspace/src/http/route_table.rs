@@ -10,6 +10,7 @@
 //! 3. a method match; 4. more header matches; 5. more query parameter matches;
 //! 6. the older route (creationTimestamp, then namespace/name); 7. rule order; 8. match order.
 use std::{
+    borrow::Cow,
     cmp::Reverse,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -60,10 +61,14 @@ pub struct RouteInfo {
 pub struct ListenerRoutes {
     /// `namespace/gateway/listener`.
     pub name: String,
+    /// Position in its [`RouteTable`] ([`RouteTable::listeners`]).
+    pub index: usize,
     pub hostname: Option<String>,
     pub port: u16,
     pub tls: bool,
     entries: Vec<Entry>,
+    /// Every (route, rule), in the order of [`Match::rule_id`].
+    rules: Vec<(Arc<RouteInfo>, Arc<HttpRule>)>,
 }
 
 /// One (hostname, rule, match) of a route.
@@ -74,6 +79,8 @@ struct Entry {
     route: Arc<RouteInfo>,
     rule: Arc<HttpRule>,
     rule_index: usize,
+    /// Position of the (route, rule) in [`ListenerRoutes::rules`].
+    rule_id: usize,
     /// Requests that reached this rule so far, shared by the rule's entries: the weighted backend schedule's
     /// position.
     turns: Arc<AtomicU64>,
@@ -111,6 +118,8 @@ pub struct Match<'t> {
     pub route: &'t Arc<RouteInfo>,
     pub rule: &'t Arc<HttpRule>,
     pub rule_index: usize,
+    /// Position of the (route, rule) in [`ListenerRoutes::rules`].
+    pub rule_id: usize,
     /// The path match that matched (for `ReplacePrefixMatch`).
     pub path_match: &'t PathMatch,
     turns: &'t AtomicU64,
@@ -280,8 +289,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The Host header without port, lower-cased, without a trailing dot.
-pub fn normalize_host(host: &str) -> String {
+/// The Host header without port, lower-cased, without a trailing dot (borrowed when it already is).
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
@@ -289,7 +298,12 @@ pub fn normalize_host(host: &str) -> String {
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(host, |(h, _)| h)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// Hostname precedence key (smaller sorts first): most characters of a non-wildcard name, then most characters.
@@ -307,6 +321,7 @@ impl ListenerRoutes {
         let mut errors = Vec::new();
         let mut entries = Vec::new();
         let mut keys = Vec::new();
+        let mut rules = Vec::new();
         for route in &listener.routes {
             let name_ns = format!("{}/{}", route.route.namespace, route.route.name);
             let info = Arc::new(RouteInfo {
@@ -316,6 +331,8 @@ impl ListenerRoutes {
             });
             for (rule_index, rule) in route.rules.iter().enumerate() {
                 let shared = Arc::new(rule.clone());
+                let rule_id = rules.len();
+                rules.push((info.clone(), shared.clone()));
                 let turns = Arc::new(AtomicU64::new(0));
                 let default = [ir::HttpMatch::default()];
                 let matches = if rule.matches.is_empty() {
@@ -339,6 +356,7 @@ impl ListenerRoutes {
                             route: info.clone(),
                             rule: shared.clone(),
                             rule_index,
+                            rule_id,
                             turns: turns.clone(),
                         });
                     }
@@ -351,28 +369,40 @@ impl ListenerRoutes {
         let entries = order.into_iter().filter_map(|i| slots[i].take()).collect();
         let routes = ListenerRoutes {
             name,
+            index: 0,
             hostname: listener.hostname.clone(),
             port,
             tls: listener.tls,
             entries,
+            rules,
         };
         (routes, errors)
     }
 
     /// The best matching rule for a request on this listener.
     pub fn lookup(&self, req: &RequestInfo<'_>) -> Option<Match<'_>> {
-        let host = normalize_host(req.host);
+        self.lookup_host(&normalize_host(req.host), req)
+    }
+
+    /// [`ListenerRoutes::lookup`] with the request's host already normalized.
+    fn lookup_host(&self, host: &str, req: &RequestInfo<'_>) -> Option<Match<'_>> {
         self.entries
             .iter()
-            .find(|e| hostname::matches(&e.hostname, &host) && e.matcher.matches(req))
+            .find(|e| hostname::matches(&e.hostname, host) && e.matcher.matches(req))
             .map(|e| Match {
                 listener: self,
                 route: &e.route,
                 rule: &e.rule,
                 rule_index: e.rule_index,
+                rule_id: e.rule_id,
                 path_match: &e.matcher.source,
                 turns: &e.turns,
             })
+    }
+
+    /// Every (route, rule) of this listener, in the order of [`Match::rule_id`].
+    pub fn rules(&self) -> &[(Arc<RouteInfo>, Arc<HttpRule>)] {
+        &self.rules
     }
 }
 
@@ -384,22 +414,35 @@ impl RouteTable {
                 |l: &ListenerRoutes| hostname::precedence(l.hostname.as_deref().unwrap_or("*"));
             key(a).cmp(&key(b)).then_with(|| a.name.cmp(&b.name))
         });
+        for (index, listener) in listeners.iter_mut().enumerate() {
+            listener.index = index;
+        }
         RouteTable { listeners }
     }
 
     /// The listener a Host (or SNI) selects: most specific hostname first; `None` when no listener matches.
     pub fn listener(&self, host: &str) -> Option<&ListenerRoutes> {
-        let host = normalize_host(host);
+        self.listener_host(&normalize_host(host))
+    }
+
+    fn listener_host(&self, host: &str) -> Option<&ListenerRoutes> {
         self.listeners.iter().find(|l| {
             l.hostname
                 .as_deref()
-                .is_none_or(|pattern| hostname::matches(pattern, &host))
+                .is_none_or(|pattern| hostname::matches(pattern, host))
         })
     }
 
     /// The best rule for a request: listener by Host, then the first matching entry of that listener only.
     pub fn lookup(&self, req: &RequestInfo<'_>) -> Option<Match<'_>> {
-        self.listener(req.host)?.lookup(req)
+        self.resolve(req).1
+    }
+
+    /// The listener a request's Host selects and the best rule in it (the host is normalized once).
+    pub fn resolve(&self, req: &RequestInfo<'_>) -> (Option<&ListenerRoutes>, Option<Match<'_>>) {
+        let host = normalize_host(req.host);
+        let listener = self.listener_host(&host);
+        (listener, listener.and_then(|l| l.lookup_host(&host, req)))
     }
 
     pub fn listeners(&self) -> &[ListenerRoutes] {
@@ -407,10 +450,10 @@ impl RouteTable {
     }
 }
 
-/// Picks the backend for a rule's `turn`-th request: weighted round robin, so every `total weight` consecutive
-/// requests give each backend exactly its weight, spread over the cycle rather than in runs (70/30 is not 70 to
-/// one then 30 to the other); `None` when every weight is 0.
-pub fn pick_backend(backends: &[ir::HttpBackend], turn: u64) -> Option<&ir::HttpBackend> {
+/// Picks the backend (its position and itself) for a rule's `turn`-th request: weighted round robin, so every
+/// `total weight` consecutive requests give each backend exactly its weight, spread over the cycle rather than
+/// in runs (70/30 is not 70 to one then 30 to the other); `None` when every weight is 0.
+pub fn pick_backend(backends: &[ir::HttpBackend], turn: u64) -> Option<(usize, &ir::HttpBackend)> {
     /// A prime above any total weight (16 backendRefs of at most 1,000,000 each): multiplying by it permutes
     /// `0..total`, which spreads each backend's share over the cycle.
     const STRIDE: u64 = 2_654_435_761;
@@ -419,10 +462,10 @@ pub fn pick_backend(backends: &[ir::HttpBackend], turn: u64) -> Option<&ir::Http
         return None;
     }
     let mut point = (turn % total) * STRIDE % total;
-    for b in backends {
+    for (index, b) in backends.iter().enumerate() {
         let w = u64::from(b.backend.weight);
         if point < w {
-            return Some(b);
+            return Some((index, b));
         }
         point -= w;
     }
@@ -695,7 +738,14 @@ mod tests {
             let mut counts = std::collections::HashMap::new();
             for turn in start..start + 100 {
                 *counts
-                    .entry(pick_backend(&backends, turn).unwrap().backend.name.clone())
+                    .entry(
+                        pick_backend(&backends, turn)
+                            .unwrap()
+                            .1
+                            .backend
+                            .name
+                            .clone(),
+                    )
                     .or_insert(0) += 1;
             }
             assert_eq!(counts.get("a"), Some(&70), "from turn {start}");
@@ -704,7 +754,7 @@ mod tests {
         }
         // Spread, not in runs: b (30%) turns up within every 10 turns.
         let picks: Vec<_> = (0..100u64)
-            .map(|t| pick_backend(&backends, t).unwrap().backend.name.as_str())
+            .map(|t| pick_backend(&backends, t).unwrap().1.backend.name.as_str())
             .collect();
         assert!(
             picks.windows(10).all(|w| w.contains(&"b")),

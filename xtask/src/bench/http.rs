@@ -377,7 +377,7 @@ fn method(d: u64) -> Vec<String> {
          requests/s from its summary, p50/p99 from the per-request log (successful requests)."),
         "The proxies: this gateway (`gateway run --config`, HTTPRoute, pooled upstream connections), NGINX `http` with \
          an upstream `keepalive 64`, Envoy's HTTP connection manager (`codec_type: AUTO`); 2 workers/threads each \
-         where configurable (the gateway's runtime uses every core).".into(),
+         where configurable (the gateway: one HTTP worker thread per core, `--http-workers` default).".into(),
         "Sanity checks (the bench fails otherwise): during every phase a counter of the data plane must rise — plain: \
          `Ip: ForwDatagrams`; the gateway: `gateway_http_requests_total`; NGINX: its CPU ticks; Envoy: \
          `http.*.downstream_cx_total` (not the admin's) — and the kernel must forward nothing itself except for \

@@ -1,0 +1,297 @@
+//! The HTTP data plane's workers, one thread per core: each runs a current-thread tokio runtime and owns a
+//! `SO_REUSEPORT` listening socket per HTTP/HTTPS listener, its own pooled backend clients and its own copy of
+//! every route table. The kernel spreads new connections over the workers' sockets, and a connection is
+//! accepted, routed, forwarded and answered on one thread: no task is woken across threads (a profile of the
+//! multi-thread runtime put ~28% of the proxy's time there).
+//!
+//! The agent drives workers from its own runtime through [`Worker`]: [`Worker::listen`] spawns an accept loop
+//! onto the worker's runtime (its `JoinHandle` closes the listener when aborted), tables are swapped through
+//! the `ArcSwap`s the accept loop was given, and the shared shutdown signal drains every connection.
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use socket2::{Domain, Socket, Type};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tracing::{debug, warn};
+
+use super::{
+    forward::handle,
+    pool::{Pool, Wire},
+    proxy::{HttpProxyError, Settings},
+    series::WorkerTable,
+};
+use crate::{admin::metrics::HttpMetrics, ir::BackendProtocol};
+
+/// What every connection of one worker shares: the worker's backend clients (so pooled connections are used
+/// by the thread that opened them), its metric handles and the shutdown signal.
+pub struct WorkerContext {
+    /// This worker's connections to backends.
+    pub pool: Arc<Pool>,
+    /// How downstream connections are served (HTTP/1.1, HTTP/2 or h2c by the first bytes).
+    server: auto::Builder<TokioExecutor>,
+    pub metrics: HttpMetrics,
+    pub settings: Settings,
+    /// `gateway_http_worker_requests_total{worker}`: requests this worker answered.
+    pub requests: Counter,
+    /// `gateway_http_worker_connections{worker}`: downstream connections this worker has open now.
+    open: Gauge,
+    shutdown: watch::Receiver<bool>,
+    /// Downstream connections open on this worker (what drain waits for).
+    connections: AtomicUsize,
+}
+
+impl WorkerContext {
+    fn new(
+        index: usize,
+        settings: Settings,
+        metrics: HttpMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let (requests, open) = metrics.worker(index);
+        Self {
+            pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
+            server: auto::Builder::new(TokioExecutor::new()),
+            metrics,
+            settings,
+            requests,
+            open,
+            shutdown,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// How a backend is spoken to: h2c for gRPC and for `kubernetes.io/h2c` ports, HTTP/1.1 otherwise.
+    pub fn wire(grpc: bool, protocol: BackendProtocol) -> (Wire, http::Version) {
+        if grpc || protocol == BackendProtocol::H2c {
+            (Wire::H2c, http::Version::HTTP_2)
+        } else {
+            (Wire::Http1, http::Version::HTTP_11)
+        }
+    }
+}
+
+/// One worker thread as the agent sees it.
+pub struct Worker {
+    runtime: tokio::runtime::Handle,
+    context: Arc<WorkerContext>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts worker `index` (thread `http-worker-<index>`).
+    pub fn start(
+        index: usize,
+        settings: Settings,
+        metrics: HttpMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, HttpProxyError> {
+        let err = |source| HttpProxyError::Worker { index, source };
+        let (started, ready) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("http-worker-{index}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                let context = Arc::new(WorkerContext::new(index, settings, metrics, shutdown));
+                // Idle backend connections are closed after the idle timeout even when no request comes.
+                let pool = Arc::downgrade(&context.pool);
+                let every = (context.settings.pool_idle_timeout / 2).max(Duration::from_secs(1));
+                runtime.spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        match pool.upgrade() {
+                            Some(pool) => pool.sweep(),
+                            None => break,
+                        }
+                    }
+                });
+                if started
+                    .send(Ok((runtime.handle().clone(), context)))
+                    .is_err()
+                {
+                    return;
+                }
+                // Serves whatever the agent spawns onto this runtime until the proxy is dropped; dropping the
+                // runtime then cancels the worker's tasks (listeners, connections, pooled clients).
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(err)?;
+        let (runtime, context) = ready
+            .recv()
+            .map_err(|_| err(io::Error::other("the worker thread exited while starting")))?
+            .map_err(err)?;
+        Ok(Self {
+            runtime,
+            context,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Serves `listener` on this worker with the tables `routes` holds; TLS first when `acceptor` is given.
+    /// Aborting the returned handle closes the listening socket; accepted connections go on.
+    pub fn listen(
+        &self,
+        listener: std::net::TcpListener,
+        routes: Arc<ArcSwap<WorkerTable>>,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> JoinHandle<()> {
+        let context = self.context.clone();
+        self.runtime.spawn(async move {
+            // Registered with this worker's reactor, so it must be made inside the worker's runtime.
+            match TcpListener::from_std(listener) {
+                Ok(listener) => accept_loop(listener, routes, acceptor, context).await,
+                Err(e) => warn!(error = %e, "HTTP listener not registered with its worker"),
+            }
+        })
+    }
+
+    /// Downstream connections open on this worker.
+    pub fn connections(&self) -> usize {
+        self.context.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One worker's listening socket for `address`: `SO_REUSEPORT`, so every worker binds its own and the kernel
+/// spreads connections over them; `IP_FREEBIND`, so binding never races the address's local route.
+pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, HttpProxyError> {
+    let err = |source| HttpProxyError::Bind { address, source };
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_reuse_port(true).map_err(err)?;
+    if address.is_ipv4() {
+        socket.set_freebind_v4(true).map_err(err)?;
+    } else {
+        socket.set_freebind_v6(true).map_err(err)?;
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&address.into()).map_err(err)?;
+    socket.listen(1024).map_err(err)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    routes: Arc<ArcSwap<WorkerTable>>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    context: Arc<WorkerContext>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let routes = routes.clone();
+        let context = context.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            context.connections.fetch_add(1, Ordering::Relaxed);
+            context.open.inc();
+            context.metrics.connections.inc();
+            match acceptor {
+                None => serve_connection(stream, routes, context.clone(), peer, false).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, routes, context.clone(), peer, true).await
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            context.metrics.connections.dec();
+            context.open.dec();
+            context.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    routes: Arc<ArcSwap<WorkerTable>>,
+    context: Arc<WorkerContext>,
+    peer: SocketAddr,
+    tls: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut shutdown = context.shutdown.clone();
+    let service_context = context.clone();
+    let service = service_fn(move |req| {
+        // The table current when the request arrived serves it to the end, whatever is swapped meanwhile.
+        let table = routes.load_full();
+        let context = service_context.clone();
+        async move { Ok::<_, Infallible>(handle(&table, &context, req, peer, tls).await) }
+    });
+    let conn = context
+        .server
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    if *shutdown.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
