@@ -47,6 +47,9 @@ pub fn process_ticks(pid: u32) -> u64 {
 pub struct CpuMeter {
     started: Instant,
     machine: u64,
+    /// Busy ticks of the data plane's CPUs (`cores`) and of the load's.
+    dataplane_cpus: u64,
+    load_cpus: u64,
     pids: Vec<(u32, u64)>,
 }
 
@@ -57,13 +60,21 @@ pub struct CpuUse {
     pub machine_cores: f64,
     /// The data plane's own processes (0 when it has none, as for plain forwarding).
     pub dataplane_cores: f64,
+    /// The CPUs given to the data plane (`--cores split`: its processes and the gateway namespace's softirq
+    /// work, the eBPF programs included; with `shared`, the whole machine).
+    pub dataplane_cpu_cores: f64,
+    /// The CPUs given to the load (clients and backends).
+    pub load_cpu_cores: f64,
 }
 
 impl CpuMeter {
     pub fn start(pids: &[u32]) -> Self {
+        let cores = super::cores::get();
         CpuMeter {
             started: Instant::now(),
             machine: machine_busy_ticks(),
+            dataplane_cpus: super::cores::busy_ticks(&cores.dataplane),
+            load_cpus: super::cores::busy_ticks(&cores.load),
             pids: pids.iter().map(|&p| (p, process_ticks(p))).collect(),
         }
     }
@@ -76,9 +87,16 @@ impl CpuMeter {
             .iter()
             .map(|&(p, t0)| process_ticks(p).saturating_sub(t0))
             .sum();
+        let cores = super::cores::get();
+        let dataplane_cpus =
+            super::cores::busy_ticks(&cores.dataplane).saturating_sub(self.dataplane_cpus);
+        let load_cpus = super::cores::busy_ticks(&cores.load).saturating_sub(self.load_cpus);
+        let per_sec = |ticks: u64| ticks as f64 / TICKS_PER_SECOND / secs;
         CpuUse {
-            machine_cores: machine as f64 / TICKS_PER_SECOND / secs,
-            dataplane_cores: dataplane as f64 / TICKS_PER_SECOND / secs,
+            machine_cores: per_sec(machine),
+            dataplane_cores: per_sec(dataplane),
+            dataplane_cpu_cores: per_sec(dataplane_cpus),
+            load_cpu_cores: per_sec(load_cpus),
         }
     }
 }

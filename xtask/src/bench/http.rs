@@ -117,6 +117,48 @@ const METRICS: &[Metric] = &[
         0,
     ),
     m(
+        "cpu_h1_core",
+        "HTTP/1.1 keep-alive: data-plane CPU busy (the proxy and its namespace's receive work)",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "h1_rps_per_core",
+        "HTTP/1.1 keep-alive: requests per data-plane core-second",
+        "req/s",
+        Better::Higher,
+        0,
+    ),
+    m(
+        "cpu_h1close_core",
+        "HTTP/1.1 new connection per request: data-plane CPU busy (the proxy and its namespace's receive work)",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "h1close_rps_per_core",
+        "HTTP/1.1 new connection per request: requests per data-plane core-second",
+        "req/s",
+        Better::Higher,
+        0,
+    ),
+    m(
+        "cpu_h2_core",
+        "HTTP/2 (h2c): data-plane CPU busy (the proxy and its namespace's receive work)",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "h2_rps_per_core",
+        "HTTP/2 (h2c): requests per data-plane core-second",
+        "req/s",
+        Better::Higher,
+        0,
+    ),
+    m(
         "cpu_h1_machine",
         "Machine CPU during HTTP/1.1 keep-alive",
         "cores",
@@ -180,6 +222,9 @@ pub const SUITE: report::Suite = report::Suite {
     spread: &["h1_rps", "h1close_rps", "h2_rps", "h1_p99_us", "h2_p99_us"],
     findings: &[
         "h1_rps",
+        "h1_rps_per_core",
+        "h1close_rps_per_core",
+        "h2_rps_per_core",
         "h1_p50_us",
         "h1_p99_us",
         "h1close_rps",
@@ -430,6 +475,7 @@ fn run_peer(
     bar.set_message(format!("run {run}/{} {kind}: starting", args.runs));
     {
         let peer = start_peer(hb.bt, kind)?;
+        super::cores::pin_data_plane(hb.bt.gateway())?;
         let result = measure(hb, peer.as_ref(), run, args, bar, dir, &mut values);
         values.extend(peer.run_counters());
         peer.save_logs(dir);
@@ -497,6 +543,11 @@ fn measure(
         values.insert(format!("{p}_rps"), r.requests_per_sec);
         values.insert(format!("{p}_p50_us"), r.p50_us);
         values.insert(format!("{p}_p99_us"), r.p99_us);
+        values.insert(format!("cpu_{p}_core"), used.dataplane_cpu_cores);
+        values.insert(
+            format!("{p}_rps_per_core"),
+            r.requests_per_sec / used.dataplane_cpu_cores.max(0.01),
+        );
         errors += r.errors;
         if phase == Phase::H1 {
             values.insert("cpu_h1_machine".into(), used.machine_cores);

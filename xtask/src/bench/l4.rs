@@ -199,6 +199,7 @@ fn run_peer(
             bt.forget_backend_time_waits()?;
         }
         let peer = start_peer(bt, kind)?;
+        super::cores::pin_data_plane(bt.gateway())?;
         let result = measure(bt, peer.as_ref(), run, args, bar, dir, &mut values);
         values.extend(peer.run_counters());
         peer.save_logs(dir);
@@ -335,6 +336,10 @@ fn measure(
             Phase::Tcp1 | Phase::Tcp4 | Phase::Udp | Phase::ConnRate
         ) {
             put(&format!("cpu_{}_machine", phase.name()), used.machine_cores);
+            put(
+                &format!("cpu_{}_core", phase.name()),
+                used.dataplane_cpu_cores,
+            );
             put(
                 &format!("cpu_{}_dataplane", phase.name()),
                 used.dataplane_cores,

@@ -26,6 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{build, cmd, setup};
 
+mod cores;
 mod cpu;
 mod http;
 mod iperf;
@@ -76,6 +77,10 @@ pub struct BenchArgs {
     /// Use the existing release build of the gateway (or GATEWAY_BIN) instead of building it.
     #[arg(long)]
     pub no_build: bool,
+    /// Where the work runs: `split` gives the data plane a CPU of its own (its processes and the gateway
+    /// namespace's receive processing) and the load the others; `shared` runs everything everywhere.
+    #[arg(long, value_enum, default_value = "split")]
+    pub cores: cores::CoreMode,
 }
 
 /// One data plane's numbers of one run, by metric key (see the suites' metric lists in `report`).
@@ -97,6 +102,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         setup::run(&setup::SetupArgs { bench: true })?;
     }
     let gateway_bin = gateway_binary(args)?;
+    let placement = cores::init(args.cores)?;
+    eprintln!(
+        "cores: {:?} (load on CPUs {:?}, data plane on CPUs {:?})",
+        placement.mode, placement.load, placement.dataplane
+    );
     std::env::set_var("GATEWAY_BIN", &gateway_bin);
     let stamp = cmd::output(Command::new("date").args(["-u", "+%Y%m%dT%H%M%SZ"]))?
         .trim()
@@ -280,6 +290,9 @@ fn command_line(args: &BenchArgs, suite: &str) -> String {
     if !args.peers.is_empty() {
         let p: Vec<&str> = args.peers.iter().map(|k| k.name()).collect();
         c.push_str(&format!(" --peers {}", p.join(",")));
+    }
+    if args.cores != cores::CoreMode::Split {
+        c.push_str(" --cores shared");
     }
     c
 }

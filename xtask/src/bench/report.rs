@@ -273,7 +273,7 @@ pub const L4_METRICS: &[Metric] = &[
     ),
     m(
         "tcp1_gbps_per_core",
-        "TCP ×1 throughput per busy core",
+        "TCP ×1 throughput per busy data-plane core (its CPU with --cores split)",
         "Gbit/s/core",
         Better::Higher,
         2,
@@ -308,7 +308,7 @@ pub const L4_METRICS: &[Metric] = &[
     ),
     m(
         "cps_per_core",
-        "New connections per busy core-second",
+        "New connections per busy data-plane core-second",
         "conn/core·s",
         Better::Higher,
         0,
@@ -329,7 +329,7 @@ pub const L4_METRICS: &[Metric] = &[
     ),
     m(
         "udp_kpps_per_core",
-        "UDP packets received per busy core-second",
+        "UDP packets received per busy data-plane core-second",
         "kpps/core",
         Better::Higher,
         0,
@@ -343,14 +343,19 @@ pub const L4_METRICS: &[Metric] = &[
     ),
 ];
 
-/// Adds the per-core efficiency metrics, computed run by run.
+/// Adds the per-core efficiency metrics, computed run by run: per busy core-second of the data plane's CPUs
+/// (`--cores split`; runs without that figure fall back to the whole machine's busy cores).
 fn derive(v: &mut RunValues) {
-    for (out, num, cpu) in [
-        ("tcp1_gbps_per_core", "tcp1_gbps", "cpu_tcp1_machine"),
-        ("cps_per_core", "cps", "cpu_cps_machine"),
-        ("udp_kpps_per_core", "udp_kpps", "cpu_udp_machine"),
+    for (out, num, phase) in [
+        ("tcp1_gbps_per_core", "tcp1_gbps", "tcp1"),
+        ("cps_per_core", "cps", "cps"),
+        ("udp_kpps_per_core", "udp_kpps", "udp"),
     ] {
-        if let (Some(n), Some(c)) = (v.get(num), v.get(cpu)) {
+        let cpu = v
+            .get(&format!("cpu_{phase}_core"))
+            .or_else(|| v.get(&format!("cpu_{phase}_machine")))
+            .copied();
+        if let (Some(n), Some(c)) = (v.get(num), cpu.as_ref()) {
             if *c > 0.0 {
                 v.insert(out.to_string(), n / c);
             }

@@ -169,6 +169,48 @@ const METRICS: &[Metric] = &[
         2,
     ),
     m(
+        "cpu_cps_core",
+        "Data-plane CPU busy during the connection-rate run (its processes and its namespace's receive work)",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cpu_cps_load",
+        "Load CPUs busy during that run (client and backend)",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cps_per_core",
+        "New passthrough connections per data-plane core-second (rustls backend)",
+        "conn/s",
+        Better::Higher,
+        0,
+    ),
+    m(
+        "cpu_cps_canned_core",
+        "Data-plane CPU busy during the run without backend cryptography",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cpu_cps_canned_load",
+        "Load CPUs busy during that run",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
+        "cps_canned_per_core",
+        "New passthrough connections per data-plane core-second, backend without cryptography",
+        "conn/s",
+        Better::Higher,
+        0,
+    ),
+    m(
         "cpu_bulk_dataplane",
         "Data plane processes' CPU during the bulk run",
         "cores",
@@ -186,6 +228,7 @@ pub const SUITE: report::Suite = report::Suite {
             "bulk_gbps",
             "cps",
             "cps_canned",
+            "cps_canned_per_core",
             "ttfb_p50_us",
             "ttfb_p99_us",
         ],
@@ -193,6 +236,7 @@ pub const SUITE: report::Suite = report::Suite {
             "bulk",
             "conn/s",
             "conn/s (no backend crypto)",
+            "conn/s per core (no crypto)",
             "1/TTFB p50",
             "1/TTFB p99",
         ],
@@ -231,6 +275,7 @@ pub const SUITE: report::Suite = report::Suite {
         "bulk_gbps",
         "cps",
         "cps_canned",
+        "cps_canned_per_core",
         "ttfb_p50_us",
         "ttfb_p99_us",
         "mem_rss_kib_per_conn",
@@ -239,6 +284,8 @@ pub const SUITE: report::Suite = report::Suite {
         "bulk_gbps",
         "cps",
         "cps_canned",
+        "cps_per_core",
+        "cps_canned_per_core",
         "ttfb_p50_us",
         "ttfb_p99_us",
         "mem_rss_kib_per_conn",
@@ -594,6 +641,7 @@ fn run_peer(
     bar.set_message(format!("run {run}/{} {kind}: starting", args.runs));
     {
         let peer = start_peer(tb, kind)?;
+        super::cores::pin_data_plane(tb.bt.gateway())?;
         let result = measure(tb, peer.as_ref(), run, args, bar, dir, &mut values);
         values.extend(peer.run_counters());
         peer.save_logs(dir);
@@ -657,6 +705,12 @@ fn measure(
                 let used = meter.stop();
                 put("cpu_cps_machine", used.machine_cores);
                 put("cpu_cps_dataplane", used.dataplane_cores);
+                put("cpu_cps_core", used.dataplane_cpu_cores);
+                put("cpu_cps_load", used.load_cpu_cores);
+                put(
+                    "cps_per_core",
+                    r.connections_per_sec() / used.dataplane_cpu_cores.max(0.01),
+                );
             }
             Phase::CpsCanned => {
                 let before = [
@@ -683,6 +737,12 @@ fn measure(
                 let used = meter.stop();
                 put("cpu_cps_canned_machine", used.machine_cores);
                 put("cpu_cps_canned_dataplane", used.dataplane_cores);
+                put("cpu_cps_canned_core", used.dataplane_cpu_cores);
+                put("cpu_cps_canned_load", used.load_cpu_cores);
+                put(
+                    "cps_canned_per_core",
+                    r.connections_per_sec() / used.dataplane_cpu_cores.max(0.01),
+                );
             }
             Phase::Ttfb => {
                 let hello = tb.hello.display().to_string();

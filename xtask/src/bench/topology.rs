@@ -44,6 +44,10 @@ impl BenchTopology {
         topo.gateway()
             .set_sysctl("net.ipv4.ip_local_port_range", "32768 65535")?;
         topo.gateway().set_sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        // With `--cores split`: the gateway namespace's receive processing on the data plane's CPU, the
+        // client's and backend's on the load's.
+        super::cores::steer_topology(topo.gateway(), &[topo.client(), topo.backend(1)])
+            .context("steering receive processing")?;
         let servers = Servers::start(topo.backend(1))?;
         let iperf_server = spawn_iperf_server(topo.backend(1))?;
         Ok(BenchTopology {

@@ -19,9 +19,6 @@ use gateway_tests::{sockets, Netns, Process};
 use super::{Peer, PeerKind, Proto};
 use crate::bench::topology::VipOnLo;
 
-/// Worker threads (one per core of the benchmark machine, like HAProxy's `nbthread 2` and NGINX's 2 workers).
-const CONCURRENCY: &str = "2";
-
 /// One TCP or UDP port proxied to the same port of the backend.
 #[derive(Debug, Clone, Copy)]
 pub struct PortMap {
@@ -243,7 +240,8 @@ impl<'a> Envoy<'a> {
             "-c",
             &cfg_s,
             "--concurrency",
-            CONCURRENCY,
+            // One worker per data-plane CPU, like HAProxy's threads and NGINX's workers.
+            &crate::bench::cores::dataplane_threads().to_string(),
             "--disable-hot-restart",
             "--base-id",
             &base_id,

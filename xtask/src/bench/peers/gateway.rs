@@ -231,11 +231,17 @@ impl<'a> Gateway<'a> {
         std::fs::write(config.path().join("bench.yaml"), manifests)?;
         // No per-request access log, like the proxies' configurations (`access_log off` for NGINX, none for
         // Envoy and HAProxy): the comparison is of forwarding, not of logging.
+        // As many runtime and HTTP worker threads as the data plane has CPUs (`cores`), like the proxies.
+        let threads = super::super::cores::dataplane_threads().to_string();
         let mut process = GatewayProcess::spawn_with_env(
             ns,
             &[config.path()],
             extra_args,
-            &[("RUST_LOG", "info,access=off")],
+            &[
+                ("RUST_LOG", "info,access=off"),
+                ("TOKIO_WORKER_THREADS", &threads),
+                ("GATEWAY_HTTP_WORKERS", &threads),
+            ],
         )
         .context("starting the gateway")?;
         process

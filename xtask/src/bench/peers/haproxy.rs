@@ -26,9 +26,10 @@ pub struct Haproxy<'a> {
 
 fn global(socket: &Path) -> String {
     format!(
-        "global\n    maxconn 7000\n    nbthread 2\n    stats socket {} mode 600 level admin\n\n\
+        "global\n    maxconn 7000\n    nbthread {}\n    stats socket {} mode 600 level admin\n\n\
          defaults\n    mode tcp\n    option splice-auto\n    timeout connect 5s\n    timeout client 60s\n    \
          timeout server 60s\n    maxconn 7000\n",
+        crate::bench::cores::dataplane_threads(),
         socket.display()
     )
 }

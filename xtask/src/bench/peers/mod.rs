@@ -90,24 +90,24 @@ impl PeerKind {
             (PeerKind::Gateway, _) => "this gateway: eBPF TC program, full NAT, ip_forward=0",
             (PeerKind::Haproxy, "tls") => {
                 "HAProxy `mode tcp`, `tcp-request inspect-delay 5s` + `req.ssl_hello_type 1`, `use_backend` on `req.ssl_sni`, \
-                 splice-auto, nbthread 2"
+                 splice-auto, a thread per data-plane CPU"
             }
-            (PeerKind::Haproxy, _) => "HAProxy `mode tcp`, `option splice-auto`, nbthread 2",
+            (PeerKind::Haproxy, _) => "HAProxy `mode tcp`, `option splice-auto`, a thread per data-plane CPU",
             (PeerKind::Nginx, "tls") => {
-                "NGINX `stream` with `ssl_preread on` and a `map $ssl_preread_server_name` to the backend, 2 workers"
+                "NGINX `stream` with `ssl_preread on` and a `map $ssl_preread_server_name` to the backend, a worker per data-plane CPU"
             }
             (PeerKind::Nginx, "http") => {
-                "NGINX `http` reverse proxy (upstream keepalive 64, HTTP/1.1 upstream, `http2` on the listener), 2 workers"
+                "NGINX `http` reverse proxy (upstream keepalive 64, HTTP/1.1 upstream, `http2` on the listener), a worker per data-plane CPU"
             }
-            (PeerKind::Nginx, _) => "NGINX `stream` proxy (TCP and UDP), 2 workers",
+            (PeerKind::Nginx, _) => "NGINX `stream` proxy (TCP and UDP), a worker per data-plane CPU",
             (PeerKind::Envoy, "tls") => {
-                "Envoy `tls_inspector` + `tcp_proxy` in a filter chain matched on `server_names`, --concurrency 2"
+                "Envoy `tls_inspector` + `tcp_proxy` in a filter chain matched on `server_names`, a worker per data-plane CPU"
             }
             (PeerKind::Envoy, "http") => {
-                "Envoy HTTP connection manager (`codec_type: AUTO`), one route, --concurrency 2"
+                "Envoy HTTP connection manager (`codec_type: AUTO`), one route, a worker per data-plane CPU"
             }
             (PeerKind::Envoy, _) => {
-                "Envoy `tcp_proxy` per TCP port and `udp_proxy` for UDP, --concurrency 2"
+                "Envoy `tcp_proxy` per TCP port and `udp_proxy` for UDP, a worker per data-plane CPU"
             }
         }
     }

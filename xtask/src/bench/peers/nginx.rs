@@ -24,8 +24,9 @@ pub struct Nginx<'a> {
 
 fn main_context(dir: &Path, modules: &str, body: &str) -> String {
     let d = dir.display();
+    let workers = crate::bench::cores::dataplane_threads();
     format!(
-        "{modules}daemon off;\nmaster_process on;\nworker_processes 2;\n\
+        "{modules}daemon off;\nmaster_process on;\nworker_processes {workers};\n\
          worker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 9000; }}\n{body}"
     )
@@ -163,7 +164,7 @@ impl<'a> Nginx<'a> {
                     .map(|s| !s.is_empty())
                     .unwrap_or(false)
             });
-            if listening && ns.pids().len() >= 3 {
+            if listening && ns.pids().len() > crate::bench::cores::dataplane_threads() {
                 break;
             }
             if Instant::now() > deadline {
