@@ -211,6 +211,20 @@ const METRICS: &[Metric] = &[
         0,
     ),
     m(
+        "bulk_gbps_per_core",
+        "Bulk throughput per data-plane core (each way)",
+        "Gbit/s",
+        Better::Higher,
+        2,
+    ),
+    m(
+        "cpu_bulk_core",
+        "Data-plane CPU busy during the bulk run",
+        "cores",
+        Better::Neither,
+        2,
+    ),
+    m(
         "cpu_bulk_dataplane",
         "Data plane processes' CPU during the bulk run",
         "cores",
@@ -282,6 +296,7 @@ pub const SUITE: report::Suite = report::Suite {
     ],
     findings: &[
         "bulk_gbps",
+        "bulk_gbps_per_core",
         "cps",
         "cps_canned",
         "cps_per_core",
@@ -697,6 +712,11 @@ fn measure(
                 put("bulk_gbps", r.one_way_gbps());
                 let used = meter.stop();
                 put("cpu_bulk_dataplane", used.dataplane_cores);
+                put("cpu_bulk_core", used.dataplane_cpu_cores);
+                put(
+                    "bulk_gbps_per_core",
+                    r.one_way_gbps() / used.dataplane_cpu_cores.max(0.01),
+                );
             }
             Phase::Cps => {
                 let r = cps(tb, client, &target, CPS_CONNECTIONS, secs, &save)?;
