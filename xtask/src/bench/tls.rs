@@ -433,8 +433,8 @@ pub fn run(args: &BenchArgs, session: &Session) -> anyhow::Result<String> {
              path) limits the baseline and every ratio is conservative."
         ),
         "Bulk throughput is TLS application data: the client (rustls) encrypts and the echo decrypts, re-encrypts \
-         and sends it back, on the same 2 cores as the data plane. Passthrough proxies only copy ciphertext, so \
-         their cost shows as the share of CPU they take from the endpoints."
+         and sends it back on the load's CPUs, which bound it; passthrough proxies only copy ciphertext, so their cost \
+         shows in the data-plane CPU's busy time (row \"per data-plane core\")."
             .into(),
         "New connections per second use the canned rustls ClientHello (`--protocol tls-canned`): the client does no \
          handshake work; the backend still does its half (key share, certificate signature) for every connection."
@@ -444,9 +444,9 @@ pub fn run(args: &BenchArgs, session: &Session) -> anyhow::Result<String> {
          retried by the client (row \"Attempts reset while opening them\"); the measurement is taken once all 500 \
          are open at the backend."
             .into(),
-        "Memory per connection: plain forwarding holds no socket in the gateway namespace (conntrack entries are \
-         not counted). The eBPF path for TLS (in-kernel passthrough) will be a separate column once its listener \
-         option exists (`peers::gateway::PassthroughPath::Kernel`)."
+        "Memory per connection: plain forwarding and the in-kernel path hold no socket in the gateway namespace; their \
+         conntrack entries are not counted here (the in-kernel path's two entries per connection, 336 bytes, are \
+         measured by tests/tests/tls_kernel.rs)."
             .into(),
     ];
     super::finish(
