@@ -28,6 +28,31 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response any helper reads.
 const MAX_RESPONSE: u64 = 4 << 20;
 
+/// Opens a connection to the conformance TCP echo at `addr` from namespace `ns` and reads its greeting; the
+/// stream stays usable from any thread afterwards (a socket belongs to the namespace it was created in). For
+/// connections held open across a test's changes, checked with [`ping_held`].
+pub fn open_held(ns: &crate::Netns, addr: SocketAddr) -> Result<TcpStream> {
+    ns.run(|| {
+        let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        let mut greeting = String::new();
+        BufReader::new(&s).read_line(&mut greeting)?;
+        ensure!(greeting.starts_with(TCP_GREETING), "greeting {greeting:?}");
+        Ok(s)
+    })
+}
+
+/// One PING/PONG exchange on a connection from [`open_held`].
+pub fn ping_held(stream: &mut TcpStream) -> Result<()> {
+    stream.write_all(b"PING\n")?;
+    let mut line = String::new();
+    BufReader::new(&*stream)
+        .read_line(&mut line)
+        .context("reading PONG")?;
+    ensure!(line == "PONG\n", "held connection answered {line:?}");
+    Ok(())
+}
+
 /// Conformance's mapping of a pod name `<deploy>-<rshash>-<podhash>` to `<deploy>`
 /// (drops the last two `-` segments; returns the input if it has fewer).
 pub fn deployment_of(pod: &str) -> &str {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use gateway_tests::{
     clients,
     echo::{spawn_echo, EchoConfig},
@@ -54,30 +54,8 @@ fn target() -> SocketAddr {
     SocketAddr::from((topology::vip(1), LISTENER_PORT))
 }
 
-/// Opens a connection from the client namespace and reads the echo greeting; the stream stays usable from any
-/// thread afterwards (a socket belongs to the namespace it was created in).
 fn open_held(topo: &Topology) -> Result<TcpStream> {
-    topo.client().run(|| {
-        let s = TcpStream::connect_timeout(&target(), Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut greeting = String::new();
-        BufReader::new(&s).read_line(&mut greeting)?;
-        ensure!(
-            greeting.starts_with("Gateway API Test TCP Server"),
-            "greeting {greeting:?}"
-        );
-        Ok(s)
-    })
-}
-
-fn ping(stream: &mut TcpStream) -> Result<()> {
-    stream.write_all(b"PING\n")?;
-    let mut line = String::new();
-    BufReader::new(&*stream)
-        .read_line(&mut line)
-        .context("reading PONG")?;
-    ensure!(line == "PONG\n", "held connection answered {line:?}");
-    Ok(())
+    clients::open_held(topo.client(), target())
 }
 
 /// Which backend pods answer `n` new connections.
@@ -109,13 +87,13 @@ fn tcp_route_is_forwarded_by_the_kernel_with_no_gateway_socket() -> Result<()> {
         on_port.is_empty(),
         "the gateway namespace holds sockets on {LISTENER_PORT}: {on_port:?}"
     );
-    ping(&mut held)?;
+    clients::ping_held(&mut held)?;
 
     let seen = spread(&topo, 40)?;
     assert_eq!(seen.len(), 2, "both backends answer: {seen:?}");
     assert!(seen.keys().all(|p| p.starts_with("tcp-backend-")));
     assert!(gw.kernel_packets("forwarded")? > 0 && gw.kernel_packets("replied")? > 0);
-    ping(&mut held)?;
+    clients::ping_held(&mut held)?;
     // Per-listener and per-backend traffic, from the conntrack sweep (once a second).
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -208,7 +186,7 @@ fn established_flows_survive_a_configuration_change() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     for s in &mut held {
-        ping(s)?;
+        clients::ping_held(s)?;
     }
     Ok(())
 }
@@ -223,11 +201,11 @@ fn flows_survive_kill_9_and_restart_of_the_agent() -> Result<()> {
     )?;
     let mut gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
     let mut held = open_held(&topo)?;
-    ping(&mut held)?;
+    clients::ping_held(&mut held)?;
 
     gw.kill9()?;
     // Links and maps are pinned: the program keeps forwarding with no agent at all.
-    ping(&mut held)?;
+    clients::ping_held(&mut held)?;
     assert_eq!(
         spread(&topo, 5)?.values().sum::<usize>(),
         5,
@@ -251,7 +229,7 @@ fn flows_survive_kill_9_and_restart_of_the_agent() -> Result<()> {
             "{iface} has {programs} TC programs after the restart"
         );
     }
-    ping(&mut held)?;
+    clients::ping_held(&mut held)?;
     assert_eq!(spread(&topo, 5)?.values().sum::<usize>(), 5);
     Ok(())
 }

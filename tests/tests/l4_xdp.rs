@@ -7,7 +7,6 @@
 //! The clients' and backends' veths get GRO on: a veth takes frames redirected by XDP only when its receiving
 //! end runs NAPI (see docs/l4.md, "XDP mode").
 use std::{
-    io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
@@ -62,29 +61,8 @@ fn vip(port: u16) -> SocketAddr {
     SocketAddr::from((topology::vip(1), port))
 }
 
-/// A connection from the client namespace that has read the echo greeting.
 fn open_held(topo: &Topology) -> Result<TcpStream> {
-    topo.client().run(|| {
-        let s = TcpStream::connect_timeout(&vip(TCP_PORT), Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut greeting = String::new();
-        BufReader::new(&s).read_line(&mut greeting)?;
-        ensure!(
-            greeting.starts_with("Gateway API Test TCP Server"),
-            "greeting {greeting:?}"
-        );
-        Ok(s)
-    })
-}
-
-fn ping(stream: &mut TcpStream) -> Result<()> {
-    stream.write_all(b"PING\n")?;
-    let mut line = String::new();
-    BufReader::new(&*stream)
-        .read_line(&mut line)
-        .context("reading PONG")?;
-    ensure!(line == "PONG\n", "held connection answered {line:?}");
-    Ok(())
+    clients::open_held(topo.client(), vip(TCP_PORT))
 }
 
 /// Sends `total` bytes each way through the stream listener to a checking server in backend 1.
@@ -206,7 +184,7 @@ fn tcp_and_udp_are_forwarded_by_xdp_with_every_byte_checked() -> Result<()> {
         sockets::sockets_on_port(topo.gateway(), TCP_PORT)?.is_empty(),
         "the gateway namespace holds a socket on the listener port"
     );
-    ping(&mut held)?;
+    clients::ping_held(&mut held)?;
     bulk_both_ways(&topo, 32 << 20)?;
 
     assert_mostly_xdp(&gw, (0, 0))?;
@@ -300,7 +278,7 @@ fn established_flows_survive_a_configuration_change_and_kill_9_in_xdp_mode() -> 
     let mut gw = GatewayProcess::start(topo.gateway(), &[&config], &args)?;
     let mut held: Vec<TcpStream> = (0..8).map(|_| open_held(&topo)).collect::<Result<_>>()?;
     for s in &mut held {
-        ping(s)?;
+        clients::ping_held(s)?;
     }
 
     // Backend 2 leaves the Service: new flows go to backend 1, flows on backend 2 stay.
@@ -328,7 +306,7 @@ fn established_flows_survive_a_configuration_change_and_kill_9_in_xdp_mode() -> 
         gw.kernel_packets("forwarded")? + gw.kernel_packets("replied")?,
     );
     for s in &mut held {
-        ping(s)?;
+        clients::ping_held(s)?;
     }
     let mark = assert_mostly_xdp(&gw, mark)?;
 
@@ -336,7 +314,7 @@ fn established_flows_survive_a_configuration_change_and_kill_9_in_xdp_mode() -> 
     // Links and maps are pinned: XDP keeps forwarding with no agent at all (its counter is read from the pinned
     // map once the agent is back), and new flows are admitted by the TC program.
     for s in &mut held {
-        ping(s)?;
+        clients::ping_held(s)?;
     }
     echo_round_trips(&topo, 3)?;
 
@@ -368,7 +346,7 @@ fn established_flows_survive_a_configuration_change_and_kill_9_in_xdp_mode() -> 
         ],
     )?;
     for s in &mut held {
-        ping(s)?;
+        clients::ping_held(s)?;
     }
     assert_mostly_xdp(&gw, mark)?;
     Ok(())
@@ -382,7 +360,7 @@ fn switching_modes_across_restarts_leaves_exactly_the_programs_asked_for() -> Re
     let config = write_manifests(dir.path(), &manifests(&topo, &[1]))?;
     let mut gw = GatewayProcess::start(topo.gateway(), &[&config], &xdp_args(&["eth0", "bk1"]))?;
     let mut held = open_held(&topo)?;
-    ping(&mut held)?;
+    clients::ping_held(&mut held)?;
     expect_attachments(
         &topo,
         &[
@@ -398,7 +376,7 @@ fn switching_modes_across_restarts_leaves_exactly_the_programs_asked_for() -> Re
     expect_attachments(&topo, &[("eth0", Some(XdpAttached::Skb)), ("bk1", None)])?;
     let xdp_before = gw.kernel_packets("xdp_forwarded")?;
     for _ in 0..5 {
-        ping(&mut held)?;
+        clients::ping_held(&mut held)?;
     }
     echo_round_trips(&topo, 3)?;
     assert_eq!(
@@ -412,7 +390,7 @@ fn switching_modes_across_restarts_leaves_exactly_the_programs_asked_for() -> Re
     gw.stop(Duration::from_secs(5))?;
     gw.start_again_with(&[])?;
     expect_attachments(&topo, &[("eth0", None), ("bk1", None)])?;
-    ping(&mut held)?;
+    clients::ping_held(&mut held)?;
     let pinned: Vec<_> = ["native", "generic"]
         .iter()
         .flat_map(|m| {
@@ -442,7 +420,7 @@ fn switching_modes_across_restarts_leaves_exactly_the_programs_asked_for() -> Re
     )?;
     let xdp_before = gw.kernel_packets("xdp_forwarded")?;
     for _ in 0..5 {
-        ping(&mut held)?;
+        clients::ping_held(&mut held)?;
     }
     ensure!(
         gw.kernel_packets("xdp_forwarded")? >= xdp_before + 10,

@@ -66,43 +66,13 @@ pub fn append(
 }
 
 /// Copies payload into the short buffer up to `end`, in chunks of at most `SHORT_CHUNK`: each starts below
-/// `SHORT_CAPTURE`, and the buffer has a chunk's room beyond that, which is what the verifier can check.
+/// `SHORT_CAPTURE`, and the buffer has a chunk's room beyond that.
 #[inline(always)]
 fn append_short(ctx: &TcContext, h: &mut Handshake, from: u32, end: u32) -> Result<(), Refused> {
     const CHUNK: u32 = SHORT_CHUNK as u32;
-    let mut src = from;
-    let mut i = 0;
-    while i < (SHORT_CAPTURE as u32).div_ceil(CHUNK) {
-        let at = h.captured;
-        if at >= end {
-            break;
-        }
-        let left = (end - at).min(CHUNK);
-        // Volatile reads keep LLVM from dropping the bounds the verifier needs as redundant.
-        // SAFETY: reading locals.
-        let at = unsafe { core::ptr::read_volatile(&at) };
-        let len = 1 + (unsafe { core::ptr::read_volatile(&left) }.wrapping_sub(1) & (CHUNK - 1));
-        if at >= SHORT_CAPTURE as u32 {
-            return Err(Refused::Malformed);
-        }
-        // SAFETY: the destination [at, at + len) lies inside the short buffer (at < SHORT_CAPTURE,
-        // len <= SHORT_CHUNK, SHORT_BUF = SHORT_CAPTURE + SHORT_CHUNK); the helper bounds-checks the skb side.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb as *const c_void,
-                src,
-                h.short.as_mut_ptr().add(at as usize) as *mut c_void,
-                len,
-            )
-        };
-        if rc != 0 {
-            return Err(Refused::Malformed);
-        }
-        h.captured = at + len;
-        src += len;
-        i += 1;
-    }
-    Ok(())
+    const ROUNDS: u32 = (SHORT_CAPTURE as u32).div_ceil(CHUNK);
+    let buf = h.short.as_mut_ptr();
+    copy_in::<CHUNK, ROUNDS>(ctx, h, buf, SHORT_CAPTURE as u32 - 1, from, end)
 }
 
 /// Copies payload into the long capture up to `end`, in chunks of at most 8 KiB: with the capture at most
@@ -115,28 +85,45 @@ fn append_long(
     from: u32,
     end: u32,
 ) -> Result<(), Refused> {
-    const CHUNK: u32 = 8192;
+    // SAFETY: only the address is taken of the map value.
+    let buf = unsafe { (*long).data.as_mut_ptr() };
+    copy_in::<8192, 3>(ctx, h, buf, MAX_BUFFERED as u32, from, end)
+}
+
+/// Appends skb bytes from offset `from` at `buf + h.captured` until `h.captured == end`, at most `ROUNDS` chunks
+/// of at most `CHUNK` bytes (a power of two). The verifier bounds a chunk's start and length separately, so the
+/// caller's buffer must hold `last_start + CHUNK` bytes: no chunk starts past `last_start`.
+#[inline(always)]
+fn copy_in<const CHUNK: u32, const ROUNDS: u32>(
+    ctx: &TcContext,
+    h: &mut Handshake,
+    buf: *mut u8,
+    last_start: u32,
+    from: u32,
+    end: u32,
+) -> Result<(), Refused> {
     let mut src = from;
     let mut i = 0;
-    while i < 3 {
+    while i < ROUNDS {
         let at = h.captured;
         if at >= end {
             break;
         }
         let left = (end - at).min(CHUNK);
-        // SAFETY: reading locals (volatile: see `append_short`).
+        // Volatile reads keep LLVM from dropping the bounds the verifier needs as redundant.
+        // SAFETY: reading locals.
         let at = unsafe { core::ptr::read_volatile(&at) } & (CAPTURE_BUF as u32 - 1);
         let len = 1 + (unsafe { core::ptr::read_volatile(&left) }.wrapping_sub(1) & (CHUNK - 1));
-        if at > MAX_BUFFERED as u32 {
+        if at > last_start {
             return Err(Refused::Malformed);
         }
-        // SAFETY: the destination [at, at + len) lies inside the 32 KiB buffer (at <= MAX_BUFFERED,
-        // len <= 8 KiB); the helper bounds-checks the skb side.
+        // SAFETY: the destination [at, at + len) lies inside the caller's buffer (at <= last_start,
+        // len <= CHUNK); the helper bounds-checks the skb side.
         let rc = unsafe {
             bpf_skb_load_bytes(
                 ctx.skb.skb as *const c_void,
                 src,
-                (*long).data.as_mut_ptr().add(at as usize) as *mut c_void,
+                buf.add(at as usize) as *mut c_void,
                 len,
             )
         };
