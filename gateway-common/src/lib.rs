@@ -9,7 +9,7 @@
 pub mod checksum;
 
 /// Version of the map layouts below; part of the pin path (`/sys/fs/bpf/ebpf-gateway/v{ABI_VERSION}/...`).
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -38,6 +38,8 @@ pub struct Config {
     pub snat_port_min: u16,
     /// Last source port allocated for SNAT (host byte order, inclusive).
     pub snat_port_max: u16,
+    /// Kernel TLS passthrough: handshakes in progress allowed per client address (0: no limit).
+    pub tls_pending_per_source: u32,
 }
 
 /// What a listener is served by.
@@ -265,7 +267,8 @@ pub mod counter {
     pub const TLS_HANDSHAKES: u32 = 15;
     /// Kernel TLS passthrough: connections whose ClientHello reached the backend (spliced from then on).
     pub const TLS_SPLICED: u32 = 16;
-    /// Kernel TLS passthrough: SYNs reset because the table of pending handshakes was full.
+    /// Kernel TLS passthrough: SYNs reset because the table of pending handshakes was full, or the client's
+    /// address already held its `tls_pending_per_source` of them.
     pub const TLS_PENDING_FULL: u32 = 17;
     /// Kernel TLS passthrough: ClientHellos whose SNI matched no route, reset.
     pub const TLS_NO_ROUTE: u32 = 18;
@@ -326,7 +329,7 @@ mod tests {
     /// Layouts are shared with the kernel: a size change is an ABI change and must bump ABI_VERSION.
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 8);
+        assert_eq!(size_of::<Config>(), 12);
         assert_eq!(size_of::<ListenerKey>(), 12);
         assert_eq!(size_of::<ListenerValue>(), 12);
         assert_eq!(size_of::<RouteKey>(), 8);

@@ -8,6 +8,9 @@
 //! take the [`tls`] path (handshake, ClientHello capture, SNI routing, splice). Anything not addressed to a
 //! listener or a flow goes on to the local stack untouched.
 #![no_std]
+// `core::intrinsics::atomic_xadd` (tls/sources.rs): the BPF target has no `Atomic*` read-modify-write.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 #![no_main]
 
 mod checksum;

@@ -279,6 +279,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             snat_ports: args.snat_ports,
             conntrack_entries: args.conntrack_entries,
             tls_pending: args.tls.tls_max_pending.clamp(1, u32::MAX as usize) as u32,
+            tls_pending_per_source: args
+                .tls
+                .tls_max_pending_per_source
+                .clamp(1, u32::MAX as usize) as u32,
             tls_handshake_timeout: kernel_handshake_timeout,
             timeouts: Timeouts {
                 tcp_established: Duration::from_secs(args.tcp_idle_timeout),

@@ -16,7 +16,7 @@ use gateway_common::{
     FlowKey,
 };
 
-use super::TLS_HANDSHAKES;
+use super::{sources, TLS_HANDSHAKES};
 use crate::counters::count;
 
 /// First flights longer than [`SHORT_CAPTURE`], keyed like their handshake (the client's 5-tuple). Allocated
@@ -182,11 +182,14 @@ pub fn bytes(key: &FlowKey, h: &Handshake) -> Option<*const u8> {
         .map(|long| unsafe { (*long).data.as_ptr() })
 }
 
-/// Removes the handshake of `key` (whose entry `h` is) and its long capture, if it had one.
+/// Removes the handshake of `key` (whose entry `h` is) and its long capture, if it had one, and counts it out
+/// of its client address's pending handshakes.
 #[inline(always)]
 pub fn forget(key: &FlowKey, h: &Handshake) {
     let long = h.long;
-    let _ = TLS_HANDSHAKES.remove(key);
+    if TLS_HANDSHAKES.remove(key).is_ok() {
+        sources::release(key.src);
+    }
     if long != 0 {
         let _ = TLS_LONG_CAPTURES.remove(key);
     }

@@ -20,6 +20,7 @@ use super::{
     capture::{self, Refused, TLS_LONG_CAPTURES},
     ifindex, reply_macs,
     segment::{self, Segment},
+    sources,
     Tcp, HANDSHAKE_TEMPLATE, TLS_HANDSHAKES, TLS_REJECTS, TLS_VERDICT,
 };
 use crate::{
@@ -56,10 +57,20 @@ pub fn syn(ctx: &TcContext, pkt: &Packet, t: &Tcp, listener: &ListenerValue) -> 
                 // An older connection's handshake on this 4-tuple is replaced: its long capture goes with it.
                 let _ = TLS_LONG_CAPTURES.remove(pkt.key);
             }
-            let Some(template) = HANDSHAKE_TEMPLATE.get(0) else {
+            let (Some(template), Some(config)) = (HANDSHAKE_TEMPLATE.get(0), CONFIG.get(CONFIG_KEY))
+            else {
                 return TC_ACT_SHOT;
             };
+            // A new connection counts against its address's share of the table; one replacing an older
+            // connection's entry on this 4-tuple takes that entry's place in the count.
+            if existing.is_none() && !sources::admit(pkt.key.src, config.tls_pending_per_source) {
+                count(counter::TLS_PENDING_FULL);
+                return reset::send(ctx, pkt);
+            }
             if TLS_HANDSHAKES.insert(pkt.key, template, 0).is_err() {
+                if existing.is_none() {
+                    sources::release(pkt.key.src);
+                }
                 count(counter::TLS_PENDING_FULL);
                 return reset::send(ctx, pkt);
             }

@@ -15,6 +15,7 @@ mod backend;
 mod capture;
 mod handshake;
 mod segment;
+mod sources;
 mod splice;
 
 use aya_ebpf::{

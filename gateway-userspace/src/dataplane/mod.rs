@@ -100,9 +100,11 @@ pub struct Settings {
     /// Capacity of the conntrack map (entries; each flow takes two).
     pub conntrack_entries: u32,
     pub timeouts: conntrack::Timeouts,
-    /// Capacity of the kernel TLS passthrough's table of connections between SYN and splice (each entry holds
-    /// a 32 KiB ClientHello capture while it exists).
+    /// Capacity of the kernel TLS passthrough's table of connections between SYN and splice (4 KiB each; a
+    /// first flight longer than the entry's buffer takes a 32 KiB long capture too).
     pub tls_pending: u32,
+    /// Of those, how many one client address may hold (0: no limit); a SYN beyond it is reset.
+    pub tls_pending_per_source: u32,
     /// How long a kernel TLS passthrough connection may take from its SYN to the backend acknowledging its
     /// ClientHello; older handshakes are removed (the client's next segment is then reset).
     pub tls_handshake_timeout: std::time::Duration,
@@ -118,6 +120,7 @@ impl Default for Settings {
             conntrack_entries: 262_144,
             timeouts: conntrack::Timeouts::default(),
             tls_pending: 4096,
+            tls_pending_per_source: 256,
             tls_handshake_timeout: std::time::Duration::from_secs(15),
         }
     }
@@ -164,6 +167,8 @@ pub struct Dataplane {
     tls_handshakes: HashMap<MapData, FlowKey, Handshake>,
     /// First flights of those handshakes that outgrew the entry's own buffer.
     tls_long_captures: HashMap<MapData, FlowKey, LongCapture>,
+    /// Handshakes in progress per client address (kept by the kernel, reconciled at every sweep).
+    tls_pending_sources: HashMap<MapData, u32, i64>,
     /// When each pending handshake started, as read from its entry (see [`Dataplane::expire_handshakes`]).
     handshakes_started: StdHashMap<FlowKey, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -221,6 +226,7 @@ impl Dataplane {
             .map_max_entries("HELLO_SCRATCH", cpus)
             .map_max_entries("TLS_HANDSHAKES", settings.tls_pending.max(1))
             .map_max_entries("TLS_LONG_CAPTURES", settings.tls_pending.max(1))
+            .map_max_entries("TLS_PENDING_SOURCES", settings.tls_pending.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(format!("{e:#}")))?;
         // The TLS handshake programs are entered by tail call from the ingress program: load them and put them
@@ -285,6 +291,9 @@ impl Dataplane {
         let tls_long_captures = take(&mut ebpf, "TLS_LONG_CAPTURES")?
             .try_into()
             .map_err(map_err("TLS_LONG_CAPTURES"))?;
+        let tls_pending_sources = take(&mut ebpf, "TLS_PENDING_SOURCES")?
+            .try_into()
+            .map_err(map_err("TLS_PENDING_SOURCES"))?;
         let xdp_egress = take(&mut ebpf, "XDP_EGRESS")?
             .try_into()
             .map_err(map_err("XDP_EGRESS"))?;
@@ -305,6 +314,7 @@ impl Dataplane {
             flows,
             tls_handshakes,
             tls_long_captures,
+            tls_pending_sources,
             handshakes_started: StdHashMap::new(),
             counters,
             generation,
@@ -545,6 +555,7 @@ impl Dataplane {
                     generation: next,
                     snat_port_min,
                     snat_port_max,
+                    tls_pending_per_source: self.settings.tls_pending_per_source,
                 },
                 0,
             )
@@ -838,6 +849,7 @@ impl Dataplane {
             .filter_map(Result::ok)
             .filter(|k| !present.contains(k))
             .collect();
+        self.reconcile_pending_sources();
         let mut long_captures = self.tls_long_captures.keys().count();
         for key in orphans {
             if self.tls_handshakes.get(&key, 0).is_err()
@@ -851,6 +863,31 @@ impl Dataplane {
             expired,
             long_captures,
         })
+    }
+
+    /// Rewrites the per-address counts of pending handshakes from the handshake table. The kernel counts a
+    /// handshake in when it answers a SYN and out when the handshake ends; handshakes this agent expires are
+    /// counted out here, and a count the kernel updated between this sweep's reads and writes is off by that
+    /// much until the next sweep (a second at most), never for longer.
+    fn reconcile_pending_sources(&mut self) {
+        let mut counts: StdHashMap<u32, i64> = StdHashMap::new();
+        for key in self.tls_handshakes.keys().filter_map(Result::ok) {
+            *counts.entry(key.src).or_default() += 1;
+        }
+        let stale: Vec<u32> = self
+            .tls_pending_sources
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|src| !counts.contains_key(src))
+            .collect();
+        for src in stale {
+            let _ = self.tls_pending_sources.remove(&src);
+        }
+        for (src, n) in counts {
+            if self.tls_pending_sources.get(&src, 0).ok() != Some(n) {
+                let _ = self.tls_pending_sources.insert(src, n, 0);
+            }
+        }
     }
 
     /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep and the
