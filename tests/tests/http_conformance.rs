@@ -16,7 +16,8 @@ use gateway_tests::{
     clients::{self, deployment_of},
     conformance,
     conformance::Plan,
-    http_checks::{accepted, eventually, expect_backend, expect_status, request},
+    echo::HttpEchoReply,
+    http_checks::{accepted, eventually, expect_backend, expect_echo, expect_status, request},
     pki::Pki,
 };
 
@@ -29,6 +30,60 @@ fn http_simple_same_namespace() -> Result<()> {
         accepted(&run, INFRA, "gateway-conformance-infra-test")?;
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)
+    })
+}
+
+/// What the backend is told of the client, and what stays between the client and the proxy: X-Forwarded-For
+/// carries the client's address (appended to a list the client sent), X-Forwarded-Proto the scheme, and
+/// hop-by-hop headers (RFC 9110 §7.6.1's, and those the client's Connection header lists) are not forwarded.
+#[test]
+fn http_forwarding_headers_and_hop_by_hop_headers() -> Result<()> {
+    conformance!("httproute-simple-same-namespace.yaml", |run| {
+        accepted(&run, INFRA, "gateway-conformance-infra-test")?;
+        let gw = run.target(INFRA, "same-namespace", 80);
+        let client = run.topology().client_addr().to_string();
+        let header =
+            |e: &HttpEchoReply, name: &str| e.headers.get(name).cloned().unwrap_or_default();
+        expect_echo(&run, gw, "example.com", "/", &[], |e| {
+            ensure!(
+                header(e, "X-Forwarded-For") == [client.clone()],
+                "{:?}",
+                e.headers
+            );
+            ensure!(
+                header(e, "X-Forwarded-Proto") == ["http"],
+                "{:?}",
+                e.headers
+            );
+            Ok(())
+        })?;
+        let sent = [("X-Forwarded-For", "203.0.113.9")];
+        expect_echo(&run, gw, "example.com", "/", &sent, |e| {
+            ensure!(
+                header(e, "X-Forwarded-For") == [format!("203.0.113.9, {client}")],
+                "{:?}",
+                e.headers
+            );
+            Ok(())
+        })?;
+        let sent = [
+            ("Connection", "keep-alive, X-Private"),
+            ("X-Private", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("X-Public", "kept"),
+        ];
+        expect_echo(&run, gw, "example.com", "/", &sent, |e| {
+            for gone in ["X-Private", "Keep-Alive", "Proxy-Connection"] {
+                ensure!(
+                    !e.headers.contains_key(gone),
+                    "{gone} forwarded: {:?}",
+                    e.headers
+                );
+            }
+            ensure!(header(e, "X-Public") == ["kept"], "{:?}", e.headers);
+            Ok(())
+        })
     })
 }
 

@@ -187,14 +187,35 @@ impl Host {
     }
 }
 
+/// The downstream connection requests arrive on.
+pub struct Downstream {
+    pub peer: SocketAddr,
+    /// Whether it is an HTTPS listener's (terminated here).
+    pub tls: bool,
+    /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
+    forwarded_for: HeaderValue,
+}
+
+impl Downstream {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let forwarded_for = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        Self {
+            peer,
+            tls,
+            forwarded_for,
+        }
+    }
+}
+
 /// Answers one request on the worker `context` belongs to: routed by `table`, counted, logged.
 pub async fn handle(
     table: &WorkerTable,
     context: &WorkerContext,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    tls: bool,
+    downstream: &Downstream,
 ) -> Response<ProxyBody> {
+    let peer = downstream.peer;
     let start = Instant::now();
     let (parts, body) = req.into_parts();
     let method = parts.method.clone();
@@ -213,9 +234,8 @@ pub async fn handle(
         body,
         &host,
         &path_and_query,
-        peer,
+        downstream,
         start,
-        tls,
     )
     .await;
     let status = outcome.response.status().as_u16();
@@ -255,13 +275,20 @@ fn hop_by_hop() -> [HeaderName; 7] {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header lists are hop-by-hop too (rare: checked only when it names any).
+    // Headers the Connection header lists are hop-by-hop too. The usual options (`keep-alive`, `close`,
+    // `upgrade`) name no other header or one removed below anyway: no parsing, no allocation for them.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|s| {
+            !["keep-alive", "close", "upgrade"]
+                .iter()
+                .any(|usual| s.eq_ignore_ascii_case(usual))
+        })
+        .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
         .collect();
     for name in hop_by_hop().iter().chain(&listed) {
         headers.remove(name);
@@ -279,10 +306,10 @@ async fn route<'t>(
     body: Incoming,
     host: &Host,
     path_and_query: &PathAndQuery,
-    peer: SocketAddr,
+    downstream: &Downstream,
     arrived: Instant,
-    tls: bool,
 ) -> Outcome<'t> {
+    let tls = downstream.tls;
     let path = path_and_query.path();
     let query = path_and_query.query();
     let info = RequestInfo {
@@ -397,10 +424,10 @@ async fn route<'t>(
         .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip())),
-        None => HeaderValue::from_str(&peer.ip().to_string()),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", downstream.peer.ip())).ok(),
+        None => Some(downstream.forwarded_for.clone()),
     };
-    if let Ok(v) = forwarded_for {
+    if let Some(v) = forwarded_for {
         parts.headers.insert(X_FORWARDED_FOR, v);
     }
     parts.headers.insert(

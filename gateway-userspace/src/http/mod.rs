@@ -7,6 +7,7 @@
 //!   swapped, drain;
 //! - [`worker`]: the worker threads — a current-thread runtime each, `SO_REUSEPORT` listeners, accept loops
 //!   and connections;
+//! - [`first_read`]: a plaintext connection's first bytes read in one system call;
 //! - [`pool`]: a worker's connections to backends (HTTP/1.1 kept alive, h2c multiplexed);
 //! - [`series`]: each route table's metric series, resolved when it is built;
 //! - [`forward`]: one request's life — routing, filters, mirrors, timeouts, the backend call, metrics and the
@@ -15,6 +16,7 @@
 //!
 //! The agent owns one [`Proxy`] and calls [`Proxy::update`] with every new IR and [`Proxy::drain`] on shutdown.
 pub mod filters;
+pub mod first_read;
 pub mod forward;
 pub mod pool;
 pub mod proxy;

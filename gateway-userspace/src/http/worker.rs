@@ -35,7 +35,8 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    forward::handle,
+    first_read::FirstRead,
+    forward::{handle, Downstream},
     pool::{Pool, Wire},
     proxy::{HttpProxyError, Settings},
     series::WorkerTable,
@@ -198,7 +199,8 @@ impl Drop for Worker {
 }
 
 /// One worker's listening socket for `address`: `SO_REUSEPORT`, so every worker binds its own and the kernel
-/// spreads connections over them; `IP_FREEBIND`, so binding never races the address's local route.
+/// spreads connections over them; `IP_FREEBIND`, so binding never races the address's local route;
+/// `TCP_NODELAY`, inherited by every accepted connection.
 pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, HttpProxyError> {
     let err = |source| HttpProxyError::Bind { address, source };
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(err)?;
@@ -209,6 +211,9 @@ pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, HttpProxyError
     } else {
         socket.set_freebind_v6(true).map_err(err)?;
     }
+    // Accepted connections inherit it on Linux: no `setsockopt` per connection. Responses are written whole
+    // (head and body in one `writev`), so Nagle only ever delayed the last segment of streamed bodies.
+    socket.set_tcp_nodelay(true).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&address.into()).map_err(err)?;
     socket.listen(1024).map_err(err)?;
@@ -230,7 +235,6 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let routes = routes.clone();
         let context = context.clone();
         let acceptor = acceptor.clone();
@@ -239,7 +243,21 @@ async fn accept_loop(
             context.open.inc();
             context.metrics.connections.inc();
             match acceptor {
-                None => serve_connection(stream, routes, context.clone(), peer, false).await,
+                None => {
+                    let mut shutdown = context.shutdown.clone();
+                    // A connection that has sent nothing yet is simply closed by a drain.
+                    let first = tokio::select! {
+                        first = FirstRead::read(stream) => first,
+                        _ = shutdown.wait_for(|s| *s) => Ok(None),
+                    };
+                    match first {
+                        Ok(Some(io)) => {
+                            serve_connection(io, routes, context.clone(), peer, false).await
+                        }
+                        Ok(None) => {}
+                        Err(e) => debug!(%peer, error = %e, "reading the first bytes failed"),
+                    }
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
@@ -270,11 +288,13 @@ async fn serve_connection<I>(
 {
     let mut shutdown = context.shutdown.clone();
     let service_context = context.clone();
+    let downstream = Arc::new(Downstream::new(peer, tls));
     let service = service_fn(move |req| {
         // The table current when the request arrived serves it to the end, whatever is swapped meanwhile.
         let table = routes.load_full();
         let context = service_context.clone();
-        async move { Ok::<_, Infallible>(handle(&table, &context, req, peer, tls).await) }
+        let downstream = downstream.clone();
+        async move { Ok::<_, Infallible>(handle(&table, &context, req, &downstream).await) }
     });
     let conn = context
         .server
@@ -294,4 +314,21 @@ async fn serve_connection<I>(
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker sets no option per accepted connection: `TCP_NODELAY` must come from the listener.
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let listener =
+            TcpListener::from_std(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }
