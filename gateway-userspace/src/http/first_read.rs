@@ -13,6 +13,9 @@ use tokio::{
     net::TcpStream,
 };
 
+/// What an HTTP/2 connection opens with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// How much the first read takes: a whole common request head. A longer head is read on by hyper.
 const FIRST_READ: usize = 4096;
 
@@ -31,14 +34,24 @@ impl FirstRead {
         let mut first = Vec::with_capacity(FIRST_READ);
         // Through `poll_read`, not `try_read`: a read that does not fill the buffer tells tokio the socket is
         // drained, so hyper's next read waits for readiness instead of costing a `recvfrom` that finds nothing.
-        match stream.read_buf(&mut first).await? {
-            0 => Ok(None),
-            _ => Ok(Some(Self {
-                first,
-                replayed: 0,
-                stream,
-            })),
+        // Bytes that may still become the HTTP/2 preface are read on until they do or cannot.
+        loop {
+            if stream.read_buf(&mut first).await? == 0 {
+                return Ok(None);
+            }
+            if first.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&first) {
+                return Ok(Some(Self {
+                    first,
+                    replayed: 0,
+                    stream,
+                }));
+            }
         }
+    }
+
+    /// Whether the connection opened with the HTTP/2 preface (h2c with prior knowledge).
+    pub fn is_h2c(&self) -> bool {
+        self.first.starts_with(H2_PREFACE)
     }
 }
 
@@ -132,6 +145,32 @@ mod tests {
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.unwrap();
         assert_eq!(answer, b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    /// The HTTP/2 preface arriving in pieces is read on until whole, then tells h2c; a request is HTTP/1.1.
+    #[tokio::test]
+    async fn the_http2_preface_is_read_whole_and_tells_h2c() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.set_nodelay(true).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let reading = tokio::spawn(FirstRead::read(server));
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        let conn = reading.await.unwrap().unwrap().expect("bytes");
+        assert!(conn.is_h2c());
+        assert_eq!(conn.first, H2_PREFACE);
+
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(b"PRIVATE / HTTP/1.1\r\n").await.unwrap();
+        let conn = FirstRead::read(server).await.unwrap().expect("bytes");
+        assert!(!conn.is_h2c());
     }
 
     /// A client that closes without a byte: nothing to serve.
