@@ -703,6 +703,47 @@ fn one_client_address_holds_at_most_its_share_of_pending_handshakes() -> Result<
     Ok(())
 }
 
+/// The per-address counts take no room once an address's handshakes are done: with a table of two pending
+/// handshakes, three client addresses in turn each get a spliced connection while the agent is stopped
+/// (`SIGSTOP`: no sweep can clean up behind the kernel). Entries left at zero would fill the table after two.
+#[test]
+fn finished_handshakes_leave_no_per_address_entry_behind() -> Result<()> {
+    let hello = pq_hello()?;
+    let topo = Topology::builder().backends(1).clients(3).build()?;
+    let (_backend, good) = echo_backend(&topo, hello.clone())?;
+    let dir = tempfile::tempdir()?;
+    let gw = start_gateway_with(&topo, dir.path(), &["--tls-max-pending", "2"])?;
+    let pid = gw.pid().context("the agent's pid")? as libc::pid_t;
+    /// Sends SIGCONT when dropped, so a failing test never leaves the agent stopped.
+    struct Stopped(libc::pid_t);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            // SAFETY: a signal to the agent process this test started.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    // SAFETY: as above.
+    ensure!(
+        unsafe { libc::kill(pid, libc::SIGSTOP) } == 0,
+        "stopping the agent"
+    );
+    let stopped = Stopped(pid);
+    for (i, client) in topo.clients().iter().enumerate() {
+        client.run(|| -> Result<()> {
+            let mut s = open_with_hello(&hello, false)
+                .with_context(|| format!("client {} while the agent is stopped", i + 1))?;
+            ping(&mut s, i)
+        })?;
+    }
+    drop(stopped);
+    ensure!(
+        good.load(Ordering::SeqCst) == 3,
+        "backend saw {} good hellos",
+        good.load(Ordering::SeqCst)
+    );
+    Ok(())
+}
+
 /// A backend still in TIME_WAIT for the 4-tuple the gateway's SYN uses refuses that SYN with an ACK for the old
 /// connection when the SYN's sequence number is not past the old connection's (about half the time: clients pick
 /// ISNs per 4-tuple). The gateway then resets the TIME_WAIT and sends its SYN again at once; without that, the

@@ -33,13 +33,18 @@ pub fn admit(src: u32, limit: u32) -> bool {
         })
 }
 
-/// Counts a handshake of `src` out.
+/// Counts a handshake of `src` out. The address's last handshake removes its entry: entries left at zero until
+/// the agent's next sweep (up to 10 s apart with large tables) would let many distinct clients fill the table
+/// and refuse new addresses while the handshake table has room. A CPU admitting the same address at that instant
+/// may count into the removed entry: the address is then under-counted by one until the next sweep.
 #[inline(always)]
 pub fn release(src: u32) {
     if let Some(count) = TLS_PENDING_SOURCES.get_ptr_mut(src) {
         // SAFETY: as in `admit`.
-        if unsafe { count.read_volatile() } > 0 {
+        if unsafe { count.read_volatile() } > 1 {
             add(count, -1);
+        } else {
+            let _ = TLS_PENDING_SOURCES.remove(src);
         }
     }
 }
