@@ -40,9 +40,16 @@ const CAPTURING: u8 = state::NONE;
 /// backend's numbers (`splice::translate_sack`), the backend's need none (they name the client's numbers).
 const OFFER_SACK: bool = true;
 
-/// A client SYN: a new handshake entry (or the existing one, for a retransmitted SYN) and a SYN-ACK.
+/// A client SYN: a new handshake entry (or the existing one, for a retransmitted SYN) and a SYN-ACK. A new
+/// handshake is refused when the client's address already holds `pending_per_source` (0: no limit).
 #[inline(always)]
-pub fn syn(ctx: &TcContext, pkt: &Packet, t: &Tcp, listener: &ListenerValue) -> i32 {
+pub fn syn(
+    ctx: &TcContext,
+    pkt: &Packet,
+    t: &Tcp,
+    listener: &ListenerValue,
+    pending_per_source: u32,
+) -> i32 {
     let Some(opts) = options::read(ctx, pkt.l4_off, t.doff) else {
         count(counter::MALFORMED);
         return TC_ACT_SHOT;
@@ -57,13 +64,12 @@ pub fn syn(ctx: &TcContext, pkt: &Packet, t: &Tcp, listener: &ListenerValue) -> 
                 // An older connection's handshake on this 4-tuple is replaced: its long capture goes with it.
                 let _ = TLS_LONG_CAPTURES.remove(pkt.key);
             }
-            let (Some(template), Some(config)) = (HANDSHAKE_TEMPLATE.get(0), CONFIG.get(CONFIG_KEY))
-            else {
+            let Some(template) = HANDSHAKE_TEMPLATE.get(0) else {
                 return TC_ACT_SHOT;
             };
             // A new connection counts against its address's share of the table; one replacing an older
             // connection's entry on this 4-tuple takes that entry's place in the count.
-            if existing.is_none() && !sources::admit(pkt.key.src, config.tls_pending_per_source) {
+            if existing.is_none() && !sources::admit(pkt.key.src, pending_per_source) {
                 count(counter::TLS_PENDING_FULL);
                 return reset::send(ctx, pkt);
             }

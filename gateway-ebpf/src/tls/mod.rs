@@ -77,7 +77,7 @@ pub fn listener_program(ctx: &TcContext) -> i32 {
     let Some(listener) = (unsafe { LISTENERS.get(key) }).copied() else {
         return TC_ACT_SHOT;
     };
-    on_listener(ctx, &pkt, &listener)
+    on_listener(ctx, &pkt, &listener, config.tls_pending_per_source)
 }
 
 /// Program `tls_flow`: a segment of a flow whose splice is being set up.
@@ -154,7 +154,13 @@ fn tcp(ctx: &TcContext, pkt: &Packet) -> Option<Tcp> {
 /// A segment to a kernel TLS passthrough listener with no conntrack entry: a new handshake, or a segment of one
 /// in progress.
 #[inline(always)]
-fn on_listener(ctx: &TcContext, pkt: &Packet, listener: &ListenerValue) -> i32 {
+/// `pending_per_source`: the agent's per-address limit of pending handshakes (`Config`).
+fn on_listener(
+    ctx: &TcContext,
+    pkt: &Packet,
+    listener: &ListenerValue,
+    pending_per_source: u32,
+) -> i32 {
     if pkt.key.proto != PROTO_TCP {
         count(counter::TLS_UNEXPECTED);
         return TC_ACT_SHOT;
@@ -169,7 +175,7 @@ fn on_listener(ctx: &TcContext, pkt: &Packet, listener: &ListenerValue) -> i32 {
         return TC_ACT_SHOT;
     };
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
-        return handshake::syn(ctx, pkt, &t, listener);
+        return handshake::syn(ctx, pkt, &t, listener, pending_per_source);
     }
     match TLS_HANDSHAKES.get_ptr_mut(pkt.key) {
         Some(hs) => handshake::client_segment(ctx, pkt, &t, hs),

@@ -814,10 +814,13 @@ impl Dataplane {
         self.handshakes_started.retain(|k, _| present.contains(k));
         let now = conntrack::now_ns();
         let (mut pending, mut expired) = (0, 0);
+        // Handshakes left pending, by client address: what the kernel's per-address counts should say.
+        let mut by_source: StdHashMap<u32, i64> = StdHashMap::new();
         for key in keys {
             let known = self.handshakes_started.get(&key).copied();
             if known.is_some_and(|started| now.saturating_sub(started) < limit.as_nanos() as u64) {
                 pending += 1;
+                *by_source.entry(key.src).or_default() += 1;
                 continue;
             }
             let Ok(h) = self.tls_handshakes.get(&key, 0) else {
@@ -827,6 +830,7 @@ impl Dataplane {
             if now.saturating_sub(h.created_ns) < limit.as_nanos() as u64 {
                 self.handshakes_started.insert(key, h.created_ns);
                 pending += 1;
+                *by_source.entry(key.src).or_default() += 1;
                 continue;
             }
             let _ = self.tls_handshakes.remove(&key);
@@ -849,7 +853,7 @@ impl Dataplane {
             .filter_map(Result::ok)
             .filter(|k| !present.contains(k))
             .collect();
-        self.reconcile_pending_sources();
+        self.reconcile_pending_sources(by_source);
         let mut long_captures = self.tls_long_captures.keys().count();
         for key in orphans {
             if self.tls_handshakes.get(&key, 0).is_err()
@@ -865,15 +869,11 @@ impl Dataplane {
         })
     }
 
-    /// Rewrites the per-address counts of pending handshakes from the handshake table. The kernel counts a
-    /// handshake in when it answers a SYN and out when the handshake ends; handshakes this agent expires are
-    /// counted out here, and a count the kernel updated between this sweep's reads and writes is off by that
-    /// much until the next sweep (a second at most), never for longer.
-    fn reconcile_pending_sources(&mut self) {
-        let mut counts: StdHashMap<u32, i64> = StdHashMap::new();
-        for key in self.tls_handshakes.keys().filter_map(Result::ok) {
-            *counts.entry(key.src).or_default() += 1;
-        }
+    /// Rewrites the kernel's per-address counts of pending handshakes to `counts`, what this sweep left in the
+    /// handshake table. The kernel counts a handshake in when it answers a SYN and out when the handshake ends;
+    /// handshakes this agent expires are counted out here, and a count the kernel updated between this sweep's
+    /// reads and writes is off by that much until the next sweep, never for longer.
+    fn reconcile_pending_sources(&mut self, counts: StdHashMap<u32, i64>) {
         let stale: Vec<u32> = self
             .tls_pending_sources
             .keys()

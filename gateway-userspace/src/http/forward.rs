@@ -193,17 +193,15 @@ pub struct Downstream {
     /// Whether it is an HTTPS listener's (terminated here).
     pub tls: bool,
     /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
-    forwarded_for: HeaderValue,
+    forwarded_for: Option<HeaderValue>,
 }
 
 impl Downstream {
     pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        let forwarded_for = HeaderValue::try_from(peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
         Self {
             peer,
             tls,
-            forwarded_for,
+            forwarded_for: HeaderValue::try_from(peer.ip().to_string()).ok(),
         }
     }
 }
@@ -425,7 +423,7 @@ async fn route<'t>(
         .and_then(|v| v.to_str().ok())
     {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", downstream.peer.ip())).ok(),
-        None => Some(downstream.forwarded_for.clone()),
+        None => downstream.forwarded_for.clone(),
     };
     if let Some(v) = forwarded_for {
         parts.headers.insert(X_FORWARDED_FOR, v);

@@ -299,13 +299,13 @@ async fn serve_plaintext(
     let service = service(routes, context.clone(), Downstream::new(peer, false));
     if io.is_h2c() {
         let conn = context.h2c.serve_connection(TokioIo::new(io), service);
-        drive(conn, &context, peer).await
+        drive(conn, |c| c.graceful_shutdown(), &context, peer).await
     } else {
         let conn = context
             .http1
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        drive(conn, &context, peer).await
+        drive(conn, |c| c.graceful_shutdown(), &context, peer).await
     }
 }
 
@@ -322,7 +322,7 @@ async fn serve_tls<I>(
     let conn = context
         .server
         .serve_connection_with_upgrades(TokioIo::new(io), service);
-    drive(conn, &context, peer).await
+    drive(conn, |c| c.graceful_shutdown(), &context, peer).await
 }
 
 /// The proxy as a hyper service: each request is answered by [`handle`] with the route table current when it
@@ -346,18 +346,21 @@ fn service(
     })
 }
 
-/// A hyper connection that a drain can ask to finish its requests and close.
-trait Served: Future<Output = Result<(), Self::Failure>> {
-    type Failure: std::fmt::Display;
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-/// Runs a connection to its end; on the drain signal, lets it finish what it has in flight.
-async fn drive<C: Served>(conn: C, context: &WorkerContext, peer: SocketAddr) {
+/// Runs a connection to its end; on the drain signal, lets it finish what it has in flight (`graceful_shutdown`:
+/// the connection type's own method, as hyper's three connection types share no trait for it).
+async fn drive<C, E>(
+    conn: C,
+    graceful_shutdown: fn(Pin<&mut C>),
+    context: &WorkerContext,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut shutdown = context.shutdown.clone();
     tokio::pin!(conn);
     if *shutdown.borrow() {
-        conn.as_mut().graceful_shutdown();
+        graceful_shutdown(conn.as_mut());
     }
     tokio::select! {
         result = conn.as_mut() => {
@@ -368,53 +371,8 @@ async fn drive<C: Served>(conn: C, context: &WorkerContext, peer: SocketAddr) {
         }
         _ = shutdown.wait_for(|s| *s) => {}
     }
-    conn.as_mut().graceful_shutdown();
+    graceful_shutdown(conn.as_mut());
     let _ = conn.await;
-}
-
-impl<I, S, B> Served for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Failure = hyper::Error;
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
-    }
-}
-
-impl<I, S, B, E> Served for hyper::server::conn::http2::Connection<I, S, E>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    type Failure = hyper::Error;
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http2::Connection::graceful_shutdown(self)
-    }
-}
-
-impl<I, S, B, E> Served for auto::UpgradeableConnection<'_, I, S, E>
-where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
-    S::Future: 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    type Failure = Box<dyn std::error::Error + Send + Sync>;
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        auto::UpgradeableConnection::graceful_shutdown(self)
-    }
 }
 
 #[cfg(test)]
