@@ -19,14 +19,18 @@ use crate::{
 ///
 /// ```ignore
 /// conformance!("httproute-simple-same-namespace.yaml", |run| { expect_status(&run, gw, "example.com", "/", 200) })
+/// conformance!("httproute-simple-same-namespace.yaml", args: ["--http-workers", "4"], |run| { ... })
 /// ```
 #[macro_export]
 macro_rules! conformance {
-    ($file:expr, |$run:ident| $body:block) => {{
+    ($file:expr, |$run:ident| $body:block) => {
+        $crate::conformance!($file, args: [], |$run| $body)
+    };
+    ($file:expr, args: [$($arg:expr),* $(,)?], |$run:ident| $body:block) => {{
         let plan = $crate::conformance::Plan::load($file)?;
         let topo = plan.topology()?;
         #[allow(unused_mut)]
-        let mut $run = plan.start(&topo)?;
+        let mut $run = plan.start_with_args(&topo, &[$($arg),*])?;
         // A closure, so `?` inside the body ends the body, not the test, and the log is printed on failure.
         #[allow(clippy::redundant_closure_call)]
         let result: ::anyhow::Result<()> = (|| $body)();
@@ -35,6 +39,27 @@ macro_rules! conformance {
         }
         result
     }};
+}
+
+/// A second HTTPRoute, for `changing.example.com`, on the `same-namespace` Gateway of
+/// httproute-simple-same-namespace.yaml. Its RequestHeaderModifier marks what it answers (`X-Route`), so
+/// [`route_outcome`] tells it from the catch-all route; the route-change tests add and remove it.
+pub const CHANGING_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: changing, namespace: gateway-conformance-infra}\nspec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [changing.example.com]\n  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Route, value: changing}]}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+
+/// `host status route` of one request to `gw` (run in the client namespace): `route` is `changing` (marked by
+/// [`CHANGING_ROUTE`]), `catch-all` or `no-echo`; a failed request gives `host error …`.
+pub fn route_outcome(gw: SocketAddr, host: &str) -> String {
+    match clients::http_request(gw, "GET", host, "/", &[]) {
+        Ok(r) => {
+            let route = match r.echo() {
+                Ok(e) if e.headers.contains_key("X-Route") => "changing",
+                Ok(_) => "catch-all",
+                Err(_) => "no-echo",
+            };
+            format!("{host} {} {route}", r.status)
+        }
+        Err(e) => format!("{host} error {e:#}"),
+    }
 }
 
 /// One HTTP/1.1 request from the client namespace.

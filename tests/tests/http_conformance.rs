@@ -17,7 +17,10 @@ use gateway_tests::{
     conformance,
     conformance::Plan,
     echo::HttpEchoReply,
-    http_checks::{accepted, eventually, expect_backend, expect_echo, expect_status, request},
+    http_checks::{
+        accepted, eventually, expect_backend, expect_echo, expect_status, request, route_outcome,
+        CHANGING_ROUTE,
+    },
     pki::Pki,
 };
 
@@ -558,21 +561,6 @@ fn http_100_route_changes_under_load() -> Result<()> {
     conformance!("httproute-simple-same-namespace.yaml", |run| {
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
-        let extra = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: changing, namespace: gateway-conformance-infra}\nspec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [changing.example.com]\n  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Route, value: changing}]}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
-        /// `host status route` of one request (`route`: which route answered, from the marker header).
-        fn outcome(gw: std::net::SocketAddr, host: &str) -> String {
-            match clients::http_request(gw, "GET", host, "/", &[]) {
-                Ok(r) => {
-                    let route = match r.echo() {
-                        Ok(e) if e.headers.contains_key("X-Route") => "changing",
-                        Ok(_) => "catch-all",
-                        Err(_) => "no-echo",
-                    };
-                    format!("{host} {} {route}", r.status)
-                }
-                Err(e) => format!("{host} error {e:#}"),
-            }
-        }
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..4)
             .map(|i| {
@@ -587,7 +575,7 @@ fn http_100_route_changes_under_load() -> Result<()> {
                             "changing.example.com"
                         };
                         while !stop.load(Ordering::Relaxed) {
-                            *counts.entry(outcome(gw, host)).or_default() += 1;
+                            *counts.entry(route_outcome(gw, host)).or_default() += 1;
                         }
                         Ok(counts)
                     })
@@ -601,7 +589,7 @@ fn http_100_route_changes_under_load() -> Result<()> {
                 let generation = run.gateway().metric("gateway_config_generation")?;
                 let present = i % 2 == 0;
                 if present {
-                    run.apply(extra)?;
+                    run.apply(CHANGING_ROUTE)?;
                 } else {
                     run.delete("HTTPRoute", INFRA, "changing")?;
                 }
@@ -616,7 +604,7 @@ fn http_100_route_changes_under_load() -> Result<()> {
                 let seen = run
                     .topology()
                     .client()
-                    .run(|| outcome(gw, "changing.example.com"));
+                    .run(|| route_outcome(gw, "changing.example.com"));
                 let expected = if present { "changing" } else { "catch-all" };
                 ensure!(
                     seen == format!("changing.example.com 200 {expected}"),

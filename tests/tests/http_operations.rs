@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use gateway_tests::{
-    clients,
-    conformance::Plan,
+    clients, conformance,
     http_checks::{expect_backend, expect_status, request},
 };
 
@@ -29,10 +28,7 @@ fn series(metrics: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
 
 #[test]
 fn http_503_metrics_json_access_log_and_sigterm_drain() -> Result<()> {
-    let plan = Plan::load("httproute-simple-same-namespace.yaml")?;
-    let topo = plan.topology()?;
-    let mut run = plan.start_with_args(&topo, &["--log-format", "json"])?;
-    let result = (|| -> Result<()> {
+    conformance!("httproute-simple-same-namespace.yaml", args: ["--log-format", "json"], |run| {
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
         // A Service whose selector matches no pod has no EndpointSlice: valid backend, no ready endpoint → 503.
@@ -120,9 +116,5 @@ fn http_503_metrics_json_access_log_and_sigterm_drain() -> Result<()> {
         );
         ensure!(status.success(), "gateway exited with {status}");
         Ok(())
-    })();
-    if result.is_err() {
-        eprintln!("gateway log:\n{}", run.gateway().log());
-    }
-    result
+    })
 }

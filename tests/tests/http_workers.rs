@@ -13,9 +13,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use gateway_tests::{
-    clients,
-    conformance::{ConformanceRun, Plan},
-    http_checks::expect_backend,
+    clients, conformance,
+    conformance::ConformanceRun,
+    http_checks::{expect_backend, route_outcome, CHANGING_ROUTE},
 };
 
 const INFRA: &str = "gateway-conformance-infra";
@@ -60,10 +60,7 @@ fn worker_threads(run: &mut ConformanceRun<'_>) -> Result<Vec<String>> {
 /// own request counter rises), every request answered by the backend.
 #[test]
 fn http_workers_flag_and_connections_served_on_every_worker() -> Result<()> {
-    let plan = Plan::load("httproute-simple-same-namespace.yaml")?;
-    let topo = plan.topology()?;
-    let mut run = plan.start_with_args(&topo, &["--http-workers", "3"])?;
-    let result = (|| -> Result<()> {
+    conformance!("httproute-simple-same-namespace.yaml", args: ["--http-workers", "3"], |run| {
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
         ensure!(
@@ -105,11 +102,7 @@ fn http_workers_flag_and_connections_served_on_every_worker() -> Result<()> {
             .count();
         ensure!(seen == 60, "the backend saw {seen} of 60 requests");
         Ok(())
-    })();
-    if result.is_err() {
-        eprintln!("gateway log:\n{}", run.gateway().log());
-    }
-    result
+    })
 }
 
 /// With 4 workers and clients on fresh connections (so on every worker), 20 route changes: after each is
@@ -117,26 +110,9 @@ fn http_workers_flag_and_connections_served_on_every_worker() -> Result<()> {
 /// fails or gets anything but a 200 from the route that should answer it.
 #[test]
 fn http_route_changes_reach_every_worker_without_failing_requests() -> Result<()> {
-    let plan = Plan::load("httproute-simple-same-namespace.yaml")?;
-    let topo = plan.topology()?;
-    let mut run = plan.start_with_args(&topo, &["--http-workers", "4"])?;
-    let result = (|| -> Result<()> {
+    conformance!("httproute-simple-same-namespace.yaml", args: ["--http-workers", "4"], |run| {
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
-        let extra = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: changing, namespace: gateway-conformance-infra}\nspec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [changing.example.com]\n  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Route, value: changing}]}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
-        fn outcome(gw: std::net::SocketAddr, host: &str) -> String {
-            match clients::http_request(gw, "GET", host, "/", &[]) {
-                Ok(r) => {
-                    let route = match r.echo() {
-                        Ok(e) if e.headers.contains_key("X-Route") => "changing",
-                        Ok(_) => "catch-all",
-                        Err(_) => "no-echo",
-                    };
-                    format!("{host} {} {route}", r.status)
-                }
-                Err(e) => format!("{host} error {e:#}"),
-            }
-        }
         let before = per_worker(&run, "requests_total", 4)?;
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..4)
@@ -152,7 +128,7 @@ fn http_route_changes_reach_every_worker_without_failing_requests() -> Result<()
                         };
                         let mut counts = BTreeMap::new();
                         while !stop.load(Ordering::Relaxed) {
-                            *counts.entry(outcome(gw, host)).or_default() += 1;
+                            *counts.entry(route_outcome(gw, host)).or_default() += 1;
                         }
                         counts
                     })
@@ -163,7 +139,7 @@ fn http_route_changes_reach_every_worker_without_failing_requests() -> Result<()
                 let generation = run.gateway().metric("gateway_config_generation")?;
                 let present = i % 2 == 0;
                 if present {
-                    run.apply(extra)?;
+                    run.apply(CHANGING_ROUTE)?;
                 } else {
                     run.delete("HTTPRoute", INFRA, "changing")?;
                 }
@@ -181,7 +157,7 @@ fn http_route_changes_reach_every_worker_without_failing_requests() -> Result<()
                 );
                 let seen = run.topology().client().run(move || {
                     (0..8)
-                        .map(|_| outcome(gw, "changing.example.com"))
+                        .map(|_| route_outcome(gw, "changing.example.com"))
                         .collect::<Vec<_>>()
                 });
                 ensure!(
@@ -215,11 +191,7 @@ fn http_route_changes_reach_every_worker_without_failing_requests() -> Result<()
             "requests per worker during the changes {served:?}: a worker served none"
         );
         Ok(())
-    })();
-    if result.is_err() {
-        eprintln!("gateway log:\n{}", run.gateway().log());
-    }
-    result
+    })
 }
 
 /// SIGTERM while every one of 2 workers holds requests in flight (slow answers on connections of their own,
@@ -227,10 +199,7 @@ fn http_route_changes_reach_every_worker_without_failing_requests() -> Result<()
 /// agent exits cleanly.
 #[test]
 fn http_sigterm_drains_in_flight_requests_on_every_worker() -> Result<()> {
-    let plan = Plan::load("httproute-simple-same-namespace.yaml")?;
-    let topo = plan.topology()?;
-    let mut run = plan.start_with_args(&topo, &["--http-workers", "2"])?;
-    let result = (|| -> Result<()> {
+    conformance!("httproute-simple-same-namespace.yaml", args: ["--http-workers", "2"], |run| {
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
         let mut in_flight = Vec::new();
@@ -291,9 +260,5 @@ fn http_sigterm_drains_in_flight_requests_on_every_worker() -> Result<()> {
         }
         ensure!(status.success(), "gateway exited with {status}");
         Ok(())
-    })();
-    if result.is_err() {
-        eprintln!("gateway log:\n{}", run.gateway().log());
-    }
-    result
+    })
 }
