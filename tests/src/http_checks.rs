@@ -2,7 +2,12 @@
 //! namespace, retried until it gives the expected answer 3 times in a row (30 s at most), and the
 //! [`conformance!`](crate::conformance!) macro that runs a conformance manifest around a test body.
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -41,14 +46,17 @@ macro_rules! conformance {
     }};
 }
 
+/// The namespace of the conformance infrastructure (Gateways, the infra backends).
+const INFRA: &str = "gateway-conformance-infra";
+
 /// A second HTTPRoute, for `changing.example.com`, on the `same-namespace` Gateway of
 /// httproute-simple-same-namespace.yaml. Its RequestHeaderModifier marks what it answers (`X-Route`), so
 /// [`route_outcome`] tells it from the catch-all route; the route-change tests add and remove it.
-pub const CHANGING_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: changing, namespace: gateway-conformance-infra}\nspec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [changing.example.com]\n  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Route, value: changing}]}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
+const CHANGING_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: changing, namespace: gateway-conformance-infra}\nspec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [changing.example.com]\n  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Route, value: changing}]}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n";
 
 /// `host status route` of one request to `gw` (run in the client namespace): `route` is `changing` (marked by
 /// [`CHANGING_ROUTE`]), `catch-all` or `no-echo`; a failed request gives `host error …`.
-pub fn route_outcome(gw: SocketAddr, host: &str) -> String {
+fn route_outcome(gw: SocketAddr, host: &str) -> String {
     match clients::http_request(gw, "GET", host, "/", &[]) {
         Ok(r) => {
             let route = match r.echo() {
@@ -60,6 +68,85 @@ pub fn route_outcome(gw: SocketAddr, host: &str) -> String {
         }
         Err(e) => format!("{host} error {e:#}"),
     }
+}
+
+/// Four client threads (two on `example.com`, two on `changing.example.com`) send requests without pause while
+/// [`CHANGING_ROUTE`] is added and removed `changes` times. Each change must be applied (a new configuration
+/// generation, within 5 s) and then seen by `probes` fresh requests before the next is made. Every outcome must
+/// be a 200 from the route that should answer it. Returns how often each outcome was seen under load.
+pub fn route_changes_under_load(
+    run: &mut ConformanceRun,
+    gw: SocketAddr,
+    changes: usize,
+    probes: usize,
+) -> Result<BTreeMap<String, usize>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            run.topology().client().spawn_thread(move || {
+                let host = if i % 2 == 0 {
+                    "example.com"
+                } else {
+                    "changing.example.com"
+                };
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    *counts.entry(route_outcome(gw, host)).or_default() += 1;
+                }
+                counts
+            })
+        })
+        .collect::<Result<_>>()?;
+    let changed = (|| -> Result<()> {
+        for i in 0..changes {
+            let generation = run.gateway().metric("gateway_config_generation")?;
+            let present = i % 2 == 0;
+            if present {
+                run.apply(CHANGING_ROUTE)?;
+            } else {
+                run.delete("HTTPRoute", INFRA, "changing")?;
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while run.gateway().metric("gateway_config_generation")? == generation {
+                ensure!(
+                    Instant::now() < deadline,
+                    "change {i} not applied within 5 s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let expected = format!(
+                "changing.example.com 200 {}",
+                if present { "changing" } else { "catch-all" }
+            );
+            let seen = run.topology().client().run(move || {
+                (0..probes)
+                    .map(|_| route_outcome(gw, "changing.example.com"))
+                    .collect::<Vec<_>>()
+            });
+            ensure!(
+                seen.iter().all(|s| *s == expected),
+                "change {i} reported applied, but fresh requests got {seen:?}"
+            );
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    let mut total: BTreeMap<String, usize> = BTreeMap::new();
+    for c in clients {
+        for (k, v) in c.join().expect("client thread") {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    eprintln!("outcomes: {total:?}");
+    changed?;
+    for k in total.keys() {
+        let ok = k == "example.com 200 catch-all"
+            || k == "changing.example.com 200 changing"
+            || k == "changing.example.com 200 catch-all";
+        ensure!(ok, "unexpected outcome {k:?}: {total:?}");
+    }
+    Ok(total)
 }
 
 /// One HTTP/1.1 request from the client namespace.

@@ -2,24 +2,17 @@
 //! loads the official manifest (plus base manifests), runs its Deployments as echo backends in namespaces and
 //! checks what the conformance suite checks (3 consecutive matching answers, 30 s at most), with real clients
 //! in the client namespace. Also: weights, ReferenceGrant deletion, and 100 route changes under load.
-use std::{
-    collections::BTreeMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use gateway_tests::{
     clients::{self, deployment_of},
     conformance,
     conformance::Plan,
     echo::HttpEchoReply,
     http_checks::{
-        accepted, eventually, expect_backend, expect_echo, expect_status, request, route_outcome,
-        CHANGING_ROUTE,
+        accepted, eventually, expect_backend, expect_echo, expect_status, request,
+        route_changes_under_load,
     },
     pki::Pki,
 };
@@ -561,80 +554,15 @@ fn http_100_route_changes_under_load() -> Result<()> {
     conformance!("httproute-simple-same-namespace.yaml", |run| {
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients: Vec<_> = (0..4)
-            .map(|i| {
-                let stop = stop.clone();
-                run.topology()
-                    .client()
-                    .spawn_thread(move || -> Result<BTreeMap<String, usize>> {
-                        let mut counts = BTreeMap::new();
-                        let host = if i % 2 == 0 {
-                            "example.com"
-                        } else {
-                            "changing.example.com"
-                        };
-                        while !stop.load(Ordering::Relaxed) {
-                            *counts.entry(route_outcome(gw, host)).or_default() += 1;
-                        }
-                        Ok(counts)
-                    })
-            })
-            .collect::<Result<_>>()?;
         // Each change is applied (a new configuration generation) and seen by a fresh request before the next
         // one is made, so these are 100 distinct route-table swaps under load, not a few merged ones.
-        let changes = (|| -> Result<()> {
-            let first = run.gateway().metric("gateway_config_generation")?;
-            for i in 0..100 {
-                let generation = run.gateway().metric("gateway_config_generation")?;
-                let present = i % 2 == 0;
-                if present {
-                    run.apply(CHANGING_ROUTE)?;
-                } else {
-                    run.delete("HTTPRoute", INFRA, "changing")?;
-                }
-                let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                while run.gateway().metric("gateway_config_generation")? == generation {
-                    ensure!(
-                        std::time::Instant::now() < deadline,
-                        "change {i} not applied within 5 s"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let seen = run
-                    .topology()
-                    .client()
-                    .run(|| route_outcome(gw, "changing.example.com"));
-                let expected = if present { "changing" } else { "catch-all" };
-                ensure!(
-                    seen == format!("changing.example.com 200 {expected}"),
-                    "change {i}: generation applied, but a request got {seen:?}"
-                );
-            }
-            let swaps = run.gateway().metric("gateway_config_generation")? - first;
-            ensure!(
-                swaps >= 100,
-                "{swaps} configuration generations for 100 changes"
-            );
-            Ok(())
-        })();
-        stop.store(true, Ordering::Relaxed);
-        let mut total: BTreeMap<String, usize> = BTreeMap::new();
-        for c in clients {
-            for (k, v) in c.join().expect("client thread")? {
-                *total.entry(k).or_default() += v;
-            }
-        }
-        eprintln!("outcomes: {total:?}");
-        changes?;
-        for k in total.keys() {
-            let ok = k == "example.com 200 catch-all"
-                || k == "changing.example.com 200 changing"
-                || k == "changing.example.com 200 catch-all";
-            if !ok {
-                bail!("unexpected outcome {k:?}: {total:?}");
-            }
-        }
+        let first = run.gateway().metric("gateway_config_generation")?;
+        let total = route_changes_under_load(&mut run, gw, 100, 1)?;
+        let swaps = run.gateway().metric("gateway_config_generation")? - first;
+        ensure!(
+            swaps >= 100,
+            "{swaps} configuration generations for 100 changes"
+        );
         for k in [
             "example.com 200 catch-all",
             "changing.example.com 200 changing",

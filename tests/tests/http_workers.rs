@@ -2,20 +2,13 @@
 //! kernel spreads connections over their `SO_REUSEPORT` sockets and each worker serves its own (observed through
 //! `gateway_http_worker_*{worker}` and the threads' names), route changes reach every worker before they are
 //! reported applied and never fail a request, and SIGTERM drains in-flight requests on every worker.
-use std::{
-    collections::BTreeMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use gateway_tests::{
     clients, conformance,
     conformance::ConformanceRun,
-    http_checks::{expect_backend, route_outcome, CHANGING_ROUTE},
+    http_checks::{expect_backend, route_changes_under_load},
 };
 
 const INFRA: &str = "gateway-conformance-infra";
@@ -114,76 +107,7 @@ fn http_route_changes_reach_every_worker_without_failing_requests() -> Result<()
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
         let before = per_worker(&run, "requests_total", 4)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients: Vec<_> = (0..4)
-            .map(|i| {
-                let stop = stop.clone();
-                run.topology()
-                    .client()
-                    .spawn_thread(move || -> BTreeMap<String, usize> {
-                        let host = if i % 2 == 0 {
-                            "example.com"
-                        } else {
-                            "changing.example.com"
-                        };
-                        let mut counts = BTreeMap::new();
-                        while !stop.load(Ordering::Relaxed) {
-                            *counts.entry(route_outcome(gw, host)).or_default() += 1;
-                        }
-                        counts
-                    })
-            })
-            .collect::<Result<_>>()?;
-        let changes = (|| -> Result<()> {
-            for i in 0..20 {
-                let generation = run.gateway().metric("gateway_config_generation")?;
-                let present = i % 2 == 0;
-                if present {
-                    run.apply(CHANGING_ROUTE)?;
-                } else {
-                    run.delete("HTTPRoute", INFRA, "changing")?;
-                }
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while run.gateway().metric("gateway_config_generation")? == generation {
-                    ensure!(
-                        Instant::now() < deadline,
-                        "change {i} not applied within 5 s"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let expected = format!(
-                    "changing.example.com 200 {}",
-                    if present { "changing" } else { "catch-all" }
-                );
-                let seen = run.topology().client().run(move || {
-                    (0..8)
-                        .map(|_| route_outcome(gw, "changing.example.com"))
-                        .collect::<Vec<_>>()
-                });
-                ensure!(
-                    seen.iter().all(|s| *s == expected),
-                    "change {i} reported applied, but fresh requests got {seen:?}"
-                );
-            }
-            Ok(())
-        })();
-        stop.store(true, Ordering::Relaxed);
-        let mut total: BTreeMap<String, usize> = BTreeMap::new();
-        for c in clients {
-            for (k, v) in c.join().expect("client thread") {
-                *total.entry(k).or_default() += v;
-            }
-        }
-        eprintln!("outcomes: {total:?}");
-        changes?;
-        for k in total.keys() {
-            let ok = k == "example.com 200 catch-all"
-                || k == "changing.example.com 200 changing"
-                || k == "changing.example.com 200 catch-all";
-            if !ok {
-                bail!("unexpected outcome {k:?}: {total:?}");
-            }
-        }
+        route_changes_under_load(&mut run, gw, 20, 8)?;
         let after = per_worker(&run, "requests_total", 4)?;
         let served: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         ensure!(
