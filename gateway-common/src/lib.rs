@@ -9,7 +9,7 @@
 pub mod checksum;
 
 /// Version of the map layouts below; part of the pin path (`/sys/fs/bpf/ebpf-gateway/v{ABI_VERSION}/...`).
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -49,6 +49,37 @@ pub mod listener_kind {
     /// TLS passthrough served in the kernel: handshake answered, ClientHello captured and routed by SNI, then
     /// spliced to a backend ([`crate::tls`]). `route_id` is unused: the SNI table gives the route.
     pub const TLS_KERNEL: u8 = 2;
+}
+
+/// The `SERVED_PORTS` bitmap: the TCP and UDP destination ports the kernel path may have work for (ports of L4
+/// and kernel TLS listeners, and of the flows still open on them). A packet to another port, outside the SNAT
+/// range too, goes to the local stack right after its headers are parsed: traffic of the HTTP proxy and of the
+/// userspace TLS proxy pays for no conntrack or listener lookup.
+pub mod served_ports {
+    use crate::{PROTO_TCP, PROTO_UDP};
+
+    /// Ports per bitmap word.
+    const PORTS_PER_WORD: u32 = 64;
+    /// Words per protocol: 65,536 ports.
+    const WORDS_PER_PROTO: u32 = 65536 / PORTS_PER_WORD;
+    /// Entries of the map: TCP's words, then UDP's (16 KiB).
+    pub const WORDS: u32 = 2 * WORDS_PER_PROTO;
+
+    /// The word holding `port` (host byte order) of `proto`, and the port's bit in it; `None` for other
+    /// protocols.
+    #[inline(always)]
+    pub fn slot(proto: u8, port: u16) -> Option<(u32, u64)> {
+        let base = match proto {
+            PROTO_TCP => 0,
+            PROTO_UDP => WORDS_PER_PROTO,
+            _ => return None,
+        };
+        let port = port as u32;
+        Some((
+            base + port / PORTS_PER_WORD,
+            1u64 << (port % PORTS_PER_WORD),
+        ))
+    }
 }
 
 /// Key of the `LISTENERS` map: one entry per (generation, address, port, protocol) the gateway serves.
@@ -325,6 +356,25 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn served_port_slots_are_distinct_per_protocol_and_port() {
+        use super::served_ports::{slot, WORDS};
+        let mut seen = [0u64; WORDS as usize];
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            for port in 0..=u16::MAX {
+                let (word, bit) = slot(proto, port).unwrap();
+                assert_eq!(bit.count_ones(), 1);
+                assert_eq!(seen[word as usize] & bit, 0, "{proto}/{port} shares a slot");
+                seen[word as usize] |= bit;
+            }
+        }
+        assert!(
+            seen.iter().all(|w| *w == u64::MAX),
+            "every slot is some port's"
+        );
+        assert_eq!(slot(1, 80), None, "ICMP has no ports");
+    }
 
     /// Layouts are shared with the kernel: a size change is an ABI change and must bump ABI_VERSION.
     #[test]

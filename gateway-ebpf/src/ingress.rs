@@ -1,5 +1,6 @@
-//! The ingress pipeline: existing flows are rewritten and redirected; new flows to a listener are admitted
-//! (or reset/dropped and counted); everything else continues to the local stack.
+//! The ingress pipeline: packets to ports the kernel path does not serve continue to the local stack at once;
+//! existing flows are rewritten and redirected; new flows to a listener are admitted (or reset/dropped and
+//! counted); everything else continues to the local stack.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
@@ -16,7 +17,7 @@ use crate::{
     icmp,
     maglev::{self, Pick},
     maps::{CONFIG, FLOWS, LISTENERS},
-    nat, reset,
+    nat, reset, served,
     snat::BackendSyn,
     tcp_options, tls,
 };
@@ -32,6 +33,12 @@ pub fn run(ctx: &TcContext) -> i32 {
         Parsed::Icmp(err) => return icmp_error(ctx, &err),
         Parsed::Packet(pkt) => pkt,
     };
+    let Some(config) = CONFIG.get(CONFIG_KEY) else {
+        return TC_ACT_OK;
+    };
+    if !served::is_served(&pkt.key, config) {
+        return TC_ACT_OK;
+    }
     let len = ctx.len();
     let reopened = match flow::track(&pkt, len, || frame_macs(ctx)) {
         Tracked::Flow(flow) => {
@@ -50,9 +57,6 @@ pub fn run(ctx: &TcContext) -> i32 {
         }
         Tracked::Reopened(closed) => Some(closed),
         Tracked::New => None,
-    };
-    let Some(config) = CONFIG.get(CONFIG_KEY) else {
-        return TC_ACT_OK;
     };
     let generation = config.generation;
     let listener_key = ListenerKey {

@@ -24,6 +24,7 @@ mod maglev;
 mod maps;
 mod nat;
 mod reset;
+mod served;
 mod snat;
 mod tcp_options;
 mod tls;

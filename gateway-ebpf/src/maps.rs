@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use gateway_common::{
     clienthello::{Capture, SniKey, Verdict},
-    counter, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable,
-    RouteKey,
+    counter, served_ports, Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue,
+    MaglevTable, RouteKey,
 };
 
 /// Map flag: allocate entries on demand (the Maglev tables are 16 KiB each).
@@ -20,6 +20,11 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 /// (generation, address, port, protocol) -> listener.
 #[map]
 pub static LISTENERS: HashMap<ListenerKey, ListenerValue> = HashMap::pinned(4096, 0);
+
+/// Bitmap of the TCP and UDP ports the kernel path serves (see `gateway_common::served_ports`): the agent keeps
+/// it a superset of every listener port and of every open flow's destination port.
+#[map]
+pub static SERVED_PORTS: Array<u64> = Array::pinned(served_ports::WORDS, 0);
 
 /// (generation, route) -> Maglev table of backend ids.
 #[map]

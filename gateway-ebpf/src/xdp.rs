@@ -19,14 +19,15 @@ use gateway_common::{
     checksum::{self, is_partial_seed, pseudo_header_sum},
     counter, direction, l2,
     tls::splice,
-    Flow, FlowKey, PROTO_TCP, PROTO_UDP,
+    Flow, FlowKey, CONFIG_KEY, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     counters::count,
     flow::{self, FrameMacs, Tracked},
     headers::{Ipv4Hdr, Packet, ETH_HLEN, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{FLOWS, XDP_EGRESS},
+    maps::{CONFIG, FLOWS, XDP_EGRESS},
+    served,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -59,6 +60,9 @@ fn try_forward(ctx: &XdpContext, attach: Attach) -> Option<u32> {
     let end = ctx.data_end();
     let pkt = parse(start, end)?;
     if pkt.key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return None;
+    }
+    if !served::is_served(&pkt.key, CONFIG.get(CONFIG_KEY)?) {
         return None;
     }
     let entry = FLOWS.get_ptr_mut(pkt.key)?;

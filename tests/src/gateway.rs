@@ -332,6 +332,32 @@ impl<'ns> GatewayProcess<'ns> {
             .unwrap_or(0))
     }
 
+    /// The (protocol, port) pairs set in the kernel's `SERVED_PORTS` bitmap (the ports the kernel path looks
+    /// at), read from the agent's pinned map.
+    pub fn served_ports(&self) -> Result<std::collections::BTreeSet<(u8, u16)>> {
+        use gateway_common::{served_ports, ABI_VERSION, PROTO_TCP, PROTO_UDP};
+        let path = self
+            .bpffs_root
+            .join(format!("v{ABI_VERSION}"))
+            .join("SERVED_PORTS");
+        let map = aya::maps::MapData::from_pin(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let array: aya::maps::Array<_, u64> = aya::maps::Map::Array(map).try_into()?;
+        let words = (0..served_ports::WORDS)
+            .map(|i| array.get(&i, 0))
+            .collect::<Result<Vec<u64>, _>>()?;
+        let mut ports = std::collections::BTreeSet::new();
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            for port in 0..=u16::MAX {
+                let (word, bit) = served_ports::slot(proto, port).expect("TCP and UDP have ports");
+                if words[word as usize] & bit != 0 {
+                    ports.insert((proto, port));
+                }
+            }
+        }
+        Ok(ports)
+    }
+
     /// A kernel packet counter by outcome (`gateway_kernel_packets_total{outcome=...}`).
     pub fn kernel_packets(&self, outcome: &str) -> Result<u64> {
         self.metric(&format!(

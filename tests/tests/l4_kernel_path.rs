@@ -2,7 +2,7 @@
 //! forwarded by the eBPF program from the client namespace through the gateway namespace to backend namespaces
 //! and back. Real clients, real echo backends, real agent process.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
@@ -188,6 +188,77 @@ fn established_flows_survive_a_configuration_change() -> Result<()> {
     for s in &mut held {
         clients::ping_held(s)?;
     }
+    Ok(())
+}
+
+/// Waits (≤ 30 s) until the agent's conntrack sweeps have expired `n` flows in all.
+fn await_expired_flows(gw: &GatewayProcess, n: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.metric("gateway_conntrack_expired_flows_total")? < n {
+        ensure!(
+            Instant::now() < deadline,
+            "fewer than {n} flows expired after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// The kernel path looks only at packets to the ports it serves (listeners' and open flows', `SERVED_PORTS`);
+/// the rest go to the local stack straight after the parse. A listener's port stays served while flows it
+/// admitted are open, even once the listener is gone, and leaves when the last of them has expired.
+#[test]
+fn a_removed_listeners_port_is_served_until_its_last_flow_expires() -> Result<()> {
+    const MOVED_PORT: u16 = 9001;
+    let topo = Topology::builder().backends(1).build()?;
+    let setup = start_backends(&topo)?;
+    let config = write_manifests(setup.dir.path(), &manifests(&[topo.backend_addr(1)]))?;
+    let gw = GatewayProcess::start(topo.gateway(), &[&config], &[])?;
+    let tcp = |ports: &[u16]| -> BTreeSet<(u8, u16)> {
+        ports
+            .iter()
+            .map(|p| (gateway_common::PROTO_TCP, *p))
+            .collect()
+    };
+    assert_eq!(gw.served_ports()?, tcp(&[LISTENER_PORT, NO_ROUTE_PORT]));
+    let mut held = open_held(&topo)?;
+    clients::ping_held(&mut held)?;
+
+    // The listener moves: new connections go to the new port, the held one keeps its flow on the old port.
+    let moved = l4_gateway(
+        topology::vip(1),
+        &[
+            L4Listener::tcp("tcp", MOVED_PORT, 3000, &[topo.backend_addr(1)]),
+            L4Listener::unrouted("unrouted", "TCP", NO_ROUTE_PORT),
+        ],
+    );
+    write_manifests(setup.dir.path(), &moved)?;
+    let moved_target = SocketAddr::from((topology::vip(1), MOVED_PORT));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut probe = loop {
+        if let Ok(s) = clients::open_held(topo.client(), moved_target) {
+            break s;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the moved listener never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    clients::ping_held(&mut probe)?;
+    drop(probe);
+    // The probe's expiry proves a sweep ran after the change: the old port is still served, so the held flow
+    // is still forwarded (the local stack would answer it with a RST).
+    await_expired_flows(&gw, 1)?;
+    clients::ping_held(&mut held)?;
+    assert_eq!(
+        gw.served_ports()?,
+        tcp(&[LISTENER_PORT, MOVED_PORT, NO_ROUTE_PORT])
+    );
+
+    drop(held);
+    await_expired_flows(&gw, 2)?;
+    assert_eq!(gw.served_ports()?, tcp(&[MOVED_PORT, NO_ROUTE_PORT]));
     Ok(())
 }
 

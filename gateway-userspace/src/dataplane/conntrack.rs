@@ -2,7 +2,7 @@
 //! has passed, both directions together. Timeouts follow the TCP state bits the kernel recorded.
 use std::time::Duration;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use gateway_common::{direction, tcp_seen, Flow, FlowKey, PROTO_TCP};
@@ -118,6 +118,9 @@ pub struct Sweep {
     pub expired_flows: u64,
     /// Traffic of every flow seen so far: the expired ones' final counts plus the active ones' current counts.
     pub totals: FlowTotals,
+    /// (protocol, destination port in host order) of every flow left, as its client addressed it: the ports the
+    /// kernel path must keep serving even when their listener is gone.
+    pub flow_ports: BTreeSet<(u8, u16)>,
 }
 
 /// The timeout that applies to a flow given both directions' entries.
@@ -223,15 +226,20 @@ pub fn sweep(
     }
     let doomed: std::collections::HashSet<FlowKey> = doomed.into_iter().collect();
     let mut active = FlowTotals::default();
+    let mut flow_ports = BTreeSet::new();
     for (key, flow) in &entries {
         if !doomed.contains(key) {
             active.add_entry(flow, true);
+            if flow.direction == direction::ORIGINAL {
+                flow_ports.insert((key.proto, u16::from_be(key.dport)));
+            }
         }
     }
     Ok(Sweep {
         entries: (entries.len() - doomed.len()) as u64,
         expired_flows,
         totals: closed.merged(&active),
+        flow_ports,
     })
 }
 

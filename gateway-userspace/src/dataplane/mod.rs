@@ -14,7 +14,7 @@ pub mod netif;
 pub use links::XdpMode;
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
@@ -26,7 +26,7 @@ use aya::{
 };
 use gateway_common::{
     clienthello::{LongCapture, SniKey},
-    counter, listener_kind,
+    counter, listener_kind, served_ports,
     tls::Handshake,
     Backend, BackendKey, Config, Flow, FlowKey, ListenerKey, ListenerValue, MaglevTable, RouteKey,
     ABI_VERSION, CONFIG_KEY, PROTO_TCP, PROTO_UDP,
@@ -172,6 +172,12 @@ pub struct Dataplane {
     /// When each pending handshake started, as read from its entry (see [`Dataplane::expire_handshakes`]).
     handshakes_started: StdHashMap<FlowKey, u64>,
     counters: PerCpuArray<MapData, u64>,
+    /// The `SERVED_PORTS` bitmap, and the words it holds now.
+    served_ports: Array<MapData, u64>,
+    served_words: Vec<u64>,
+    /// (protocol, port) of the listeners of every generation in `LISTENERS`, by generation: until a generation
+    /// is collected, a packet that read it may still admit a flow on its ports.
+    listener_ports: BTreeMap<u32, BTreeSet<(u8, u16)>>,
     generation: u32,
     links: links::LinkPins,
     /// Interfaces the program is attached to: name -> ifindex.
@@ -267,7 +273,7 @@ impl Dataplane {
         let config: Array<MapData, Config> = take(&mut ebpf, "CONFIG")?
             .try_into()
             .map_err(map_err("CONFIG"))?;
-        let listeners = take(&mut ebpf, "LISTENERS")?
+        let listeners: HashMap<MapData, ListenerKey, ListenerValue> = take(&mut ebpf, "LISTENERS")?
             .try_into()
             .map_err(map_err("LISTENERS"))?;
         let maglev = take(&mut ebpf, "MAGLEV")?
@@ -297,6 +303,22 @@ impl Dataplane {
         let xdp_egress = take(&mut ebpf, "XDP_EGRESS")?
             .try_into()
             .map_err(map_err("XDP_EGRESS"))?;
+        let served_ports: Array<MapData, u64> = take(&mut ebpf, "SERVED_PORTS")?
+            .try_into()
+            .map_err(map_err("SERVED_PORTS"))?;
+        // Adopted maps: the bitmap as a previous agent left it, and the ports of its listeners.
+        let served_words = (0..served_ports::WORDS)
+            .map(|i| served_ports.get(&i, 0))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(map_err("SERVED_PORTS"))?;
+        let mut listener_ports: BTreeMap<u32, BTreeSet<(u8, u16)>> = BTreeMap::new();
+        for key in listeners.keys() {
+            let key: ListenerKey = key.map_err(map_err("LISTENERS"))?;
+            listener_ports
+                .entry(key.generation)
+                .or_default()
+                .insert((key.proto, u16::from_be(key.port)));
+        }
         let generation = config
             .get(&CONFIG_KEY, 0)
             .map_err(map_err("CONFIG"))?
@@ -317,6 +339,9 @@ impl Dataplane {
             tls_pending_sources,
             handshakes_started: StdHashMap::new(),
             counters,
+            served_ports,
+            served_words,
+            listener_ports,
             generation,
             links,
             attached: BTreeMap::new(),
@@ -477,6 +502,7 @@ impl Dataplane {
             generation: next,
             ..Default::default()
         };
+        let mut ports = BTreeSet::new();
         for gateway in &ir.gateways {
             let gw_name = format!("{}/{}", gateway.gateway.namespace, gateway.gateway.name);
             for listener in &gateway.listeners {
@@ -543,10 +569,19 @@ impl Dataplane {
                     self.listeners
                         .insert(key, value, 0)
                         .map_err(map_err("LISTENERS"))?;
+                    ports.insert((proto, listener.port));
                     report.listeners += 1;
                 }
             }
         }
+        // The new listeners' ports are served before the generation that has them is: ports only leave the
+        // bitmap at a conntrack sweep ([`Self::expire_flows`]), once no flow and no live generation has them.
+        self.listener_ports.insert(next, ports);
+        let mut words = self.listener_port_words();
+        for (word, served) in words.iter_mut().zip(&self.served_words) {
+            *word |= served;
+        }
+        self.write_served_ports(words)?;
         let (snat_port_min, snat_port_max) = self.settings.snat_ports;
         self.config
             .set(
@@ -779,6 +814,8 @@ impl Dataplane {
             self.sni_routes.remove(&k).map_err(map_err("SNI_ROUTES"))?;
             removed += 1;
         }
+        self.listener_ports
+            .retain(|generation, _| *generation == current);
         debug!(removed, "old generations collected");
         Ok(removed)
     }
@@ -892,13 +929,39 @@ impl Dataplane {
 
     /// Expires conntrack entries whose timeouts have passed; returns the occupancy after the sweep and the
     /// traffic totals by listener, route and backend.
+    /// The ports served shrink to those of live generations and of the flows left.
     pub fn expire_flows(&mut self) -> Result<conntrack::Sweep, DataplaneError> {
-        conntrack::sweep(
+        let sweep = conntrack::sweep(
             &mut self.flows,
             self.settings.conntrack_entries,
             &self.settings.timeouts,
             &mut self.closed,
-        )
+        )?;
+        // A flow admitted since the sweep read the table is on a port of a live generation, which stays.
+        let mut words = self.listener_port_words();
+        set_port_bits(&mut words, sweep.flow_ports.iter().copied());
+        self.write_served_ports(words)?;
+        Ok(sweep)
+    }
+
+    /// `SERVED_PORTS` words with the ports of the listeners of every generation not yet collected.
+    fn listener_port_words(&self) -> Vec<u64> {
+        let mut words = vec![0; served_ports::WORDS as usize];
+        set_port_bits(&mut words, self.listener_ports.values().flatten().copied());
+        words
+    }
+
+    /// Writes the words of `SERVED_PORTS` that differ from `words`.
+    fn write_served_ports(&mut self, words: Vec<u64>) -> Result<(), DataplaneError> {
+        for (i, (new, old)) in words.iter().zip(&self.served_words).enumerate() {
+            if new != old {
+                self.served_ports
+                    .set(i as u32, new, 0)
+                    .map_err(map_err("SERVED_PORTS"))?;
+            }
+        }
+        self.served_words = words;
+        Ok(())
     }
 
     /// Names of listener, route and backend ids (`namespace/gateway/listener`, `namespace/gateway/listener/Kind/
@@ -1113,6 +1176,15 @@ impl KernelCounters {
             *slot = values.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// Sets the bits of `ports` ((protocol, port) pairs) in `SERVED_PORTS` words.
+fn set_port_bits(words: &mut [u64], ports: impl Iterator<Item = (u8, u16)>) {
+    for (proto, port) in ports {
+        if let Some((word, bit)) = served_ports::slot(proto, port) {
+            words[word as usize] |= bit;
+        }
     }
 }
 
