@@ -259,22 +259,38 @@ pub async fn handle(
     outcome.response
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1 and the ones proxies agree on), never forwarded.
-fn hop_by_hop() -> [HeaderName; 7] {
-    [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ]
+/// Whether `name` is a hop-by-hop header (RFC 9110 §7.6.1 and the ones proxies agree on), never forwarded.
+/// `TE` is one too, but `TE: trailers` goes on (see [`strip_hop_by_hop`]).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
+/// Removes the hop-by-hop headers: the fixed ones, those the `Connection` header lists, and `TE` unless it is
+/// `trailers`. One pass over the names finds them (most messages carry at most `Connection`); only those found
+/// are removed, each a hashed lookup.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names are unique among `keys()`, so at most seven match: no allocation.
+    let mut found: [Option<HeaderName>; 7] = Default::default();
+    let mut n = 0;
+    let mut te = false;
+    for name in headers.keys() {
+        if n < found.len() && is_hop_by_hop(name) {
+            found[n] = Some(name.clone());
+            n += 1;
+        }
+        te |= name == header::TE;
+    }
+    if n == 0 && !te {
+        return;
+    }
     // Headers the Connection header lists are hop-by-hop too. The usual options (`keep-alive`, `close`,
-    // `upgrade`) name no other header or one removed below anyway: no parsing, no allocation for them.
+    // `upgrade`) name no other header or one removed anyway: no parsing, no allocation for them.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -288,10 +304,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         })
         .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
         .collect();
-    for name in hop_by_hop().iter().chain(&listed) {
+    for name in found.iter().flatten().chain(&listed) {
         headers.remove(name);
     }
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
 }
@@ -627,6 +643,47 @@ fn tunnel<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_and_the_rest_kept() {
+        let mut h = headers(&[
+            ("host", "a.example"),
+            ("connection", "keep-alive, X-Listed"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic eA=="),
+            ("te", "gzip"),
+            ("x-listed", "1"),
+            ("x-kept", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["host", "x-kept"]);
+
+        let mut h = headers(&[("te", "trailers"), ("content-type", "application/grpc")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "TE: trailers goes on: {h:?}");
+        let mut h = headers(&[("host", "a.example"), ("x-kept", "2")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
 
     #[test]
     fn grpc_requests_are_told_by_their_content_type() {
