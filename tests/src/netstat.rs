@@ -43,6 +43,23 @@ impl Snapshot {
     }
 }
 
+/// Packets the machine dropped because a CPU's input backlog (`net.core.netdev_max_backlog`) was full, summed
+/// over CPUs (`/proc/net/softnet_stat`, second column, hexadecimal). Veths deliver through that backlog in every
+/// namespace, so a test moving a gigabyte elsewhere can make a churn test's SYN vanish: a test that counts
+/// retransmissions checks this to tell the machine's drops from the gateway's.
+pub fn backlog_drops() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat")
+        .context("reading /proc/net/softnet_stat")?;
+    Ok(parse_backlog_drops(&text))
+}
+
+fn parse_backlog_drops(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+        .sum()
+}
+
 /// The files come in line pairs: `Tcp: Name1 Name2 …` then `Tcp: 1 2 …`.
 fn parse_into(text: &str, out: &mut BTreeMap<String, i64>) {
     let lines: Vec<&str> = text.lines().collect();
@@ -65,6 +82,12 @@ fn parse_into(text: &str, out: &mut BTreeMap<String, i64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backlog_drops_are_the_second_column_summed_over_cpus() {
+        let text = "348490fe 0000005d 0000012a 00000000\n2e443219 00000010 0000013c 00000000\n";
+        assert_eq!(parse_backlog_drops(text), 0x5d + 0x10);
+    }
 
     #[test]
     fn pairs_of_lines_become_prefixed_names() {

@@ -28,6 +28,8 @@ struct Churn {
     /// from the namespaces' TCP counters.
     syn_retransmits: i64,
     time_wait_refusals: i64,
+    /// Packets the whole machine dropped at a full CPU backlog meanwhile ([`netstat::backlog_drops`]).
+    backlog_drops: u64,
 }
 
 /// `connections` sequential connections, one every `gap`, through the SNAT range `ports` to one backend.
@@ -68,6 +70,7 @@ fn churn(
     )?;
     let _gw = GatewayProcess::start(topo.gateway(), &[&config], &["--snat-ports", ports])?;
     let target = SocketAddr::from((topology::vip(1), 9000));
+    let backlog_drops_before = netstat::backlog_drops()?;
     let before = [
         netstat::Snapshot::take(topo.client())?,
         netstat::Snapshot::take(topo.backend(1))?,
@@ -105,11 +108,30 @@ fn churn(
         refused,
         syn_retransmits: client.get("TcpExtTCPSynRetrans").copied().unwrap_or(0),
         time_wait_refusals: backend.get("TcpExtPAWSTimewait").copied().unwrap_or(0),
+        backlog_drops: netstat::backlog_drops()? - backlog_drops_before,
     })
 }
 
-fn assert_clean(churn: &Churn) {
-    eprintln!("{churn:?}");
+/// Runs `churn` and asserts it saw no stall, refusal or TIME_WAIT refusal. Other tests run in parallel and
+/// share the CPUs' input backlogs with this one: a run with stalls during which the machine dropped packets at a
+/// full backlog proves nothing about the gateway and is run once more (refusals by a TIME_WAIT or by the gateway
+/// are never excused).
+fn assert_clean(churn: impl Fn() -> Result<Churn>) -> Result<()> {
+    let mut churn_run = churn()?;
+    eprintln!("{churn_run:?}");
+    let stalled = churn_run.slow > 0 || churn_run.syn_retransmits > 0;
+    if stalled
+        && churn_run.backlog_drops > 0
+        && churn_run.refused == 0
+        && churn_run.time_wait_refusals == 0
+    {
+        eprintln!(
+            "the machine dropped packets at a full backlog during the run: running it once more"
+        );
+        churn_run = churn()?;
+        eprintln!("{churn_run:?}");
+    }
+    let churn = &churn_run;
     assert_eq!(
         (
             churn.slow,
@@ -120,13 +142,13 @@ fn assert_clean(churn: &Churn) {
         (0, 0, 0, 0),
         "stalled or refused connections: {churn:?}"
     );
+    Ok(())
 }
 
 /// ~150 connections/s through 500 ports: 1,200 connections reuse every port more than twice.
 fn steady_churn(server_closes_first: bool) -> Result<()> {
     let gap = Duration::from_micros(6500);
-    assert_clean(&churn(server_closes_first, "20000-20499", 1200, gap)?);
-    Ok(())
+    assert_clean(|| churn(server_closes_first, "20000-20499", 1200, gap))
 }
 
 #[test]
@@ -145,6 +167,5 @@ fn ports_are_reused_without_stalls_when_the_server_closes_first() -> Result<()> 
 /// refused by the TIME_WAIT and retried after a second; the kernel must pick ports whose TIME_WAIT accepts.
 #[test]
 fn a_port_in_the_backends_time_wait_goes_only_to_a_syn_it_accepts() -> Result<()> {
-    assert_clean(&churn(true, "20000-20063", 500, Duration::from_millis(10))?);
-    Ok(())
+    assert_clean(|| churn(true, "20000-20063", 500, Duration::from_millis(10)))
 }
