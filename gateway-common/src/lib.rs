@@ -331,6 +331,10 @@ pub mod counter {
     /// Kernel TLS passthrough: first flights longer than the handshake entry's own buffer
     /// ([`crate::clienthello::SHORT_CAPTURE`]), moved to a long capture (`TLS_LONG_CAPTURES`).
     pub const TLS_LONG_HELLOS: u32 = 29;
+    /// Kernel TLS passthrough: segments from a socket on this host that were to be rewritten into a larger
+    /// replayed ClientHello segment, sent through ingress once more as an ownerless copy first (see
+    /// `tls::segment::owned_by_a_socket` in gateway-ebpf).
+    pub const TLS_REPLAY_ORPHANED: u32 = 30;
     /// Number of counters.
     pub const COUNT: u32 = 32;
 }

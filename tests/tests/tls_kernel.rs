@@ -287,6 +287,96 @@ fn first_flights_beyond_the_short_buffer_move_to_a_long_capture() -> Result<()> 
     Ok(())
 }
 
+/// Replayed ClientHello segments are accounted at the backend like any data it receives: every byte queued on
+/// its socket costs at least a byte of its receive memory. With a 536-byte backend MSS most of a 16,000-byte
+/// hello is replayed on the backend's own ACKs, which belong to its socket; grown in place they would keep an
+/// ACK's memory size (the kernel only accounts a reallocation for ownerless skbs), and the receiving TCP's
+/// length-to-truesize ratio would wrap — the kernel oops that once stalled the loss test. Checked with
+/// `SO_MEMINFO` against the bytes waiting (`FIONREAD`) on a backend that has not read yet.
+#[test]
+fn replayed_segments_cost_the_backend_at_least_their_length() -> Result<()> {
+    let hello = padded_hello(&pq_hello()?, 16_000);
+    let topo = Topology::builder().backends(1).build()?;
+    let listener = topo
+        .backend(1)
+        .run(|| TcpListener::bind(("0.0.0.0", cases::TLS_PORT)))?;
+    set_int_option(&listener, libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536)?;
+    let dir = tempfile::tempdir()?;
+    let gw = start_gateway(&topo, dir.path())?;
+    let _client = topo.client().run(|| open_with_hello(&hello, false))?;
+    let (mut s, _) = listener.accept()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (queued, receive_memory) = loop {
+        let (queued, receive_memory) = receive_queue(&s)?;
+        if queued >= hello.len() || Instant::now() > deadline {
+            break (queued, receive_memory);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("backend: {queued} bytes queued in {receive_memory} bytes of receive memory");
+    ensure!(
+        queued == hello.len(),
+        "{queued} of {} bytes arrived",
+        hello.len()
+    );
+    ensure!(
+        receive_memory >= queued,
+        "{queued} bytes queued cost only {receive_memory} bytes of receive memory"
+    );
+    ensure!(
+        gw.kernel_packets("tls_replay_orphaned")? >= 1,
+        "no backend ACK was sent around without its owner"
+    );
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    expect_hello(&mut s, &hello)
+}
+
+/// Sets an integer socket option.
+fn set_int_option(
+    s: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> Result<()> {
+    // SAFETY: setsockopt with a pointer to a local int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    ensure!(rc == 0, "setsockopt: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// The bytes waiting on a socket (`FIONREAD`) and the receive memory they are charged (`SO_MEMINFO`'s
+/// `SK_MEMINFO_RMEM_ALLOC`, the sum of the queued skbs' truesize).
+fn receive_queue(s: &TcpStream) -> Result<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    const SO_MEMINFO: libc::c_int = 55;
+    let mut meminfo = [0u32; 9];
+    let mut len = std::mem::size_of_val(&meminfo) as libc::socklen_t;
+    // SAFETY: getsockopt into a local array with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            meminfo.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    ensure!(rc == 0, "SO_MEMINFO: {}", std::io::Error::last_os_error());
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut queued) };
+    ensure!(rc == 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    Ok((queued as usize, meminfo[0] as usize))
+}
+
 /// Polls a metric of the gateway (up to 10 s) until `done` accepts it; returns the last value.
 fn wait_for_metric(gw: &GatewayProcess, series: &str, done: impl Fn(u64) -> bool) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -2,7 +2,9 @@
 //! sequence number, its window scale), the captured ClientHello is replayed to it in segments of its MSS, and
 //! once it has acknowledged all of it both conntrack entries switch to spliced forwarding. Retransmission is
 //! clocked by packets: a repeated SYN-ACK or a duplicate ACK from the backend, or the client resending the
-//! segment the gateway holds, sends the unacknowledged part of the capture again.
+//! segment the gateway holds, sends the unacknowledged part of the capture again. A segment that is to become
+//! replayed data while a local socket still owns it goes around once without its owner first
+//! (`segment::owned_by_a_socket`).
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     helpers::generated::{bpf_clone_redirect, bpf_redirect, bpf_redirect_neigh},
@@ -66,6 +68,10 @@ pub fn client_in_flight(ctx: &TcContext, pkt: &Packet, t: &Tcp, flow: &Flow) -> 
         count(counter::TLS_SYN_RETRANSMITS);
         return Some(handshake::send_backend_syn(ctx, h, flow));
     }
+    if segment::owned_by_a_socket(ctx) {
+        count(counter::TLS_REPLAY_ORPHANED);
+        return Some(segment::again_without_owner(ctx));
+    }
     count(counter::TLS_REPLAY_RETRANSMITS);
     Some(replay_one(ctx, &pkt.key, h, flow))
 }
@@ -113,6 +119,12 @@ pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Opt
         return None; // forwarded (and translated) by the caller
     }
     let duplicate = acked == h.acked && t.payload == 0;
+    if (h.sent < h.captured || duplicate) && segment::owned_by_a_socket(ctx) {
+        // This segment becomes replayed ones: first lose its owner (nothing above has changed the state, so the
+        // copy is handled exactly like this one).
+        count(counter::TLS_REPLAY_ORPHANED);
+        return Some(segment::again_without_owner(ctx));
+    }
     if acked > h.acked {
         h.acked = acked;
     }

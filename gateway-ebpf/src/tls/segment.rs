@@ -2,8 +2,10 @@
 //! to the backend, and the replayed ClientHello segments. The program's own skb is resized with
 //! `bpf_skb_change_tail` and overwritten; checksums are computed in full (the frame is new).
 use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
     helpers::generated::{
-        bpf_csum_diff, bpf_probe_read_kernel, bpf_skb_change_tail, bpf_skb_store_bytes,
+        bpf_clone_redirect, bpf_csum_diff, bpf_probe_read_kernel, bpf_skb_change_tail,
+        bpf_skb_store_bytes,
     },
     macros::map,
     maps::PerCpuArray,
@@ -152,6 +154,37 @@ fn set_checksum(frame: *mut Frame, csum: u16) {
     // SAFETY: this CPU's frame.
     let bytes = unsafe { &mut (*frame).bytes };
     bytes[TCP + 16..TCP + 18].copy_from_slice(&csum.to_be_bytes());
+}
+
+/// Whether the skb still belongs to a socket of this host (a client or backend in a local namespace or pod: the
+/// socket is dropped only when the packet reaches the receiver's IP layer).
+///
+/// Such an skb must not be grown into a larger segment. When the kernel reallocates an skb's data for
+/// `bpf_skb_change_tail`, it adds the new memory to `skb->truesize` only if no socket owns the skb
+/// (`pskb_expand_head`), so a pure ACK turned into a 1,460-byte replayed segment keeps the truesize of an ACK. The
+/// receiving TCP divides the length by the truesize to learn its memory overhead (`tcp_measure_rcv_mss`, an 8-bit
+/// `scaling_ratio`): a length of one truesize wraps the ratio to zero, and the next receive-buffer update divides
+/// by it (a kernel oops in `tcp_rcvbuf_grow`, seen here, which leaves the receiving socket locked for good); other
+/// lengths leave it a wrong window. A SYN-ACK is safe to grow: it belongs to a request socket, whose destructor
+/// `pskb_expand_head` accounts for.
+#[inline(always)]
+pub fn owned_by_a_socket(ctx: &TcContext) -> bool {
+    // SAFETY: reading a field of the program's own context; volatile keeps it one 8-byte load, the only size the
+    // verifier accepts for `__sk_buff.sk`.
+    let sk = unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).__bindgen_anon_2.sk) };
+    !sk.is_null()
+}
+
+/// Sends a copy of the skb into the ingress of the interface it came in on and drops the original. A clone has
+/// no owning socket, so the copy comes back to the program as a segment it may grow (see [`owned_by_a_socket`]).
+#[inline(always)]
+pub fn again_without_owner(ctx: &TcContext) -> i32 {
+    const BPF_F_INGRESS: u64 = 1;
+    // SAFETY: reading a field of the program's own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: helper call on the program's own skb; the clone goes to the backlog, the original is dropped.
+    unsafe { bpf_clone_redirect(ctx.skb.skb.cast(), ifindex, BPF_F_INGRESS) };
+    TC_ACT_SHOT
 }
 
 /// Resizes the skb to `len` bytes (dropping what it carried beyond that).

@@ -42,6 +42,7 @@ pub const KERNEL_COUNTERS: &[(u32, &str)] = &[
     (counter::XDP_FORWARDED, "xdp_forwarded"),
     (counter::XDP_CHECKSUM_COMPLETED, "xdp_checksum_completed"),
     (counter::TLS_LONG_HELLOS, "tls_long_hellos"),
+    (counter::TLS_REPLAY_ORPHANED, "tls_replay_orphaned"),
 ];
 
 /// Kernel TLS passthrough counters that are connection outcomes, exported in
