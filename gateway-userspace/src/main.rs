@@ -91,6 +91,16 @@ struct RunArgs {
     /// the agent may run on.
     #[arg(long, env = "GATEWAY_HTTP_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     http_workers: Option<u16>,
+    /// Seconds an HTTP/1.1 client may take to send a complete request head: a new connection that stays
+    /// silent, a head sent half way, or a keep-alive connection idle between requests is closed after it
+    /// (NGINX's `client_header_timeout` and `keepalive_timeout`). 0: no timeout.
+    #[arg(
+        long,
+        env = "GATEWAY_HTTP_CLIENT_TIMEOUT",
+        default_value_t = 60.0,
+        value_name = "SECONDS"
+    )]
+    http_client_timeout: f64,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -265,6 +275,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         workers: args
             .http_workers
             .map_or_else(gateway_userspace::http::proxy::default_workers, usize::from),
+        client_header_timeout: match args.http_client_timeout {
+            0.0 => None,
+            s => Some(seconds(s, "--http-client-timeout")?),
+        },
         ..Default::default()
     };
     let options = AgentOptions {

@@ -90,6 +90,9 @@ fn bad_flag_values_are_usage_errors() {
     );
     assert_eq!(code, 1);
     assert!(stderr.contains("positive"), "{stderr}");
+    let (code, stderr) = gateway(&ns, &["run", "--config", "x", "--http-client-timeout=-1"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--http-client-timeout"), "{stderr}");
 }
 
 #[test]

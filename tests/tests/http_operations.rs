@@ -1,7 +1,12 @@
 //! What operators rely on in the userspace HTTP proxy, end to end: 503 for a valid backend without ready
 //! endpoints, request metrics (per listener, route, backend, status class, latency histogram) on the admin
-//! port, JSON access logs, and SIGTERM draining an in-flight request before the agent exits.
-use std::time::Duration;
+//! port, JSON access logs, SIGTERM draining an in-flight request before the agent exits, and the client header
+//! timeout closing silent, half-sent and idle connections.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
 
 use anyhow::{ensure, Context, Result};
 use gateway_tests::{
@@ -117,4 +122,88 @@ fn http_503_metrics_json_access_log_and_sigterm_drain() -> Result<()> {
         ensure!(status.success(), "gateway exited with {status}");
         Ok(())
     })
+}
+
+/// With `--http-client-timeout 1`: a connection that sends nothing, one whose request head stops half way, and a
+/// keep-alive connection left idle after a response are each closed about a second later; a connection sending a
+/// request every 0.4 s for 2 s is served throughout (the timeout is per request head, not per connection).
+#[test]
+fn silent_half_sent_and_idle_http_connections_are_closed_after_the_client_timeout() -> Result<()> {
+    conformance!("httproute-simple-same-namespace.yaml", args: ["--http-client-timeout", "1"], |run| {
+        let gw = run.target(INFRA, "same-namespace", 80);
+        expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
+        run.topology().client().run(move || -> Result<()> {
+            let silent = connect(gw)?;
+            let closed = closed_after(silent)?;
+            ensure!(within(closed), "a silent connection closed after {closed:?}");
+
+            let mut half = connect(gw)?;
+            half.write_all(b"GET / HTTP/1.1\r\nHost: exam")?;
+            let closed = closed_after(half)?;
+            ensure!(within(closed), "a half-sent head closed after {closed:?}");
+
+            let mut idle = connect(gw)?;
+            exchange(&mut idle)?;
+            let closed = closed_after(idle)?;
+            ensure!(within(closed), "an idle keep-alive connection closed after {closed:?}");
+
+            let mut busy = connect(gw)?;
+            for i in 0..5 {
+                exchange(&mut busy).with_context(|| format!("request {i} on a busy connection"))?;
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            Ok(())
+        })
+    })
+}
+
+fn connect(gw: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&gw, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(6)))?;
+    Ok(s)
+}
+
+/// Whether a connection was closed about when a 1 s timeout should close it.
+fn within(closed: Duration) -> bool {
+    (Duration::from_millis(900)..Duration::from_secs(4)).contains(&closed)
+}
+
+/// How long until the gateway closes `s` (reads to the end; a `408` answer before the close is allowed).
+fn closed_after(mut s: TcpStream) -> Result<Duration> {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .context("the gateway did not close the connection")?;
+    ensure!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "unexpected answer before the close: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    Ok(started.elapsed())
+}
+
+/// One keep-alive request and its whole response (read by `Content-Length`), expecting a 200.
+fn exchange(s: &mut TcpStream) -> Result<()> {
+    s.write_all(b"GET /idle HTTP/1.1\r\nHost: example.com\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        ensure!(n > 0, "the connection closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        ensure!(head.starts_with("http/1.1 200"), "answer {head:?}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .context("no content-length")?
+            .trim()
+            .parse()?;
+        if buf.len() >= end + 4 + length {
+            return Ok(());
+        }
+    }
 }

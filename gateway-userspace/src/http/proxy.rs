@@ -63,6 +63,10 @@ pub struct Settings {
     pub pool_idle_timeout: Duration,
     /// Request bodies copied to mirrors are buffered up to this size (larger ones are not mirrored).
     pub max_mirror_body: usize,
+    /// An HTTP/1.1 client has this long to send each complete request head (the first one from the moment it
+    /// connects, later ones from the end of the previous response); the connection is closed otherwise. `None`:
+    /// no limit.
+    pub client_header_timeout: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -72,6 +76,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(3),
             pool_idle_timeout: Duration::from_secs(60),
             max_mirror_body: 1 << 20,
+            client_header_timeout: Some(Duration::from_secs(60)),
         }
     }
 }

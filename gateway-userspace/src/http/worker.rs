@@ -23,7 +23,7 @@ use std::{
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
@@ -74,10 +74,21 @@ impl WorkerContext {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let (requests, open) = metrics.worker(index);
+        // hyper times the head from the moment it starts reading one: a keep-alive connection idle between
+        // requests is closed by the same timeout.
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.client_header_timeout);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.client_header_timeout);
         Self {
             pool: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
-            server: auto::Builder::new(TokioExecutor::new()),
-            http1: hyper::server::conn::http1::Builder::new(),
+            server,
+            http1,
             h2c: hyper::server::conn::http2::Builder::new(TokioExecutor::new()),
             metrics,
             settings,
@@ -255,9 +266,15 @@ async fn accept_loop(
             match acceptor {
                 None => {
                     let mut shutdown = context.shutdown.clone();
-                    // A connection that has sent nothing yet is simply closed by a drain.
+                    // A connection that has sent nothing yet is simply closed by a drain, or when the client
+                    // has not started a request within the header timeout.
                     let first = tokio::select! {
-                        first = FirstRead::read(stream) => first,
+                        first = within(context.settings.client_header_timeout, FirstRead::read(stream)) => {
+                            first.unwrap_or_else(|| {
+                                debug!(%peer, "no request from the client within the header timeout");
+                                Ok(None)
+                            })
+                        }
                         _ = shutdown.wait_for(|s| *s) => Ok(None),
                     };
                     match first {
@@ -290,6 +307,14 @@ async fn accept_loop(
 /// Serves a plaintext connection as HTTP/1.1 or h2c (prior knowledge), told by the bytes already read. Served
 /// by hyper's own builders rather than hyper-util's detection, which would split the request at the preface's
 /// 24 bytes: hyper then parsed it in two reads and grew its 8 KiB read buffer (a copy) for every connection.
+/// `work`'s output, or `None` if `limit` passed first.
+async fn within<T>(limit: Option<Duration>, work: impl Future<Output = T>) -> Option<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+        None => Some(work.await),
+    }
+}
+
 async fn serve_plaintext(
     io: FirstRead,
     routes: Arc<ArcSwap<WorkerTable>>,
