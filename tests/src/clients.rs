@@ -310,17 +310,36 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, serde_
     Ok((r.status, v))
 }
 
-/// An HTTPS connection kept open across requests (HTTP/1.1 keep-alive), e.g. to check that it survives a
-/// configuration or certificate change.
-pub struct KeepAliveHttps {
-    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+/// An HTTP/1.1 connection kept open across requests (keep-alive), e.g. to check that it survives a
+/// configuration or certificate change, or how long the gateway keeps it when idle.
+pub struct KeepAlive<S> {
+    stream: S,
 }
+
+/// A keep-alive connection over TLS.
+pub type KeepAliveHttps = KeepAlive<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
 
 impl KeepAliveHttps {
     /// Connects and completes the TLS handshake (SNI `sni`, server verified against `ca_pem`, ALPN http/1.1).
     pub fn connect(addr: SocketAddr, sni: &str, ca_pem: &str) -> Result<Self> {
         let stream = tls_connect(addr, sni, tls_client_config(ca_pem, &["http/1.1"])?)?;
         Ok(Self { stream })
+    }
+}
+
+impl KeepAlive<TcpStream> {
+    /// Connects in cleartext, with the usual timeouts.
+    pub fn plain(addr: SocketAddr) -> Result<Self> {
+        Ok(Self {
+            stream: connect(addr)?,
+        })
+    }
+}
+
+impl<S: Read + Write> KeepAlive<S> {
+    /// The connection itself, e.g. to wait for the gateway to close it.
+    pub fn into_inner(self) -> S {
+        self.stream
     }
 
     /// `GET path` with `Host: host` on this connection, which stays open; the response must carry a

@@ -10,7 +10,8 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use gateway_tests::{
-    clients, conformance,
+    clients::{self, HttpResponse, KeepAlive},
+    conformance,
     http_checks::{expect_backend, expect_status, request},
 };
 
@@ -142,14 +143,15 @@ fn silent_half_sent_and_idle_http_connections_are_closed_after_the_client_timeou
             let closed = closed_after(half)?;
             ensure!(within(closed), "a half-sent head closed after {closed:?}");
 
-            let mut idle = connect(gw)?;
-            exchange(&mut idle)?;
-            let closed = closed_after(idle)?;
+            let mut idle = KeepAlive::plain(gw)?;
+            expect_ok(idle.get("example.com", "/idle"))?;
+            let closed = closed_after(idle.into_inner())?;
             ensure!(within(closed), "an idle keep-alive connection closed after {closed:?}");
 
-            let mut busy = connect(gw)?;
+            let mut busy = KeepAlive::plain(gw)?;
             for i in 0..5 {
-                exchange(&mut busy).with_context(|| format!("request {i} on a busy connection"))?;
+                expect_ok(busy.get("example.com", "/busy"))
+                    .with_context(|| format!("request {i} on a busy connection"))?;
                 std::thread::sleep(Duration::from_millis(400));
             }
             Ok(())
@@ -182,28 +184,8 @@ fn closed_after(mut s: TcpStream) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// One keep-alive request and its whole response (read by `Content-Length`), expecting a 200.
-fn exchange(s: &mut TcpStream) -> Result<()> {
-    s.write_all(b"GET /idle HTTP/1.1\r\nHost: example.com\r\n\r\n")?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk)?;
-        ensure!(n > 0, "the connection closed mid-response");
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        ensure!(head.starts_with("http/1.1 200"), "answer {head:?}");
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .context("no content-length")?
-            .trim()
-            .parse()?;
-        if buf.len() >= end + 4 + length {
-            return Ok(());
-        }
-    }
+fn expect_ok(response: Result<HttpResponse>) -> Result<()> {
+    let status = response?.status;
+    ensure!(status == 200, "status {status}");
+    Ok(())
 }
