@@ -126,8 +126,9 @@ fn http_503_metrics_json_access_log_and_sigterm_drain() -> Result<()> {
 }
 
 /// With `--http-client-timeout 1`: a connection that sends nothing, one whose request head stops half way, and a
-/// keep-alive connection left idle after a response are each closed about a second later; a connection sending a
-/// request every 0.4 s for 2 s is served throughout (the timeout is per request head, not per connection).
+/// keep-alive connection left idle after a response are each closed about a second later; a connection whose
+/// backend takes 1.5 s to answer and that then sends a request every 0.4 s for 2 s is served throughout (the
+/// timeout is per request head, not per connection or response).
 #[test]
 fn silent_half_sent_and_idle_http_connections_are_closed_after_the_client_timeout() -> Result<()> {
     conformance!("httproute-simple-same-namespace.yaml", args: ["--http-client-timeout", "1"], |run| {
@@ -149,6 +150,8 @@ fn silent_half_sent_and_idle_http_connections_are_closed_after_the_client_timeou
             ensure!(within(closed), "an idle keep-alive connection closed after {closed:?}");
 
             let mut busy = KeepAlive::plain(gw)?;
+            // A response that takes longer than the timeout: only the client's heads are timed.
+            expect_ok(busy.get("example.com", "/slow?delay=1500ms")).context("a slow response")?;
             for i in 0..5 {
                 expect_ok(busy.get("example.com", "/busy"))
                     .with_context(|| format!("request {i} on a busy connection"))?;
