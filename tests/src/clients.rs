@@ -66,7 +66,8 @@ pub fn deployment_of(pod: &str) -> &str {
     &pod[..end]
 }
 
-fn connect(addr: SocketAddr) -> Result<TcpStream> {
+/// Connects with the usual timeouts (`CONNECT_TIMEOUT`, then `IO_TIMEOUT` for reads and writes).
+pub fn connect(addr: SocketAddr) -> Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
     with_timeouts(s)

@@ -4,7 +4,7 @@
 //! timeout closing silent, half-sent and idle connections.
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     time::{Duration, Instant},
 };
 
@@ -135,11 +135,11 @@ fn silent_half_sent_and_idle_http_connections_are_closed_after_the_client_timeou
         let gw = run.target(INFRA, "same-namespace", 80);
         expect_backend(&run, gw, "example.com", "/", &[], "infra-backend-v1", INFRA)?;
         run.topology().client().run(move || -> Result<()> {
-            let silent = connect(gw)?;
+            let silent = clients::connect(gw)?;
             let closed = closed_after(silent)?;
             ensure!(within(closed), "a silent connection closed after {closed:?}");
 
-            let mut half = connect(gw)?;
+            let mut half = clients::connect(gw)?;
             half.write_all(b"GET / HTTP/1.1\r\nHost: exam")?;
             let closed = closed_after(half)?;
             ensure!(within(closed), "a half-sent head closed after {closed:?}");
@@ -160,12 +160,6 @@ fn silent_half_sent_and_idle_http_connections_are_closed_after_the_client_timeou
             Ok(())
         })
     })
-}
-
-fn connect(gw: SocketAddr) -> Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&gw, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(6)))?;
-    Ok(s)
 }
 
 /// Whether a connection was closed about when a 1 s timeout should close it.

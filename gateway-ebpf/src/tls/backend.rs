@@ -118,8 +118,10 @@ pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Opt
         count(counter::TLS_SPLICED);
         return None; // forwarded (and translated) by the caller
     }
+    // The rest of the burst is still to send, or a duplicate ACK asks for the first unacknowledged segment again.
+    let continues = h.sent < h.captured;
     let duplicate = acked == h.acked && t.payload == 0;
-    if (h.sent < h.captured || duplicate) && segment::owned_by_a_socket(ctx) {
+    if (continues || duplicate) && segment::owned_by_a_socket(ctx) {
         // This segment becomes replayed ones: first lose its owner (nothing above has changed the state, so the
         // copy is handled exactly like this one).
         count(counter::TLS_REPLAY_ORPHANED);
@@ -128,15 +130,16 @@ pub fn from_backend(ctx: &TcContext, pkt: &Packet, t: &Tcp, reply: &Flow) -> Opt
     if acked > h.acked {
         h.acked = acked;
     }
-    let window = window_for_backend(h, &ckey);
-    if h.sent < h.captured {
-        return Some(replay(ctx, &ckey, h, h.sent, window));
-    }
-    if duplicate {
+    let from = if continues {
+        h.sent
+    } else if duplicate {
         count(counter::TLS_REPLAY_RETRANSMITS);
-        return Some(replay(ctx, &ckey, h, h.acked, window));
-    }
-    Some(TC_ACT_SHOT)
+        h.acked
+    } else {
+        return Some(TC_ACT_SHOT);
+    };
+    let window = window_for_backend(h, &ckey);
+    Some(replay(ctx, &ckey, h, from, window))
 }
 
 /// The backend accepted: fix the translation in both conntrack entries and start the replay.

@@ -304,9 +304,6 @@ async fn accept_loop(
     }
 }
 
-/// Serves a plaintext connection as HTTP/1.1 or h2c (prior knowledge), told by the bytes already read. Served
-/// by hyper's own builders rather than hyper-util's detection, which would split the request at the preface's
-/// 24 bytes: hyper then parsed it in two reads and grew its 8 KiB read buffer (a copy) for every connection.
 /// `work`'s output, or `None` if `limit` passed first.
 async fn within<T>(limit: Option<Duration>, work: impl Future<Output = T>) -> Option<T> {
     match limit {
@@ -315,6 +312,9 @@ async fn within<T>(limit: Option<Duration>, work: impl Future<Output = T>) -> Op
     }
 }
 
+/// Serves a plaintext connection as HTTP/1.1 or h2c (prior knowledge), told by the bytes already read. Served
+/// by hyper's own builders rather than hyper-util's detection, which would split the request at the preface's
+/// 24 bytes: hyper then parsed it in two reads and grew its 8 KiB read buffer (a copy) for every connection.
 async fn serve_plaintext(
     io: FirstRead,
     routes: Arc<ArcSwap<WorkerTable>>,
